@@ -1,0 +1,57 @@
+# Shared set-up: config and sample-sheet validation, batches, input functions.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from psgfm.config import batches, load_recordings, validate_config  # noqa: E402
+
+config.update(validate_config(config))
+RESULTS = config["results"]
+RECORDINGS = load_recordings(config["samples"]).set_index("recording_id", drop=False)
+BATCHES = batches(list(RECORDINGS.index), config["harmonise"]["batch_size"])
+DEMO_DIR = config["demo"]["out_dir"] if config["demo"]["enabled"] else None
+
+
+wildcard_constraints:
+    batch="b[0-9]{4}",
+
+
+def _is_demo_file(path):
+    return DEMO_DIR is not None and Path(path).is_relative_to(DEMO_DIR)
+
+
+def recording_files():
+    """Every EDF and hypnogram the sample sheet names."""
+    files = list(RECORDINGS["edf"])
+    files += [h for h in RECORDINGS["hypnogram"] if h]
+    return files
+
+
+def batch_rows(batch):
+    """The sample-sheet rows of one batch, as plain dicts (they travel in params)."""
+    return RECORDINGS.loc[BATCHES[batch]].to_dict("records")
+
+
+def harmonise_inputs(wildcards):
+    """Files of one batch that exist or that a rule makes.
+
+    A path that neither exists nor is made is left out of the DAG on purpose: the harmonise
+    job records it in the QC table ("file not found") instead of failing the whole run.
+    """
+    rows = batch_rows(wildcards.batch)
+    paths = [r["edf"] for r in rows] + [r["hypnogram"] for r in rows if r["hypnogram"]]
+    return {
+        "signals": [p for p in paths if Path(p).exists() or _is_demo_file(p)],
+        "channel_rules": config["harmonise"]["channel_rules"],
+    }
+
+
+def all_targets():
+    targets = [
+        f"{RESULTS}/tensors/manifest.parquet",
+        f"{RESULTS}/qc/recordings_qc.tsv",
+        f"{RESULTS}/qc/channel_audit.parquet",
+        f"{RESULTS}/pipeline_info/provenance.json",
+    ]
+    return targets + PHENOME_TARGETS

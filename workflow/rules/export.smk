@@ -1,0 +1,45 @@
+# Windowed tensor export: harmonised signals -> Arrow IPC files of 5-min chunks, per batch,
+# then one cohort manifest and QC tables.
+rule export:
+    input:
+        f"{RESULTS}/harmonised/{{batch}}",
+    output:
+        directory(f"{RESULTS}/tensors/{{batch}}"),
+    params:
+        export=config["export"],
+    log:
+        f"{RESULTS}/logs/export/{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/export/{{batch}}.tsv"
+    threads: 1
+    retries: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    script:
+        "../scripts/export.py"
+
+
+rule cohort_manifest:
+    input:
+        harmonised=expand(f"{RESULTS}/harmonised/{{batch}}", batch=BATCHES),
+        tensors=expand(f"{RESULTS}/tensors/{{batch}}", batch=BATCHES),
+    output:
+        manifest=f"{RESULTS}/tensors/manifest.parquet",
+        qc=f"{RESULTS}/qc/recordings_qc.parquet",
+        qc_tsv=report(
+            f"{RESULTS}/qc/recordings_qc.tsv",
+            caption="../report/recordings_qc.rst",
+            category="Quality control",
+        ),
+        audit=f"{RESULTS}/qc/channel_audit.parquet",
+    log:
+        f"{RESULTS}/logs/cohort_manifest.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cohort_manifest.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/cohort_manifest.py"

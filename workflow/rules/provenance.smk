@@ -1,0 +1,19 @@
+# pipeline_info: versions, validated config and sample sheet, so results/ audits itself.
+rule provenance:
+    output:
+        provenance=f"{RESULTS}/pipeline_info/provenance.json",
+        config=f"{RESULTS}/pipeline_info/config.yaml",
+        sheet=f"{RESULTS}/pipeline_info/recordings.tsv",
+    params:
+        config=config,
+        recordings=RECORDINGS.to_dict("records"),
+    log:
+        f"{RESULTS}/logs/provenance.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/provenance.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/provenance.py"
