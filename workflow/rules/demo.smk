@@ -9,8 +9,6 @@ if DEMO_DIR is not None:
             persons=f"{DEMO_DIR}/ehr/persons.parquet",
             diagnoses=f"{DEMO_DIR}/ehr/diagnoses.parquet",
             truth=f"{DEMO_DIR}/truth.json",
-        params:
-            demo=config["demo"],
         log:
             f"{RESULTS}/logs/demo_cohort.log",
         benchmark:
@@ -19,5 +17,7 @@ if DEMO_DIR is not None:
         resources:
             mem_mb=2000,
             runtime=30,
+        params:
+            demo=config["demo"],
         script:
             "../scripts/demo_cohort.py"

@@ -5,17 +5,17 @@ rule export:
         f"{RESULTS}/harmonised/{{batch}}",
     output:
         directory(f"{RESULTS}/tensors/{{batch}}"),
-    params:
-        export=config["export"],
     log:
         f"{RESULTS}/logs/export/{{batch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/export/{{batch}}.tsv"
-    threads: 1
     retries: 1
+    threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
+    params:
+        export=config["export"],
     script:
         "../scripts/export.py"
 

@@ -4,17 +4,17 @@ rule harmonise:
         unpack(harmonise_inputs),
     output:
         directory(f"{RESULTS}/harmonised/{{batch}}"),
-    params:
-        harmonise=config["harmonise"],
-        recordings=lambda wildcards: batch_rows(wildcards.batch),
     log:
         f"{RESULTS}/logs/harmonise/{{batch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/harmonise/{{batch}}.tsv"
-    threads: 1
     retries: 1
+    threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
+    params:
+        harmonise=config["harmonise"],
+        recordings=lambda wildcards: batch_rows(wildcards.batch),
     script:
         "../scripts/harmonise.py"

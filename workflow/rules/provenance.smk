@@ -4,9 +4,6 @@ rule provenance:
         provenance=f"{RESULTS}/pipeline_info/provenance.json",
         config=f"{RESULTS}/pipeline_info/config.yaml",
         sheet=f"{RESULTS}/pipeline_info/recordings.tsv",
-    params:
-        config=config,
-        recordings=RECORDINGS.to_dict("records"),
     log:
         f"{RESULTS}/logs/provenance.log",
     benchmark:
@@ -15,5 +12,8 @@ rule provenance:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        config=config,
+        recordings=RECORDINGS.to_dict("records"),
     script:
         "../scripts/provenance.py"

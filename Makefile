@@ -1,0 +1,40 @@
+# The two commands of the README:
+#   make demo   install everything into .venv and run the whole DAG on the generated demo cohort
+#   make test   install everything into .venv, lint, and run the test suite (what CI runs)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+CORES ?= 2
+# CPU build of PyTorch. On a machine whose pip would pull a CUDA build, pass
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the small CPU wheel.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint dag clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES) --printshellcmds --rerun-incomplete
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --cores 1
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+dag: install
+	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,178 @@
+"""Minimal EDF/EDF+/BDF header reader.
+
+MNE reads the samples; this reader exists for what MNE hides or changes: the raw signal
+labels (MNE renames duplicates and strips type prefixes), physical dimensions, digital and
+physical ranges (for clipping checks), samples per record (native rates) and a size check
+that tells a truncated file from a good one before any sample is read. Patient and
+recording identification fields are skipped, never returned, so they cannot leak into
+outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ANNOTATION_LABELS = {"edf annotations", "bdf annotations"}
+
+
+class EDFError(ValueError):
+    """An EDF file that cannot be used; the message names the file and the fix."""
+
+
+@dataclass
+class SignalHeader:
+    index: int
+    label: str
+    physical_dimension: str
+    physical_min: float
+    physical_max: float
+    digital_min: int
+    digital_max: int
+    samples_per_record: int
+    sfreq: float
+
+    @property
+    def is_annotation(self) -> bool:
+        return self.label.strip().lower() in ANNOTATION_LABELS
+
+
+@dataclass
+class EDFHeader:
+    path: str
+    kind: str  # "EDF", "EDF+C", "EDF+D", "BDF"
+    n_records: int
+    record_duration: float
+    signals: list[SignalHeader] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return self.n_records * self.record_duration
+
+    @property
+    def data_signals(self) -> list[SignalHeader]:
+        return [s for s in self.signals if not s.is_annotation]
+
+
+def _field(raw: bytes, path: str, what: str) -> str:
+    try:
+        return raw.decode("latin-1").strip()
+    except UnicodeDecodeError as err:  # pragma: no cover - latin-1 decodes every byte
+        raise EDFError(f"{path}: unreadable header field {what}") from err
+
+
+def _number(raw: bytes, path: str, what: str, kind=float):
+    text = _field(raw, path, what)
+    try:
+        return kind(float(text)) if kind is int else kind(text)
+    except ValueError:
+        raise EDFError(
+            f"{path}: header field '{what}' is {text!r}, not a number; the file is not a valid "
+            "EDF/BDF (corrupt header, or not an EDF file at all). Re-export it from the "
+            "acquisition software."
+        ) from None
+
+
+def read_header(path: str | os.PathLike) -> EDFHeader:
+    """Parse the fixed-size header of an EDF, EDF+ or BDF file and check the file size."""
+    path = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise EDFError(f"{path}: file not found; check the `edf` column of the sample sheet.")
+    if not p.is_file():
+        raise EDFError(f"{path}: not a regular file; the sample sheet must name EDF files.")
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        fixed = fh.read(256)
+        if len(fixed) < 256:
+            raise EDFError(
+                f"{path}: only {len(fixed)} bytes, shorter than an EDF header (256 bytes); "
+                "the file is empty or truncated."
+            )
+        version = fixed[:8]
+        if version == b"0       ":
+            bytes_per_sample = 2
+        elif version[:1] == b"\xff" and version[1:8] == b"BIOSEMI":
+            bytes_per_sample = 3
+        else:
+            raise EDFError(
+                f"{path}: not an EDF/BDF file (version field {version!r}); the sample sheet "
+                "must point at EDF, EDF+ or BDF recordings."
+            )
+        header_bytes = _number(fixed[184:192], path, "number of header bytes", int)
+        reserved = _field(fixed[192:236], path, "reserved")
+        n_records = _number(fixed[236:244], path, "number of data records", int)
+        record_duration = _number(fixed[244:252], path, "duration of a data record")
+        ns = _number(fixed[252:256], path, "number of signals", int)
+        if ns <= 0 or header_bytes != 256 * (ns + 1):
+            raise EDFError(
+                f"{path}: header declares {ns} signals and {header_bytes} header bytes, "
+                f"which do not agree (expected {256 * (ns + 1)}); the header is corrupt."
+            )
+        block = fh.read(256 * ns)
+        if len(block) < 256 * ns:
+            raise EDFError(f"{path}: header truncated (signal headers incomplete).")
+
+    def column(offset: int, width: int) -> list[bytes]:
+        start = offset * ns
+        return [block[start + i * width : start + (i + 1) * width] for i in range(ns)]
+
+    labels = column(0, 16)
+    dims = [block[ns * 96 + i * 8 : ns * 96 + (i + 1) * 8] for i in range(ns)]
+    base = ns * (16 + 80 + 8)
+    pmin = [block[base + i * 8 : base + (i + 1) * 8] for i in range(ns)]
+    base += ns * 8
+    pmax = [block[base + i * 8 : base + (i + 1) * 8] for i in range(ns)]
+    base += ns * 8
+    dmin = [block[base + i * 8 : base + (i + 1) * 8] for i in range(ns)]
+    base += ns * 8
+    dmax = [block[base + i * 8 : base + (i + 1) * 8] for i in range(ns)]
+    base += ns * 8 + ns * 80
+    nsamp = [block[base + i * 8 : base + (i + 1) * 8] for i in range(ns)]
+
+    if record_duration <= 0:
+        # EDF allows 0 for annotation-only files; a signal file needs a positive duration.
+        record_duration = 0.0
+    signals = []
+    for i in range(ns):
+        n = _number(nsamp[i], path, f"samples per record of signal {i + 1}", int)
+        sig = SignalHeader(
+            index=i,
+            label=_field(labels[i], path, "label"),
+            physical_dimension=_field(dims[i], path, "physical dimension"),
+            physical_min=_number(pmin[i], path, f"physical minimum of signal {i + 1}"),
+            physical_max=_number(pmax[i], path, f"physical maximum of signal {i + 1}"),
+            digital_min=_number(dmin[i], path, f"digital minimum of signal {i + 1}", int),
+            digital_max=_number(dmax[i], path, f"digital maximum of signal {i + 1}", int),
+            samples_per_record=n,
+            sfreq=n / record_duration if record_duration > 0 else 0.0,
+        )
+        signals.append(sig)
+
+    record_bytes = sum(s.samples_per_record for s in signals) * bytes_per_sample
+    data_bytes = size - header_bytes
+    available = data_bytes // record_bytes if record_bytes else 0
+    if n_records == -1:
+        n_records = available
+    elif available < n_records:
+        raise EDFError(
+            f"{path}: truncated: the header declares {n_records} data records "
+            f"({n_records * record_bytes + header_bytes} bytes) but the file has {size} bytes "
+            f"({available} complete records). The copy was cut short; copy or export it again."
+        )
+    if bytes_per_sample == 3:
+        kind = "BDF"
+    elif reserved.startswith("EDF+D"):
+        kind = "EDF+D"
+    elif reserved.startswith("EDF+C"):
+        kind = "EDF+C"
+    else:
+        kind = "EDF"
+    return EDFHeader(
+        path=path,
+        kind=kind,
+        n_records=n_records,
+        record_duration=record_duration,
+        signals=signals,
+    )

@@ -1,0 +1,227 @@
+"""Windowed tensor export: harmonised signals -> one Arrow IPC file per recording.
+
+Layout of ``{id}.arrow`` (format ``psgfm.tensors/1``, documented in docs/output.md): one
+row per chunk of ``chunk_seconds`` (default 5 min); per present modality a column of
+pyarrow fixed-shape tensors of shape (channels, patches, patch_samples) = (C, 60, 640) at
+128 Hz; ``patch_mask`` marks patches that hold real samples (the last chunk is zero
+padded); ``stages`` holds the stage codes of the chunk's 30-s epochs (-1 = unscored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from psgfm import MODALITIES
+from psgfm.harmonise import read_signals
+from psgfm.hypnogram import UNSCORED
+from psgfm.io import atomic_path, provenance, sha256_file, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+FORMAT = "psgfm.tensors/1"
+DEFAULTS = {
+    "chunk_seconds": 300,
+    "patch_seconds": 5,
+    "epoch_seconds": 30,
+    "min_last_chunk_seconds": 60,
+    "dtype": "float32",
+    "modalities": list(MODALITIES),
+}
+ROWS_PER_BATCH = 12  # one hour of 5-min chunks per record batch keeps memory flat
+
+MANIFEST_COLUMNS = [
+    "recording_id",
+    "path",
+    "n_chunks",
+    "fs",
+    "modalities",
+    *[f"n_{m}" for m in MODALITIES],
+    "has_stages",
+    "bytes",
+    "sha256",
+]
+
+
+def chunk_layout(n_samples: int, fs: float, cfg: dict) -> tuple[int, int, int, int]:
+    """(n_chunks, chunk_samples, patch_samples, patches_per_chunk) for a recording."""
+    chunk = int(round(cfg["chunk_seconds"] * fs))
+    patch = int(round(cfg["patch_seconds"] * fs))
+    n_full, rest = divmod(n_samples, chunk)
+    n_chunks = n_full + (1 if rest >= cfg["min_last_chunk_seconds"] * fs and rest > 0 else 0)
+    return n_chunks, chunk, patch, chunk // patch
+
+
+def export_recording(
+    signals_path: Path, stages_path: Path | None, out_path: Path, cfg: dict
+) -> dict:
+    """Write one recording's chunked tensors; return its manifest row."""
+    cfg = {**DEFAULTS, **cfg}
+    table, meta = read_signals(signals_path)
+    fs = float(meta["fs"])
+    rid = meta["recording_id"]
+    n = table.num_rows
+    n_chunks, chunk, patch, n_patches = chunk_layout(n, fs, cfg)
+    if n_chunks == 0:
+        raise ValueError(
+            f"{rid}: recording of {n / fs:.0f} s is shorter than one chunk "
+            f"({cfg['chunk_seconds']} s, or min_last_chunk_seconds {cfg['min_last_chunk_seconds']})"
+        )
+    dtype = np.dtype(cfg["dtype"])
+    epochs_per_chunk = cfg["chunk_seconds"] // cfg["epoch_seconds"]
+    codes = np.full(n_chunks * epochs_per_chunk, UNSCORED, dtype=np.int8)
+    if stages_path is not None and stages_path.exists():
+        st = pq.read_table(stages_path, columns=["stage_code"]).column(0).to_numpy()
+        if cfg["epoch_seconds"] != 30:
+            raise ValueError("stage labels are scored in 30-s epochs; set export.epoch_seconds: 30")
+        k = min(len(st), len(codes))
+        codes[:k] = st[:k]
+    codes = codes.reshape(n_chunks, epochs_per_chunk)
+
+    by_mod = {
+        m: [c for c in meta["channels"] if c["modality"] == m]
+        for m in cfg["modalities"]
+        if any(c["modality"] == m for c in meta["channels"])
+    }
+    fields = [
+        pa.field("chunk_index", pa.int32()),
+        pa.field("start_s", pa.float64()),
+        pa.field("patch_mask", pa.list_(pa.bool_(), n_patches)),
+        pa.field("stages", pa.list_(pa.int8(), epochs_per_chunk)),
+    ]
+    for m, chans in by_mod.items():
+        ttype = pa.fixed_shape_tensor(pa.from_numpy_dtype(dtype), (len(chans), n_patches, patch))
+        fields.append(
+            pa.field(m, ttype, metadata={"channels": json.dumps([c["name"] for c in chans])})
+        )
+    file_meta = {
+        "format": FORMAT,
+        "recording_id": rid,
+        "fs": fs,
+        "chunk_seconds": cfg["chunk_seconds"],
+        "patch_seconds": cfg["patch_seconds"],
+        "epoch_seconds": cfg["epoch_seconds"],
+        "n_chunks": n_chunks,
+        "dtype": dtype.name,
+        "modality_mask": {m: m in by_mod for m in MODALITIES},
+        "channels": {m: chans for m, chans in by_mod.items()},
+        "stage_codes": {"W": 0, "N1": 1, "N2": 2, "N3": 3, "REM": 4, "unscored": int(UNSCORED)},
+    }
+    schema = pa.schema(fields, metadata={"psgfm": json.dumps(file_meta)})
+    columns = {m: [table.column(c["name"]) for c in chans] for m, chans in by_mod.items()}
+
+    with atomic_path(out_path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for b0 in range(0, n_chunks, ROWS_PER_BATCH):
+                b1 = min(b0 + ROWS_PER_BATCH, n_chunks)
+                s0, s1 = b0 * chunk, min(b1 * chunk, n)
+                valid = s1 - s0
+                idx = np.arange(b0, b1, dtype=np.int32)
+                patch_ends = (np.arange(b1 - b0)[:, None] * chunk) + (
+                    np.arange(1, n_patches + 1) * patch
+                )
+                arrays = [
+                    pa.array(idx),
+                    pa.array(idx * float(cfg["chunk_seconds"])),
+                    pa.FixedSizeListArray.from_arrays(
+                        pa.array((patch_ends <= valid).ravel()), n_patches
+                    ),
+                    pa.FixedSizeListArray.from_arrays(
+                        pa.array(codes[b0:b1].ravel()), epochs_per_chunk
+                    ),
+                ]
+                for cols in columns.values():
+                    block = np.zeros((len(cols), (b1 - b0) * chunk), dtype=dtype)
+                    for ci, col in enumerate(cols):
+                        block[ci, :valid] = col.slice(s0, valid).to_numpy()
+                    # (C, chunks*chunk) -> (chunks, C, patches, patch)
+                    tensor = block.reshape(len(cols), b1 - b0, n_patches, patch).transpose(
+                        1, 0, 2, 3
+                    )
+                    arrays.append(
+                        pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(tensor))
+                    )
+                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+    return {
+        "recording_id": rid,
+        "path": str(out_path),
+        "n_chunks": n_chunks,
+        "fs": fs,
+        "modalities": ",".join(by_mod),
+        **{f"n_{m}": len(by_mod.get(m, [])) for m in MODALITIES},
+        "has_stages": bool((codes != UNSCORED).any()),
+        "bytes": out_path.stat().st_size,
+        "sha256": sha256_file(out_path),
+    }
+
+
+def read_tensors(path: str | Path) -> tuple[pa.Table, dict]:
+    """Memory-map an exported tensor file (zero-copy); return the table and its metadata."""
+    table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    return table, json.loads(table.schema.metadata[b"psgfm"])
+
+
+def export_batch(harmonised_dir: str | Path, out_dir: str | Path, cfg: dict) -> pd.DataFrame:
+    """Export every harmonised recording of a batch; write ``manifest.parquet`` last."""
+    harmonised_dir, out_dir = Path(harmonised_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    qc = pd.read_parquet(harmonised_dir / "qc.parquet")
+    rows, failures = [], []
+    for rid in qc.loc[qc["status"] == "ok", "recording_id"]:
+        stages = harmonised_dir / f"{rid}.stages.parquet"
+        try:
+            rows.append(
+                export_recording(
+                    harmonised_dir / f"{rid}.signals.arrow",
+                    stages if stages.exists() else None,
+                    out_dir / f"{rid}.arrow",
+                    cfg,
+                )
+            )
+        except Exception as err:  # recorded, never fatal for the batch
+            log.error("export of %s failed: %s", rid, err)
+            failures.append({"recording_id": rid, "reason": f"export failed: {err}"})
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    write_parquet(
+        pa.Table.from_pandas(
+            pd.DataFrame(failures, columns=["recording_id", "reason"]), preserve_index=False
+        ),
+        out_dir / "failures.parquet",
+    )
+    write_json(provenance("export", cfg), out_dir / "provenance.json")
+    write_parquet(
+        pa.Table.from_pandas(manifest, preserve_index=False), out_dir / "manifest.parquet"
+    )
+    return manifest
+
+
+def cohort_tables(harmonised_dirs: list[str], tensor_dirs: list[str]) -> dict[str, pd.DataFrame]:
+    """Merge per-batch QC, audits and manifests into cohort-level tables."""
+    qc = pd.concat(
+        [pd.read_parquet(Path(d) / "qc.parquet") for d in harmonised_dirs], ignore_index=True
+    )
+    audits = [
+        pd.read_parquet(p) for d in harmonised_dirs for p in sorted(Path(d).glob("*.audit.parquet"))
+    ]
+    audit = pd.concat(audits, ignore_index=True) if audits else pd.DataFrame()
+    manifest = pd.concat(
+        [pd.read_parquet(Path(d) / "manifest.parquet") for d in tensor_dirs], ignore_index=True
+    )
+    failures = pd.concat(
+        [pd.read_parquet(Path(d) / "failures.parquet") for d in tensor_dirs], ignore_index=True
+    )
+    qc = qc.merge(manifest[["recording_id", "n_chunks", "path"]], on="recording_id", how="left")
+    qc = qc.rename(columns={"path": "tensor_path"})
+    failed = qc["recording_id"].isin(failures["recording_id"])
+    if failed.any():
+        reasons = failures.set_index("recording_id")["reason"]
+        qc.loc[failed, "status"] = "rejected"
+        qc.loc[failed, "reason"] = qc.loc[failed, "recording_id"].map(reasons)
+    qc["n_chunks"] = qc["n_chunks"].fillna(0).astype(int)
+    return {"qc": qc, "audit": audit, "manifest": manifest}

@@ -1,0 +1,446 @@
+"""Montage harmonisation: one EDF -> canonical channels at the target rate, with an audit.
+
+Per recording this module writes, into the batch folder:
+
+* ``{id}.signals.arrow`` – Arrow IPC file, one float32 column per canonical channel at
+  ``target_fs``, in physical units (µV for electrophysiology). Schema metadata key
+  ``psgfm`` holds JSON: channels (modality, unit, robust statistics, source labels),
+  modality mask, duration.
+* ``{id}.audit.parquet`` – one row per source channel: canonical name, modality, unit in
+  and out, scale factor, fs in and out, used / reference / dropped and why.
+* ``{id}.stages.parquet`` – one row per 30-s epoch when a usable hypnogram exists.
+
+and ``qc.parquet`` for the batch: one row per recording, rejected ones included. One bad
+recording is recorded there and never stops the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy.signal import resample_poly
+
+from psgfm import MODALITIES
+from psgfm.edfheader import EDFError, EDFHeader, read_header
+from psgfm.hypnogram import HypnogramError, read_hypnogram
+from psgfm.io import atomic_path, provenance, write_json, write_parquet
+from psgfm.montage import Assignment, RuleSet, assign_channels, load_rules, unit_scale_to_uv
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "target_fs": 128,
+    "flat_std_uv": 0.1,
+    "clip_fraction": 0.05,
+    "nan_fraction": 0.5,
+    "amplitude_check": True,
+    "hypnogram_tolerance_s": 300.0,
+    "require_modalities": [],
+}
+MAX_PLAUSIBLE_STD_UV = 1e5
+"""Robust std above this (µV) means the header unit is wrong (e.g. µV numbers labelled V)."""
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("source_index", pa.int32()),
+        ("source_label", pa.string()),
+        ("canonical", pa.string()),
+        ("modality", pa.string()),
+        ("role", pa.string()),
+        ("rule", pa.string()),
+        ("reference", pa.string()),
+        ("unit_in", pa.string()),
+        ("unit_out", pa.string()),
+        ("scale", pa.float64()),
+        ("fs_in", pa.float64()),
+        ("fs_out", pa.float64()),
+        ("clipped_fraction", pa.float64()),
+        ("nan_fraction", pa.float64()),
+        ("robust_std", pa.float64()),
+        ("used", pa.bool_()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+class RecordingRejected(Exception):
+    """The recording as a whole cannot be used; the message says why and how to fix it."""
+
+
+@dataclass
+class Channel:
+    name: str
+    modality: str
+    unit: str
+    data: np.ndarray  # float32 at target fs
+    source_label: str
+    reference: str
+
+
+def mne_gain(unit: str) -> float:
+    """The factor MNE's EDF reader applies to physical values of this dimension.
+
+    MNE returns volts for the dimensions it knows (µV, uV, mV) and the raw physical value
+    for everything else (V included). Kept here, and tested against MNE, so the µV
+    conversion below never double-scales.
+    """
+    if unit in ("\u03bcV", "\u00b5V", "\x83\xcaV", "uV"):
+        return 1e-6
+    if unit == "mV":
+        return 1e-3
+    return 1.0
+
+
+def resample(x: np.ndarray, fs_in: float, fs_out: float, n_out: int) -> np.ndarray:
+    """Polyphase resampling with scipy's Kaiser anti-aliasing filter; exact output length."""
+    if fs_in == fs_out:
+        y = x
+    else:
+        ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+        y = resample_poly(x, ratio.numerator, ratio.denominator)
+    if len(y) >= n_out:
+        return y[:n_out]
+    return np.pad(y, (0, n_out - len(y)))
+
+
+def robust_stats(x: np.ndarray) -> dict[str, float]:
+    q25, med, q75 = np.percentile(x, [25, 50, 75])
+    iqr = float(q75 - q25)
+    return {"median": float(med), "iqr": iqr, "robust_std": iqr / 1.349}
+
+
+def read_native(header: EDFHeader, labels: list[str]) -> dict[str, np.ndarray]:
+    """Read the named channels at their native rates, in physical units of the header.
+
+    Channels are read with MNE, one group per native sample rate, so no channel is
+    upsampled to the fastest one first.
+    """
+    import mne
+
+    by_label = {s.label: s for s in header.data_signals}
+    groups: dict[float, list[str]] = {}
+    for lab in labels:
+        groups.setdefault(by_label[lab].sfreq, []).append(lab)
+    reader = mne.io.read_raw_bdf if header.kind == "BDF" else mne.io.read_raw_edf
+    out = {}
+    for _fs, group in groups.items():
+        raw = reader(header.path, include=group, preload=False, verbose="error")
+        data = raw.get_data(picks=group)
+        for lab, row in zip(group, data, strict=True):
+            out[lab] = row / mne_gain(by_label[lab].physical_dimension)
+    return out
+
+
+def _clip_fraction(x: np.ndarray, sig) -> float:
+    span = sig.physical_max - sig.physical_min
+    steps = max(sig.digital_max - sig.digital_min, 1)
+    quantum = abs(span) / steps
+    lo, hi = sorted((sig.physical_min, sig.physical_max))
+    return float(np.mean((x <= lo + quantum) | (x >= hi - quantum)))
+
+
+def harmonise_recording(
+    row: dict, ruleset: RuleSet, cfg: dict
+) -> tuple[list[Channel], list[dict], float, EDFHeader]:
+    """Map, scale, resample, re-reference and check the channels of one recording."""
+    cfg = {**DEFAULTS, **cfg}
+    fs_out = float(cfg["target_fs"])
+    rid = row["recording_id"]
+    try:
+        header = read_header(row["edf"])
+    except EDFError as err:
+        raise RecordingRejected(str(err)) from None
+    if header.record_duration <= 0 or header.n_records <= 0:
+        raise RecordingRejected(f"{row['edf']}: the EDF holds no data records.")
+    duration = header.duration
+    n_out = int(np.floor(duration * fs_out))
+    signals = header.data_signals
+    labels = [s.label for s in signals]
+    assignments = assign_channels(labels, ruleset, site=row.get("site") or None)
+    audit = {a.index: _audit_row(rid, a, signals[a.index], fs_out) for a in assignments}
+
+    # minimum native rate per rule
+    for a in assignments:
+        if a.role == "signal" and signals[a.index].sfreq < a.rule.min_fs:
+            a.role, a.reason = (
+                "dropped",
+                (
+                    f"sample rate {signals[a.index].sfreq:g} Hz is below the minimum "
+                    f"{a.rule.min_fs:g} Hz for {a.modality}"
+                ),
+            )
+            audit[a.index].update(role="dropped", reason=a.reason)
+    needed = sorted(
+        {a.index for a in assignments if a.role == "signal"}
+        | {j for a in assignments if a.role == "signal" for j in a.reference_indices}
+    )
+    if not needed:
+        raise RecordingRejected(
+            f"{row['edf']}: no usable channel: none of the labels {labels} matches the channel "
+            f"rules ({ruleset.path}) or every match was dropped. Add the labels to the rules "
+            "(or a site rule) and run again."
+        )
+    try:
+        native = read_native(header, [signals[i].label for i in needed])
+    except Exception as err:  # MNE raises many types for corrupt data
+        raise RecordingRejected(f"{row['edf']}: MNE could not read the samples: {err}") from err
+
+    def to_target(i: int, unit: str | None) -> tuple[np.ndarray, float, float, float]:
+        sig = signals[i]
+        x = native[sig.label]
+        clipped = _clip_fraction(x, sig)
+        nan_frac = float(np.mean(~np.isfinite(x)))
+        scale = 1.0
+        if unit is not None:
+            src = unit_scale_to_uv(sig.physical_dimension)
+            if src is None:
+                src = 1.0  # unit-less electrophysiology is taken to be µV; audit says so
+            scale = src
+        x = np.where(np.isfinite(x), x, np.nan) * scale
+        if 0 < nan_frac < 1:
+            x = np.where(np.isnan(x), np.nanmedian(x), x)
+        y = (
+            resample(np.nan_to_num(x), sig.sfreq, fs_out, n_out)
+            if nan_frac < 1
+            else np.full(n_out, np.nan)
+        )
+        return y, scale, clipped, nan_frac
+
+    channels: list[Channel] = []
+    cache: dict[int, np.ndarray] = {}
+    for a in assignments:
+        if a.role != "signal":
+            continue
+        sig = signals[a.index]
+        y, scale, clipped, nan_frac = to_target(a.index, a.rule.unit)
+        ref_names = []
+        for j in a.reference_indices:
+            if j not in cache:
+                cache[j] = to_target(j, a.rule.unit)[0]
+            ref_names.append(signals[j].label)
+        if a.reference_indices:
+            y = y - np.mean([cache[j] for j in a.reference_indices], axis=0)
+        unit_out = "uV" if a.rule.unit is not None else sig.physical_dimension
+        row_audit = audit[a.index]
+        row_audit.update(
+            scale=scale, clipped_fraction=clipped, nan_fraction=nan_frac, unit_out=unit_out
+        )
+        reason = _check_channel(y, a, sig, clipped, nan_frac, cfg)
+        stats = robust_stats(y) if not reason else {"robust_std": float("nan")}
+        row_audit["robust_std"] = stats["robust_std"]
+        if reason:
+            row_audit.update(role="dropped", used=False, reason=reason)
+            continue
+        row_audit.update(used=True)
+        channels.append(
+            Channel(
+                a.canonical,
+                a.modality,
+                unit_out,
+                y.astype(np.float32),
+                sig.label,
+                ",".join(ref_names),
+            )
+        )
+    return channels, [audit[i] for i in sorted(audit)], duration, header
+
+
+def _check_channel(y, a: Assignment, sig, clipped: float, nan_frac: float, cfg: dict) -> str:
+    if nan_frac > cfg["nan_fraction"]:
+        return f"{nan_frac:.0%} of samples are NaN (limit {cfg['nan_fraction']:.0%})"
+    if not np.isfinite(y).all():
+        return "non-finite samples after resampling"
+    if np.ptp(y) == 0:
+        return "flat: the signal is constant (disconnected electrode or empty channel)"
+    if clipped > cfg["clip_fraction"]:
+        return (
+            f"clipped: {clipped:.1%} of samples sit at the physical min/max "
+            f"({sig.physical_min:g}..{sig.physical_max:g} {sig.physical_dimension}); "
+            f"limit {cfg['clip_fraction']:.0%}. Widen the amplifier range at acquisition"
+        )
+    if a.rule.unit is not None:
+        rstd = robust_stats(y)["robust_std"]
+        if rstd < cfg["flat_std_uv"]:
+            return (
+                f"flat: robust std {rstd:.3g} µV < flat_std_uv {cfg['flat_std_uv']:g}; if the "
+                f"channel is not flat, its header unit {sig.physical_dimension!r} is wrong "
+                "(values in V or mV labelled µV)"
+            )
+        if cfg["amplitude_check"] and rstd > MAX_PLAUSIBLE_STD_UV:
+            return (
+                f"implausible amplitude: robust std {rstd:.3g} µV; the header unit "
+                f"{sig.physical_dimension!r} is probably wrong (µV values labelled V or mV). "
+                "Fix the EDF physical dimension, or set harmonise.amplitude_check: false"
+            )
+    return ""
+
+
+def _audit_row(rid: str, a: Assignment, sig, fs_out: float) -> dict:
+    return {
+        "recording_id": rid,
+        "source_index": sig.index,
+        "source_label": sig.label,
+        "canonical": a.canonical,
+        "modality": a.modality,
+        "role": a.role,
+        "rule": a.rule.origin if a.rule else None,
+        "reference": None,
+        "unit_in": sig.physical_dimension,
+        "unit_out": None,
+        "scale": None,
+        "fs_in": sig.sfreq,
+        "fs_out": fs_out if a.role == "signal" else None,
+        "clipped_fraction": None,
+        "nan_fraction": None,
+        "robust_std": None,
+        "used": False,
+        "reason": a.reason,
+    }
+
+
+def write_signals(
+    path: Path, rid: str, channels: list[Channel], fs: float, duration: float
+) -> dict:
+    """Write the harmonised channels as an Arrow IPC file; return its metadata."""
+    present = {m: any(c.modality == m for c in channels) for m in MODALITIES}
+    meta = {
+        "format": "psgfm.signals/1",
+        "recording_id": rid,
+        "fs": fs,
+        "duration_s": duration,
+        "n_samples": len(channels[0].data),
+        "modality_mask": present,
+        "channels": [
+            {
+                "name": c.name,
+                "modality": c.modality,
+                "unit": c.unit,
+                "source_label": c.source_label,
+                "reference": c.reference,
+                **robust_stats(c.data),
+            }
+            for c in channels
+        ],
+    }
+    table = pa.table(
+        {c.name: pa.array(c.data, type=pa.float32()) for c in channels},
+        metadata={"psgfm": json.dumps(meta)},
+    )
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=1 << 20)
+    return meta
+
+
+def read_signals(path: str | Path) -> tuple[pa.Table, dict]:
+    """Memory-map a harmonised signals file; return the table and its metadata."""
+    source = pa.memory_map(str(path), "r")
+    table = pa.ipc.open_file(source).read_all()
+    return table, json.loads(table.schema.metadata[b"psgfm"])
+
+
+QC_COLUMNS = [
+    "recording_id",
+    "subject_id",
+    "site",
+    "status",
+    "reason",
+    "duration_s",
+    "n_channels",
+    *[f"has_{m}" for m in MODALITIES],
+    *[f"n_{m}" for m in MODALITIES],
+    "n_dropped",
+    "stages",
+    "stages_reason",
+]
+
+
+def process_recording(row: dict, ruleset: RuleSet, cfg: dict, out_dir: Path) -> dict:
+    """Harmonise one recording into ``out_dir``; return its QC row (never raises)."""
+    cfg = {**DEFAULTS, **cfg}
+    rid = row["recording_id"]
+    qc = {c: None for c in QC_COLUMNS}
+    qc.update(recording_id=rid, subject_id=row.get("subject_id"), site=row.get("site") or "")
+    try:
+        channels, audit, duration, _ = harmonise_recording(row, ruleset, cfg)
+        write_parquet(
+            pa.Table.from_pylist(audit, schema=AUDIT_SCHEMA), out_dir / f"{rid}.audit.parquet"
+        )
+        if not channels:
+            raise RecordingRejected(
+                f"{row['edf']}: every mapped channel was dropped (see {rid}.audit.parquet for "
+                "the reason of each)."
+            )
+        missing = [
+            m for m in cfg["require_modalities"] if not any(c.modality == m for c in channels)
+        ]
+        if missing:
+            raise RecordingRejected(
+                f"{row['edf']}: required modality {missing} absent (harmonise.require_modalities)."
+            )
+        stages_reason = ""
+        if row.get("hypnogram"):
+            try:
+                stages = read_hypnogram(
+                    row["hypnogram"], duration, 30.0, float(cfg["hypnogram_tolerance_s"])
+                )
+                write_parquet(
+                    pa.Table.from_pandas(stages, preserve_index=False),
+                    out_dir / f"{rid}.stages.parquet",
+                )
+                qc["stages"] = True
+            except HypnogramError as err:
+                stages_reason = str(err)
+                qc["stages"] = False
+        else:
+            qc["stages"] = False
+            stages_reason = "no hypnogram in the sample sheet"
+        write_signals(
+            out_dir / f"{rid}.signals.arrow", rid, channels, float(cfg["target_fs"]), duration
+        )
+        qc.update(
+            status="ok",
+            reason="",
+            duration_s=duration,
+            n_channels=len(channels),
+            n_dropped=sum(1 for a in audit if a["role"] == "dropped"),
+            stages_reason=stages_reason,
+        )
+        for m in MODALITIES:
+            n = sum(c.modality == m for c in channels)
+            qc[f"has_{m}"], qc[f"n_{m}"] = n > 0, n
+    except RecordingRejected as err:
+        log.warning("%s rejected: %s", rid, err)
+        qc.update(status="rejected", reason=str(err))
+    except Exception as err:  # one bad recording never kills the batch
+        log.error("%s failed unexpectedly:\n%s", rid, traceback.format_exc())
+        qc.update(status="rejected", reason=f"unexpected error ({type(err).__name__}: {err})")
+    if qc["status"] == "rejected":
+        for m in MODALITIES:
+            qc[f"has_{m}"], qc[f"n_{m}"] = False, 0
+        qc.update(n_channels=0)
+    return qc
+
+
+def harmonise_batch(recordings: list[dict], out_dir: str | Path, cfg: dict) -> pd.DataFrame:
+    """Harmonise every recording of a batch into ``out_dir``; write ``qc.parquet`` last."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ruleset = load_rules(cfg["channel_rules"])
+    rows = []
+    for row in recordings:
+        log.info("harmonising %s (%s)", row["recording_id"], row["edf"])
+        rows.append(process_recording(row, ruleset, cfg, out_dir))
+    qc = pd.DataFrame(rows, columns=QC_COLUMNS)
+    write_json(provenance("harmonise", cfg), out_dir / "provenance.json")
+    write_parquet(pa.Table.from_pandas(qc, preserve_index=False), out_dir / "qc.parquet")
+    return qc
