@@ -49,6 +49,11 @@ MANIFEST_COLUMNS = [
 ]
 
 
+def _tensor_array(tensor: np.ndarray) -> pa.ExtensionArray:
+    """Zero-copy wrap of a C-contiguous (rows, C, patches, patch) array as Arrow tensors."""
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(tensor)
+
+
 def chunk_layout(n_samples: int, fs: float, cfg: dict) -> tuple[int, int, int, int]:
     """(n_chunks, chunk_samples, patch_samples, patches_per_chunk) for a recording."""
     chunk = int(round(cfg["chunk_seconds"] * fs))
@@ -137,16 +142,14 @@ def export_recording(
                     ),
                 ]
                 for cols in columns.values():
-                    block = np.zeros((len(cols), (b1 - b0) * chunk), dtype=dtype)
+                    block = np.zeros((b1 - b0, len(cols), chunk), dtype=dtype)
+                    flat = np.zeros((b1 - b0) * chunk, dtype=dtype)
                     for ci, col in enumerate(cols):
-                        block[ci, :valid] = col.slice(s0, valid).to_numpy()
-                    # (C, chunks*chunk) -> (chunks, C, patches, patch)
-                    tensor = block.reshape(len(cols), b1 - b0, n_patches, patch).transpose(
-                        1, 0, 2, 3
-                    )
-                    arrays.append(
-                        pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(tensor))
-                    )
+                        flat[:valid] = col.slice(s0, valid).to_numpy()
+                        block[:, ci, :] = flat.reshape(b1 - b0, chunk)
+                    # (chunks, C, chunk) -> (chunks, C, patches, patch), C-contiguous
+                    tensor = block.reshape(b1 - b0, len(cols), n_patches, patch)
+                    arrays.append(_tensor_array(tensor))
                 writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
     return {
         "recording_id": rid,
@@ -223,5 +226,5 @@ def cohort_tables(harmonised_dirs: list[str], tensor_dirs: list[str]) -> dict[st
         reasons = failures.set_index("recording_id")["reason"]
         qc.loc[failed, "status"] = "rejected"
         qc.loc[failed, "reason"] = qc.loc[failed, "recording_id"].map(reasons)
-    qc["n_chunks"] = qc["n_chunks"].fillna(0).astype(int)
+    qc["n_chunks"] = pd.to_numeric(qc["n_chunks"]).fillna(0).astype(int)
     return {"qc": qc, "audit": audit, "manifest": manifest}

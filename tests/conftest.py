@@ -1,0 +1,71 @@
+"""Shared fixtures: small EDF files written with edfio, and paths of the real shared data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import edfio
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "psg"
+RULES = ROOT / "resources" / "channel_rules.yaml"
+
+requires_shared = pytest.mark.skipif(
+    not SHARED.exists(),
+    reason=f"real recordings not found at {SHARED} (../shared is absent on this machine)",
+)
+
+PATIENT_NAME = "Jane_Doe_Secret"
+
+
+def write_edf(path, signals, record_duration=1.0, patient_name=PATIENT_NAME):
+    """Write an EDF+ file. ``signals``: dicts with label, data, fs, unit, range (min, max)."""
+    sigs = [
+        edfio.EdfSignal(
+            np.asarray(s["data"], dtype=np.float64),
+            s["fs"],
+            label=s["label"],
+            physical_dimension=s.get("unit", "uV"),
+            physical_range=s.get("range", (-500.0, 500.0)),
+        )
+        for s in signals
+    ]
+    edf = edfio.Edf(
+        sigs,
+        patient=edfio.Patient(
+            code="MCH-0234567", sex="F", birthdate=dt.date(1951, 5, 2), name=patient_name
+        ),
+        recording=edfio.Recording(
+            startdate=dt.date(2017, 3, 4), hospital_administration_code="HOSP-998877"
+        ),
+        starttime=dt.time(22, 30),
+        data_record_duration=record_duration,
+    )
+    edf.write(path)
+    return Path(path)
+
+
+def eeg_like(n, fs, seed=0, amp=30.0):
+    """Band-limited noise (< 30 Hz) plus a 10 Hz rhythm, in µV."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / fs
+    white = rng.standard_normal(n)
+    spec = np.fft.rfft(white)
+    freqs = np.fft.rfftfreq(n, 1 / fs)
+    spec[freqs > 30] = 0
+    x = np.fft.irfft(spec, n)
+    x = x / x.std() * amp
+    return x + 15 * np.sin(2 * np.pi * 10 * t)
+
+
+@pytest.fixture
+def rules_path():
+    return RULES
+
+
+@pytest.fixture
+def harmonise_cfg(rules_path):
+    return {"channel_rules": str(rules_path), "target_fs": 128}

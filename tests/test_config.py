@@ -1,0 +1,79 @@
+"""Config and sample-sheet validation: clear errors naming the key/row and the fix."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from psgfm.config import ConfigError, batches, load_recordings, validate_config
+
+CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_shipped_config_is_valid_and_defaults_fill():
+    cfg = validate_config(CONFIG)
+    assert cfg["harmonise"]["target_fs"] == 128
+    partial = copy.deepcopy(CONFIG)
+    del partial["harmonise"]["flat_std_uv"]
+    assert validate_config(partial)["harmonise"]["flat_std_uv"] == 0.1
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda c: c["harmonise"].update(target_fs="fast"), r"harmonise.target_fs"),
+        (lambda c: c["harmonise"].update(batchsize=3), r"'batchsize' was unexpected.*allowed keys"),
+        (lambda c: c["export"].update(dtype="int8"), r"export.dtype.*'int8' is not one of"),
+        (lambda c: c.pop("samples"), r"'samples' is a required property"),
+        (lambda c: c["export"].update(chunk_seconds=301), r"multiple of export.patch_seconds"),
+    ],
+)
+def test_invalid_config_is_reported(mutate, match):
+    cfg = copy.deepcopy(CONFIG)
+    mutate(cfg)
+    with pytest.raises(ConfigError, match=match):
+        validate_config(cfg)
+
+
+def _sheet(tmp_path, text):
+    p = tmp_path / "s.tsv"
+    p.write_text(text)
+    return p
+
+
+def test_sample_sheet_errors_name_row_and_column(tmp_path):
+    head = "recording_id\tsubject_id\tedf\thypnogram\tpsg_date\tsite\n"
+    ok = load_recordings(_sheet(tmp_path, head + "r1\tS1\ta.edf\t\t2019-01-02\tx\n"))
+    assert ok.loc[0, "hypnogram"] == ""
+    with pytest.raises(ConfigError, match=r"row 3 \(recording_id=r2\), column psg_date"):
+        load_recordings(
+            _sheet(
+                tmp_path, head + "r1\tS1\ta.edf\t\t2019-01-02\t\nr2\tS2\tb.edf\t\t02/01/2019\t\n"
+            )
+        )
+    with pytest.raises(ConfigError, match="repeat"):
+        load_recordings(
+            _sheet(
+                tmp_path, head + "r1\tS1\ta.edf\t\t2019-01-02\t\nr1\tS2\tb.edf\t\t2019-01-02\t\n"
+            )
+        )
+    with pytest.raises(ConfigError, match="unknown column"):
+        load_recordings(
+            _sheet(tmp_path, "recording_id\tsubject\tedf\tpsg_date\nr\tS\ta\t2019-01-01\n")
+        )
+    with pytest.raises(ConfigError, match="column subject_id"):
+        load_recordings(_sheet(tmp_path, "recording_id\tedf\tpsg_date\nr\ta\t2019-01-01\n"))
+    with pytest.raises(ConfigError, match="not a calendar date"):
+        load_recordings(_sheet(tmp_path, head + "r1\tS1\ta.edf\t\t2019-02-31\t\n"))
+    with pytest.raises(ConfigError, match="lists no recordings"):
+        load_recordings(_sheet(tmp_path, head))
+
+
+def test_batches_cover_every_recording_once():
+    ids = [f"r{i}" for i in range(17)]
+    b = batches(ids, 8)
+    assert list(b) == ["b0000", "b0001", "b0002"]
+    assert sum(b.values(), []) == ids
