@@ -13,6 +13,8 @@ if DEMO_DIR is not None:
             f"{RESULTS}/logs/demo_cohort.log",
         benchmark:
             f"{RESULTS}/benchmarks/demo_cohort.tsv"
+        conda:
+            "../../envs/psgfm.yaml"
         threads: 1
         resources:
             mem_mb=2000,

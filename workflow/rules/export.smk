@@ -10,6 +10,8 @@ rule export:
     benchmark:
         f"{RESULTS}/benchmarks/export/{{batch}}.tsv"
     retries: 1
+    conda:
+        "../../envs/psgfm.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
@@ -37,6 +39,8 @@ rule cohort_manifest:
         f"{RESULTS}/logs/cohort_manifest.log",
     benchmark:
         f"{RESULTS}/benchmarks/cohort_manifest.tsv"
+    conda:
+        "../../envs/psgfm.yaml"
     threads: 1
     resources:
         mem_mb=2000,

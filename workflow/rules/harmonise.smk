@@ -9,6 +9,8 @@ rule harmonise:
     benchmark:
         f"{RESULTS}/benchmarks/harmonise/{{batch}}.tsv"
     retries: 1
+    conda:
+        "../../envs/psgfm.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,

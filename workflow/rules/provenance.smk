@@ -8,6 +8,8 @@ rule provenance:
         f"{RESULTS}/logs/provenance.log",
     benchmark:
         f"{RESULTS}/benchmarks/provenance.tsv"
+    conda:
+        "../../envs/psgfm.yaml"
     threads: 1
     resources:
         mem_mb=500,
