@@ -440,7 +440,9 @@ def harmonise_batch(recordings: list[dict], out_dir: str | Path, cfg: dict) -> p
     for row in recordings:
         log.info("harmonising %s (%s)", row["recording_id"], row["edf"])
         rows.append(process_recording(row, ruleset, cfg, out_dir))
-    qc = pd.DataFrame(rows, columns=QC_COLUMNS)
+    qc = pd.DataFrame(rows, columns=QC_COLUMNS).astype(
+        {"duration_s": "float64", "n_channels": "Int64", "n_dropped": "Int64", "stages": "boolean"}
+    )
     write_json(provenance("harmonise", cfg), out_dir / "provenance.json")
     write_parquet(pa.Table.from_pandas(qc, preserve_index=False), out_dir / "qc.parquet")
     return qc

@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from psgfm.config import batches, load_recordings, validate_config  # noqa: E402
+from snakemake.logging import logger  # noqa: E402
 
 config.update(validate_config(config))
 RESULTS = config["results"]
@@ -45,6 +46,16 @@ def harmonise_inputs(wildcards):
         "signals": [p for p in paths if Path(p).exists() or _is_demo_file(p)],
         "channel_rules": config["harmonise"]["channel_rules"],
     }
+
+
+_missing = [
+    p for p in recording_files() if not Path(p).exists() and not _is_demo_file(p)
+]
+if _missing:
+    logger.warning(
+        f"{len(_missing)} file(s) named in {config['samples']} do not exist (first: "
+        f"{_missing[:3]}); their recordings will be QC rows with reason 'file not found'."
+    )
 
 
 def all_targets():
