@@ -60,6 +60,7 @@ def tiny_run(tmp_path_factory):
     cfg["results"] = str(tmp / "results")
     cfg["demo"].update(out_dir=str(demo_dir), n_subjects=4, hours=0.15, seed=7)
     cfg["harmonise"]["batch_size"] = 2
+    cfg["harmonise"]["hypnogram_tolerance_s"] = 60
     cfg_path = tmp / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     targets = [f"{tmp}/results/tensors/manifest.parquet", f"{tmp}/results/qc/recordings_qc.tsv"]
@@ -74,11 +75,15 @@ def test_end_to_end_on_a_tiny_cohort(tiny_run):
         "recording_id"
     )
     truth = yaml.safe_load((Path(cfg["demo"]["out_dir"]) / "truth.json").read_text())
-    broken = set(truth["broken_recordings"])
+    broken = {b["recording_id"] for b in truth["broken_recordings"]}
+    mismatched = {m["recording_id"] for m in truth["hypnogram_mismatch"]}
+    assert broken and mismatched
     assert len(qc) == 4
     for rid, row in qc.iterrows():
         if rid in broken:
             assert row["status"] == "rejected" and "truncated" in row["reason"]
+        elif rid in mismatched:  # kept, signals exported, stage labels refused with a reason
+            assert row["status"] == "ok" and not row["stages"] and row["stages_reason"], row
         else:
             assert row["status"] == "ok" and row["n_chunks"] >= 1, row
     manifest = pd.read_parquet(tmp / "results" / "tensors" / "manifest.parquet")
