@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -84,6 +84,7 @@ class Channel:
     data: np.ndarray  # float32 at target fs
     source_label: str
     reference: str
+    stats: dict = field(default_factory=dict)  # robust_stats(data), computed once
 
 
 def mne_gain(unit: str) -> float:
@@ -136,7 +137,10 @@ def read_native(header: EDFHeader, labels: list[str]) -> dict[str, np.ndarray]:
         raw = reader(header.path, include=group, preload=False, verbose="error")
         data = raw.get_data(picks=group)
         for lab, row in zip(group, data, strict=True):
-            out[lab] = row / mne_gain(by_label[lab].physical_dimension)
+            gain = mne_gain(by_label[lab].physical_dimension)
+            if gain != 1.0:
+                row *= 1.0 / gain  # in place: get_data returned a fresh array
+            out[lab] = row
     return out
 
 
@@ -198,21 +202,20 @@ def harmonise_recording(
         sig = signals[i]
         x = native[sig.label]
         clipped = _clip_fraction(x, sig)
-        nan_frac = float(np.mean(~np.isfinite(x)))
+        finite = np.isfinite(x)
+        nan_frac = 0.0 if finite.all() else float(np.mean(~finite))
         scale = 1.0
         if unit is not None:
             src = unit_scale_to_uv(sig.physical_dimension)
             if src is None:
                 src = 1.0  # unit-less electrophysiology is taken to be µV; audit says so
             scale = src
-        x = np.where(np.isfinite(x), x, np.nan) * scale
-        if 0 < nan_frac < 1:
-            x = np.where(np.isnan(x), np.nanmedian(x), x)
-        y = (
-            resample(np.nan_to_num(x), sig.sfreq, fs_out, n_out)
-            if nan_frac < 1
-            else np.full(n_out, np.nan)
-        )
+        if nan_frac == 1:
+            return np.full(n_out, np.nan), scale, clipped, nan_frac
+        if nan_frac > 0:  # gaps are filled with the channel median before filtering
+            x = np.where(finite, x, np.median(x[finite]))
+        x = x * scale if scale != 1.0 else x
+        y = resample(x, sig.sfreq, fs_out, n_out)
         return y, scale, clipped, nan_frac
 
     channels: list[Channel] = []
@@ -234,9 +237,10 @@ def harmonise_recording(
         row_audit.update(
             scale=scale, clipped_fraction=clipped, nan_fraction=nan_frac, unit_out=unit_out
         )
-        reason = _check_channel(y, a, sig, clipped, nan_frac, cfg)
-        stats = robust_stats(y) if not reason else {"robust_std": float("nan")}
-        row_audit["robust_std"] = stats["robust_std"]
+        y = y.astype(np.float32)
+        stats = robust_stats(y) if np.isfinite(y).all() else None
+        reason = _check_channel(y, a, sig, clipped, nan_frac, cfg, stats)
+        row_audit["robust_std"] = stats["robust_std"] if stats else float("nan")
         if reason:
             row_audit.update(role="dropped", used=False, reason=reason)
             continue
@@ -246,15 +250,18 @@ def harmonise_recording(
                 a.canonical,
                 a.modality,
                 unit_out,
-                y.astype(np.float32),
+                y,
                 sig.label,
                 ",".join(ref_names),
+                stats,
             )
         )
     return channels, [audit[i] for i in sorted(audit)], duration, header
 
 
-def _check_channel(y, a: Assignment, sig, clipped: float, nan_frac: float, cfg: dict) -> str:
+def _check_channel(
+    y, a: Assignment, sig, clipped: float, nan_frac: float, cfg: dict, stats: dict | None
+) -> str:
     if nan_frac > cfg["nan_fraction"]:
         return f"{nan_frac:.0%} of samples are NaN (limit {cfg['nan_fraction']:.0%})"
     if not np.isfinite(y).all():
@@ -268,7 +275,7 @@ def _check_channel(y, a: Assignment, sig, clipped: float, nan_frac: float, cfg: 
             f"limit {cfg['clip_fraction']:.0%}. Widen the amplifier range at acquisition"
         )
     if a.rule.unit is not None:
-        rstd = robust_stats(y)["robust_std"]
+        rstd = stats["robust_std"]
         if rstd < cfg["flat_std_uv"]:
             return (
                 f"flat: robust std {rstd:.3g} µV < flat_std_uv {cfg['flat_std_uv']:g}; if the "
@@ -326,7 +333,7 @@ def write_signals(
                 "unit": c.unit,
                 "source_label": c.source_label,
                 "reference": c.reference,
-                **robust_stats(c.data),
+                **(c.stats or robust_stats(c.data)),
             }
             for c in channels
         ],
