@@ -1,2 +1,79 @@
-# ICD-to-phecode mapping and time-to-event construction (issue: phenome stage).
-PHENOME_TARGETS = []
+# Phenome: ICD diagnoses -> phecodes -> per-phecode case/control status and time to first
+# diagnosis after the PSG night (rules documented in docs/phenome.md).
+PHENOME = config["phenome"]
+PHECODE_MAP = f"resources/phecode_maps/{PHENOME['map']['name']}.csv"
+PHENOME_OUT = f"{RESULTS}/phenome"
+
+
+rule phecode_map:
+    output:
+        csv=PHECODE_MAP,
+        provenance=PHECODE_MAP.replace(".csv", ".provenance.json"),
+    log:
+        f"{RESULTS}/logs/phecode_map.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/phecode_map.tsv"
+    retries: 2
+    conda:
+        "../../envs/psgfm.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=15,
+    params:
+        map=PHENOME["map"],
+        cache_dir="resources/phecode_maps/.wheel",
+    script:
+        "../scripts/phecode_map.py"
+
+
+rule phenome:
+    input:
+        diagnoses=PHENOME["diagnoses"],
+        persons=PHENOME["persons"],
+        sheet=config["samples"],
+        map=PHECODE_MAP,
+        map_provenance=PHECODE_MAP.replace(".csv", ".provenance.json"),
+        sleepfm_labels=(
+            [PHENOME["sleepfm_labels"]] if PHENOME["subset"] == "sleepfm" else []
+        ),
+    output:
+        labels=f"{PHENOME_OUT}/labels.parquet",
+        summary=f"{PHENOME_OUT}/summary.parquet",
+        summary_tsv=report(
+            f"{PHENOME_OUT}/summary.tsv",
+            caption="../report/phenome_summary.rst",
+            category="Phenome",
+        ),
+        is_event=f"{PHENOME_OUT}/is_event.csv",
+        time_to_event=f"{PHENOME_OUT}/time_to_event.csv",
+        unmapped=f"{PHENOME_OUT}/qc/unmapped_codes.tsv",
+        dropped=f"{PHENOME_OUT}/qc/dropped_persons.tsv",
+        records=f"{PHENOME_OUT}/qc/records.tsv",
+        provenance=f"{PHENOME_OUT}/provenance.json",
+    log:
+        f"{RESULTS}/logs/phenome.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/phenome.tsv"
+    retries: 1
+    conda:
+        "../../envs/psgfm.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    params:
+        phenome=PHENOME,
+    script:
+        "../scripts/phenome.py"
+
+
+PHENOME_TARGETS = [
+    f"{PHENOME_OUT}/summary.tsv",
+    f"{PHENOME_OUT}/labels.parquet",
+    f"{PHENOME_OUT}/is_event.csv",
+    f"{PHENOME_OUT}/time_to_event.csv",
+    f"{PHENOME_OUT}/qc/unmapped_codes.tsv",
+    f"{PHENOME_OUT}/qc/dropped_persons.tsv",
+    f"{PHENOME_OUT}/provenance.json",
+]

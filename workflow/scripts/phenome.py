@@ -1,0 +1,19 @@
+import json
+
+from psgfm.logutil import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from psgfm.phenome import run_phenome  # noqa: E402
+
+with open(snakemake.input.map_provenance, encoding="utf-8") as fh:
+    map_provenance = json.load(fh)
+run_phenome(
+    snakemake.input.diagnoses,
+    snakemake.input.persons,
+    snakemake.input.sheet,
+    snakemake.input.map,
+    out=dict(snakemake.output.items()),
+    config=snakemake.params.phenome,
+    map_provenance=map_provenance,
+)
