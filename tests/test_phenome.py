@@ -1,0 +1,513 @@
+"""Phenome stage: hand-built cohort with every rule, Polars vs pandas reference, input
+validation, and the generated demo EHR."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from psgfm.phecode_maps import MAPS, load_map, sha256_file, standardise_map
+from psgfm.phenome import PhenomeInputError, build_phenome, read_persons, run_phenome
+from psgfm.phenome_reference import reference_phenome
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_MAP = ROOT / "resources" / "phecode_maps" / "phecode12.csv"
+
+# phecode 1.2 layout: one row per (phecode, ICD, roll-up target); the roll-up parent of a code
+# is a separate row whose phecode_unrolled is the parent (as in the published map).
+MAP_CSV = """phecode,ICD,flag,phecode_string,phecode_category,exclude_range,sex,phecode_unrolled
+401.1,401.9,9,Essential hypertension,circulatory,"401,401.2",Both,401.1
+401.1,401.9,9,Essential hypertension,circulatory,"401,401.2",Both,401
+401.1,I10,10,Essential hypertension,circulatory,"401,401.2",Both,401.1
+401.1,I10,10,Essential hypertension,circulatory,"401,401.2",Both,401
+401,401,9,Hypertension,circulatory,,Both,401
+401.2,I11.9,10,Hypertensive heart disease,circulatory,401.1,Both,401.2
+401.2,I11.9,10,Hypertensive heart disease,circulatory,401.1,Both,401
+250.2,E11.9,10,Type 2 diabetes,endocrine,250.1,Both,250.2
+250.2,250.00,9,Type 2 diabetes,endocrine,250.1,Both,250.2
+250.1,E10.9,10,Type 1 diabetes,endocrine,250.2,Both,250.1
+600,N40.0,10,Hyperplasia of prostate,genitourinary,,Male,600
+600,600.00,9,Hyperplasia of prostate,genitourinary,,Male,600
+615,N80.0,10,Endometriosis,genitourinary,,Female,615
+327.32,G47.33,10,Obstructive sleep apnea,neurological,,Both,327.32
+"""
+
+
+@pytest.fixture
+def hand_map(tmp_path) -> pl.DataFrame:
+    path = tmp_path / "phecode12.csv"
+    path.write_text(MAP_CSV)
+    return load_map(path, "phecode12")
+
+
+def D(text):  # noqa: N802 - short date helper
+    return dt.date.fromisoformat(text)
+
+
+PERSONS = pl.DataFrame(
+    {
+        "person_id": ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P10", "P11"],
+        "sex": ["F", "M", "F", "M", "F", "M", "F", "M", "M", "M"],
+        "birth_date": [D("1950-01-01")] * 10,
+        "end_of_followup": [
+            D("2023-01-01"),
+            D("2021-03-01"),
+            D("2022-01-01"),
+            D("2022-06-30"),
+            D("2024-01-01"),
+            D("2021-01-01"),
+            D("2020-12-31"),  # P7: before the PSG -> negative follow-up, dropped
+            D("2022-01-01"),  # P8: no PSG
+            D("2020-01-01"),
+            D("2020-07-01"),  # P11: died
+        ],
+        "death": [False, True, False, True, False, False, False, False, False, True],
+    }
+)
+SHEET = pl.DataFrame(
+    {
+        "subject_id": ["P1", "P2", "P2", "P3", "P4", "P5", "P6", "P7", "P9", "P10", "P11"],
+        "psg_date": [
+            "2020-01-01",
+            "2019-05-01",  # P2's second, later recording: the earliest (2019-03-01) is used
+            "2019-03-01",
+            "2020-01-01",
+            "2020-01-01",
+            "2020-01-01",
+            "2020-01-01",
+            "2021-01-01",
+            "2020-01-01",  # P9: not in the persons table
+            "2018-01-01",
+            "2020-01-01",
+        ],
+    }
+)
+RECORDS = [
+    # P1: three I10 records, two on the same date -> 2 distinct dates -> case on 2020-06-01
+    ("P1", "I10", "ICD10CM", "2020-06-01"),
+    ("P1", "I10", "ICD10CM", "2020-06-01"),
+    ("P1", "I10", "ICD10CM", "2021-01-01"),
+    # P2: ICD-9-CM then WHO ICD-10 -> case on 2019-05-01; prostate case (sex M)
+    ("P2", "401.9", "ICD9CM", "2019-05-01"),
+    ("P2", "I10", "ICD10", "2020-01-10"),
+    ("P2", "N40.0", "ICD10CM", "2019-04-01"),
+    ("P2", "600.00", "ICD9CM", "2019-09-01"),
+    # P3: two I10 records on one date -> single_record; endometriosis case
+    ("P3", "I10", "ICD10CM", "2020-02-01"),
+    ("P3", " i10 ", "ICD10CM", "2020-02-01"),
+    ("P3", "N80.0", "ICD10CM", "2020-03-01"),
+    ("P3", "N80.0", "ICD10CM", "2020-04-01"),
+    # P4: diabetes first coded before the PSG -> prevalent (and exclusion_range for 250.1)
+    ("P4", "E11.9", "ICD10CM", "2019-12-01"),
+    ("P4", "e11.9", "ICD10CM", "2020-03-01"),
+    # P5: type 1 diabetes case -> exclusion_range for type 2
+    ("P5", "E10.9", "ICD10CM", "2020-05-01"),
+    ("P5", "E109", "ICD10CM", "2020-07-01"),
+    # P6: first record 19 days after the PSG: case with washout 0, prevalent with washout 30
+    ("P6", "E11.9", "ICD10CM", "2020-01-20"),
+    ("P6", "250.00", "ICD9CM", "2020-03-01"),
+    # P7: dropped (negative follow-up); its records are not used
+    ("P7", "I10", "ICD10CM", "2020-06-01"),
+    ("P7", "I10", "ICD10CM", "2020-07-01"),
+    # P10: dotless and trailing-dot ICD-9 codes; unmapped codes
+    ("P10", "4019", "ICD9CM", "2018-02-01"),
+    ("P10", "401.9.", "ICD9CM", "2018-03-01"),
+    ("P10", "ZZZ.99", "ICD10CM", "2018-04-01"),
+    ("P10", "ZZZ99", "ICD10CM", "2018-05-01"),
+    ("P10", "XYZ", "ICD9CM", "2018-05-01"),
+    ("P10", "I10", "ICD10CM", None),  # missing date: counted, not used
+    # P11: sleep apnoea coded after death (end of follow-up) -> ignored; censored at death
+    ("P11", "G47.33", "ICD10CM", "2020-08-01"),
+    ("P11", "G47.33", "ICD10CM", "2020-09-01"),
+]
+DIAGNOSES = pl.DataFrame(RECORDS, schema=["person_id", "code", "code_system", "date"], orient="row")
+
+# Every (person, phecode) row that is not a control, written out by hand:
+# phecode -> person -> (status, reason, time_days)
+NOT_CONTROL = {
+    "401.1": {
+        "P1": ("case", None, 152),  # 2020-01-01 -> 2020-06-01
+        "P2": ("case", None, 61),  # 2019-03-01 -> 2019-05-01
+        "P3": ("excluded", "single_record", None),
+        "P10": ("case", None, 31),  # 2018-01-01 -> 2018-02-01
+    },
+    "600": {
+        "P1": ("excluded", "sex", None),
+        "P2": ("case", None, 31),  # 2019-03-01 -> 2019-04-01
+        "P3": ("excluded", "sex", None),
+        "P5": ("excluded", "sex", None),
+    },
+    "615": {
+        "P2": ("excluded", "sex", None),
+        "P3": ("case", None, 60),  # 2020-01-01 -> 2020-03-01
+        "P4": ("excluded", "sex", None),
+        "P6": ("excluded", "sex", None),
+        "P10": ("excluded", "sex", None),
+        "P11": ("excluded", "sex", None),
+    },
+    "250.2": {
+        "P4": ("excluded", "prevalent", None),
+        "P5": ("excluded", "exclusion_range", None),
+        "P6": ("case", None, 19),
+    },
+    "250.1": {
+        "P4": ("excluded", "exclusion_range", None),
+        "P5": ("case", None, 121),  # 2020-01-01 -> 2020-05-01
+        "P6": ("excluded", "exclusion_range", None),
+    },
+}
+NOT_CONTROL["401"] = NOT_CONTROL["401.1"]  # roll-up: every 401.1 code also counts for 401
+CONTROL_DAYS = {  # end_of_followup - PSG date
+    "P1": 1096,
+    "P2": 731,
+    "P3": 731,
+    "P4": 911,
+    "P5": 1461,
+    "P6": 366,
+    "P10": 730,
+    "P11": 182,
+}
+DEATH = {"P2": True, "P4": True, "P11": True}
+
+
+def expected_labels() -> pd.DataFrame:
+    rows = []
+    for phe in ("250.1", "250.2", "401", "401.1", "600", "615"):
+        for pid, days in CONTROL_DAYS.items():
+            status, reason, t = NOT_CONTROL[phe].get(pid, ("control", None, days))
+            event = {"case": 1, "control": 0}.get(status)
+            rows.append((pid, phe, status, reason, event, t, DEATH.get(pid, False)))
+    df = pd.DataFrame(
+        rows, columns=["person_id", "phecode", "status", "reason", "event", "time_days", "death"]
+    )
+    df["event"] = df["event"].astype("Int8")
+    df["time_days"] = df["time_days"].astype("Int32")
+    return df.sort_values(["person_id", "phecode"], ignore_index=True)
+
+
+def _pdsorted(df: pl.DataFrame, cols) -> pd.DataFrame:
+    out = df.select(cols).to_pandas()
+    for c in ("event", "time_days"):
+        if c in out:
+            out[c] = out[c].astype("Int8" if c == "event" else "Int32")
+    return out.sort_values(["person_id", "phecode"], ignore_index=True)
+
+
+def test_hand_cohort_every_rule(hand_map):
+    out = build_phenome(DIAGNOSES, PERSONS, SHEET, hand_map, {"min_cases": 3})
+    cols = ["person_id", "phecode", "status", "reason", "event", "time_days", "death"]
+    pd.testing.assert_frame_equal(_pdsorted(out["labels"], cols), expected_labels())
+    # event / censoring dates
+    lab = out["labels"]
+    p1 = lab.filter(pl.col("person_id") == "P1", pl.col("phecode") == "401.1")
+    assert p1["end_date"].item() == D("2020-06-01")
+    p11 = lab.filter(pl.col("person_id") == "P11", pl.col("phecode") == "401.1")
+    assert p11["end_date"].item() == D("2020-07-01") and p11["death"].item()
+    # 327.32 has only records after death: not observed, not in the outputs
+    assert "327.32" not in lab["phecode"].to_list()
+    # dropped persons
+    dropped = dict(out["dropped"].select("person_id", "reason").iter_rows())
+    assert dropped == {"P7": "negative_followup", "P8": "no_psg", "P9": "not_in_persons"}
+    # unmapped codes, per code system, with counts (normalised: ZZZ.99 == ZZZ99)
+    unm = {(r["code_system"], r["code"]): r["n_records"] for r in out["unmapped"].to_dicts()}
+    assert unm == {("ICD10CM", "ZZZ99"): 2, ("ICD9CM", "XYZ"): 1}
+    rec = {r["code_system"]: r for r in out["records"].to_dicts()}
+    assert rec["ICD10CM"]["missing_date"] == 1
+    assert rec["ICD10CM"]["after_end_of_followup"] == 2
+    assert rec["ICD10CM"]["person_not_in_cohort"] == 2
+    assert rec["ICD9CM"]["used_unmapped"] == 1
+    # summary and min_cases
+    summ = {r["phecode"]: r for r in out["summary"].to_dicts()}
+    assert summ["401.1"]["n_case"] == 3 and summ["401.1"]["n_excluded_single_record"] == 1
+    assert summ["401.1"]["n_control"] == 4 and summ["401.1"]["fit"]
+    assert summ["600"]["n_excluded_sex"] == 3 and not summ["600"]["fit"]
+    assert summ["250.1"]["n_excluded_exclusion_range"] == 2
+    assert summ["250.2"]["n_excluded_prevalent"] == 1
+    assert summ["401.1"]["phecode_string"] == "Essential hypertension"
+    # median follow-up of cases and controls of 401.1: 31 61 152 182 366 911 1461 -> 182
+    assert summ["401.1"]["median_followup_days"] == 182.0
+    # wide tables: one row per person, person_id then one column per phecode
+    wide = out["is_event"]
+    assert wide.columns[0] == "person_id" and wide.height == len(CONTROL_DAYS)
+    row = wide.filter(pl.col("person_id") == "P3").to_dicts()[0]
+    assert row["401.1"] is None and row["615"] == 1 and row["250.2"] == 0
+    tte = out["time_to_event"].filter(pl.col("person_id") == "P3").to_dicts()[0]
+    assert tte["615"] == 60 and tte["250.2"] == 731
+
+
+def test_washout_makes_early_case_prevalent(hand_map):
+    out = build_phenome(DIAGNOSES, PERSONS, SHEET, hand_map, {"washout_days": 30})
+    lab = out["labels"].filter(pl.col("person_id") == "P6", pl.col("phecode") == "250.2")
+    assert lab["status"].item() == "excluded" and lab["reason"].item() == "prevalent"
+
+
+def test_min_records_three(hand_map):
+    out = build_phenome(DIAGNOSES, PERSONS, SHEET, hand_map, {"min_records": 3})
+    lab = out["labels"].filter(pl.col("phecode") == "401.1")
+    reasons = dict(lab.select("person_id", "reason").iter_rows())
+    assert reasons["P1"] == "too_few_records" and reasons["P3"] == "single_record"
+    assert (lab["status"] == "case").sum() == 0
+
+
+def test_subset_restricts_phecodes(hand_map):
+    out = build_phenome(DIAGNOSES, PERSONS, SHEET, hand_map, {"subset": ["401.1", "999"]})
+    assert out["summary"]["phecode"].to_list() == ["401.1"]
+    assert out["subset_missing"] == ["999"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Polars vs pandas reference on a random cohort
+# ---------------------------------------------------------------------------------------------
+
+CODES = [
+    ("I10", "ICD10CM"),
+    ("I10", "ICD10"),
+    ("401.9", "ICD9CM"),
+    ("4019", "ICD9CM"),
+    ("I11.9", "ICD10CM"),
+    ("E11.9", "ICD10CM"),
+    ("e119 ", "ICD10CM"),
+    ("250.00", "ICD9CM"),
+    ("E10.9", "ICD10CM"),
+    ("N40.0", "ICD10CM"),
+    ("600.00", "ICD9CM"),
+    ("N80.0", "ICD10CM"),
+    ("G47.33", "ICD10CM"),
+    ("ZZZ.99", "ICD10CM"),
+    ("401", "ICD9CM"),
+]
+
+
+def random_cohort(seed: int, n_persons: int = 300, n_records: int = 4000):
+    rng = np.random.default_rng(seed)
+    pids = [f"R{i:04d}" for i in range(n_persons)]
+    psg = pd.Timestamp("2015-01-01") + pd.to_timedelta(rng.integers(0, 2000, n_persons), "D")
+    end = psg + pd.to_timedelta(rng.integers(-30, 3000, n_persons), "D")
+    persons = pd.DataFrame(
+        {
+            "person_id": pids,
+            "sex": rng.choice(["F", "M"], n_persons),
+            "birth_date": (psg - pd.to_timedelta(rng.integers(15000, 25000, n_persons), "D")).date,
+            "end_of_followup": end.date,
+            "death": rng.random(n_persons) < 0.2,
+        }
+    )
+    sheet = pd.DataFrame({"subject_id": pids, "psg_date": psg.strftime("%Y-%m-%d")})
+    who = rng.integers(0, n_persons, n_records)
+    code = rng.integers(0, len(CODES), n_records)
+    offset = rng.integers(-1500, 3000, n_records) // 7 * 7  # weekly grid: same-date repeats
+    dates = (psg[who] + pd.to_timedelta(offset, "D")).strftime("%Y-%m-%d").to_numpy(object)
+    dates[rng.random(n_records) < 0.01] = None
+    diagnoses = pd.DataFrame(
+        {
+            "person_id": np.array(pids)[who],
+            "code": [CODES[c][0] for c in code],
+            "code_system": [CODES[c][1] for c in code],
+            "date": dates,
+        }
+    )
+    return diagnoses, persons, sheet
+
+
+@pytest.mark.parametrize(
+    "seed,rules",
+    [
+        (1, {"min_records": 2, "washout_days": 0, "min_cases": 5}),
+        (2, {"min_records": 3, "washout_days": 60, "min_cases": 20}),
+    ],
+)
+def test_polars_matches_pandas_reference(hand_map, seed, rules):
+    diagnoses, persons, sheet = random_cohort(seed)
+    out = build_phenome(pl.from_pandas(diagnoses), pl.from_pandas(persons), sheet, hand_map, rules)
+    ref = reference_phenome(diagnoses, persons, sheet, hand_map, **rules)
+    cols = ["person_id", "phecode", "status", "reason", "event", "time_days", "death"]
+    got = _pdsorted(out["labels"], cols)
+    want = ref["labels"][cols].sort_values(["person_id", "phecode"], ignore_index=True)
+    assert len(got) > 1000 and set(got.status) == {"case", "control", "excluded"}
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    gs = out["summary"].drop("phecode_string", "category", "sex").to_pandas()
+    gs = gs.sort_values("phecode", ignore_index=True)
+    ws = ref["summary"][list(gs.columns)].sort_values("phecode", ignore_index=True)
+    pd.testing.assert_frame_equal(gs, ws, check_dtype=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _persons_file(tmp_path, **change) -> Path:
+    df = PERSONS.to_pandas().astype({"birth_date": str, "end_of_followup": str})
+    for col, value in change.items():
+        if value is None:
+            df = df.drop(columns=col)
+        else:
+            df.loc[1, col] = value
+    path = tmp_path / "persons.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    path = _persons_file(tmp_path, death=None)
+    with pytest.raises(PhenomeInputError, match=r"persons\.csv.*death"):
+        read_persons(path)
+
+
+def test_bad_sex_names_file_and_column(tmp_path):
+    path = _persons_file(tmp_path, sex="X")
+    with pytest.raises(PhenomeInputError, match=r"persons\.csv.*column sex.*P2"):
+        read_persons(path)
+
+
+def test_unparseable_date_names_file_and_column(tmp_path):
+    path = _persons_file(tmp_path, birth_date="31/12/1950")
+    with pytest.raises(PhenomeInputError, match=r"persons\.csv.*column birth_date.*YYYY-MM-DD"):
+        read_persons(path)
+
+
+def test_missing_diagnosis_column(tmp_path, hand_map):
+    path = tmp_path / "diagnoses.parquet"
+    DIAGNOSES.drop("code_system").write_parquet(path)
+    with pytest.raises(PhenomeInputError, match=r"diagnoses\.parquet.*code_system"):
+        build_phenome(path, PERSONS, SHEET, hand_map)
+
+
+def test_unparseable_diagnosis_dates_reported(hand_map):
+    diag = DIAGNOSES.with_columns(
+        pl.when(pl.col("code") == "XYZ").then(pl.lit("yesterday")).otherwise("date").alias("date")
+    )
+    out = build_phenome(diag, PERSONS, SHEET, hand_map)
+    rec = {r["code_system"]: r for r in out["records"].to_dicts()}
+    assert rec["ICD9CM"]["unparseable_date"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: partitioned Parquet in, every output written
+# ---------------------------------------------------------------------------------------------
+
+
+def test_run_phenome_writes_outputs(tmp_path, hand_map):
+    parts = tmp_path / "diagnoses"
+    parts.mkdir()
+    half = DIAGNOSES.height // 2
+    DIAGNOSES.slice(0, half).write_parquet(parts / "part-0.parquet")
+    DIAGNOSES.slice(half).write_parquet(parts / "part-1.parquet")
+    PERSONS.write_parquet(tmp_path / "persons.parquet")
+    sheet = tmp_path / "recordings.tsv"
+    SHEET.with_columns(recording_id=pl.format("r{}", pl.int_range(pl.len()))).write_csv(
+        sheet, separator="\t"
+    )
+    map_csv = tmp_path / "phecode12.csv"
+    map_csv.write_text(MAP_CSV)
+    names = ["labels", "summary", "summary_tsv", "is_event", "time_to_event"]
+    names += ["unmapped", "dropped", "records", "provenance"]
+    suffix = {"labels": ".parquet", "summary": ".parquet", "provenance": ".json"}
+    out = {k: str(tmp_path / "out" / f"{k}{suffix.get(k, '.tsv')}") for k in names}
+    out["is_event"] = str(tmp_path / "out" / "is_event.csv")
+    out["time_to_event"] = str(tmp_path / "out" / "time_to_event.csv")
+    cfg = {"map": {"name": "phecode12"}, "min_records": 2, "min_cases": 3, "washout_days": 0}
+    prov = run_phenome(
+        str(parts),
+        str(tmp_path / "persons.parquet"),
+        str(sheet),
+        str(map_csv),
+        out,
+        cfg,
+        chunk_persons=3,
+    )
+    labels = pl.read_parquet(out["labels"])
+    cols = ["person_id", "phecode", "status", "reason", "event", "time_days", "death"]
+    pd.testing.assert_frame_equal(_pdsorted(labels, cols), expected_labels())
+    wide = pd.read_csv(out["is_event"], dtype={"person_id": str})
+    assert list(wide.columns[:1]) == ["person_id"] and len(wide) == len(CONTROL_DAYS)
+    assert wide.set_index("person_id").loc["P3", "615"] == 1
+    tte = pd.read_csv(out["time_to_event"]).set_index("person_id")
+    assert tte.loc["P1", "401.1"] == 152 and pd.isna(tte.loc["P3", "401.1"])
+    assert json.loads(Path(out["provenance"]).read_text())["counts"]["persons_dropped"] == 3
+    assert prov["counts"]["phecodes_fitted"] == 2  # 401 and 401.1
+    assert pd.read_csv(out["unmapped"], sep="\t").n_records.sum() == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Demo EHR (needs the real phecode 1.2 map)
+# ---------------------------------------------------------------------------------------------
+
+
+def _pypi_reachable() -> bool:
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def real_map(tmp_path_factory) -> pl.DataFrame:
+    from psgfm.phecode_maps import fetch_map
+
+    path = REAL_MAP
+    if not (path.exists() and sha256_file(path) == MAPS["phecode12"]["sha256"]):
+        if not _pypi_reachable():
+            pytest.skip("phecode12 map not cached and PyPI unreachable (offline)")
+        path = tmp_path_factory.mktemp("map") / "phecode12.csv"
+        fetch_map("phecode12", path)
+    return load_map(path, "phecode12")
+
+
+def test_demo_ehr_cases_match_truth(real_map):
+    from psgfm.demo import ehr_truth, simulate_ehr, site_of
+    from psgfm.demo_signals import draw_traits
+
+    seed = 20261124
+    traits = [draw_traits(seed, i, site_of(i)) for i in range(400)]
+    ehr = simulate_ehr(seed, traits)
+    sheet = pl.DataFrame(
+        {"subject_id": [t.subject_id for t in traits], "psg_date": [t.psg_date for t in traits]}
+    )
+    out = build_phenome(
+        pl.from_arrow(ehr["diagnoses"]), pl.from_arrow(ehr["persons"]), sheet, real_map
+    )
+    lab = {(r["person_id"], r["phecode"]): r for r in out["labels"].to_dicts()}
+    keys = real_map.select("code_system", "icd", "phecode")
+    phecodes_of = {}
+    for link in ehr_truth()["links"]:
+        sets = [
+            set(keys.filter(pl.col("code_system") == system, pl.col("icd") == code)["phecode"])
+            for system, codes in link["codes"].items()
+            for code in codes
+        ]
+        phecodes_of[link["disease"]] = set.intersection(*sets)
+        assert phecodes_of[link["disease"]], link
+    assert {"401.1", "401"} <= phecodes_of["hypertension"]
+    n_case = n_prev = 0
+    for onset in ehr["onsets"]:
+        for phe in phecodes_of[onset["disease"]]:
+            row = lab[(onset["person_id"], phe)]
+            if onset["prevalent"]:
+                n_prev += 1
+                assert row["status"] == "excluded" and row["reason"] == "prevalent", (onset, row)
+            elif onset["n_records"] >= 2:
+                n_case += 1
+                assert row["status"] == "case", (onset, row)
+                assert row["end_date"] == dt.date.fromisoformat(onset["onset_date"])
+            else:
+                assert row["status"] == "excluded", (onset, row)
+    assert n_case > 50 and n_prev > 50
+    unm = out["unmapped"].filter(pl.col("code") == "ZZZ99")
+    assert unm["n_records"].sum() == sum(g["kind"] == "unknown_code" for g in ehr["garbage"])
+
+
+def test_standardise_map_requires_columns():
+    from psgfm.phecode_maps import PhecodeMapError
+
+    raw = pl.read_csv(MAP_CSV.encode()).drop("phecode_unrolled")
+    with pytest.raises(PhecodeMapError, match="phecode_unrolled"):
+        standardise_map(raw, "phecode12")
