@@ -349,7 +349,9 @@ def prepare_map(map_df: pl.DataFrame, map_name: str) -> PreparedMap:
 # ---------------------------------------------------------------------------------------------
 
 
-def diagnosis_plans(diagnoses, cohort: pl.DataFrame, pmap: PreparedMap) -> dict[str, pl.LazyFrame]:
+def diagnosis_plans(
+    diagnoses, cohort: pl.DataFrame, pmap: PreparedMap, min_records: int = 2
+) -> dict[str, pl.LazyFrame]:
     """Lazy plans over the raw diagnoses: record QC, unmapped codes, person x phecode."""
     lf = scan_table(diagnoses, DIAGNOSES_COLUMNS, "diagnoses")
     lf = _to_date(lf, "date", "date_parsed")
@@ -393,14 +395,23 @@ def diagnosis_plans(diagnoses, cohort: pl.DataFrame, pmap: PreparedMap) -> dict[
         n_records=pl.len(),
         n_persons=pl.col("person_idx").n_unique(),
     )
-    pp = (
+    mapped = (
         used.select("person_idx", "code_system", "code_key", "date")
         .join(pmap.keys.lazy(), on=["code_system", "code_key"], how="inner")
         .select("person_idx", "phecode_idx", "date")
-        .unique()
-        .group_by("person_idx", "phecode_idx")
-        .agg(first_date=pl.col("date").min(), n_dates=pl.len().cast(pl.UInt32))
     )
+    if min_records <= 2:
+        # only "one distinct date or more than one" matters: min/max stream in O(groups)
+        pp = mapped.group_by("person_idx", "phecode_idx").agg(
+            first_date=pl.col("date").min(),
+            n_dates=pl.when(pl.col("date").min() == pl.col("date").max())
+            .then(pl.lit(1, pl.UInt32))
+            .otherwise(pl.lit(2, pl.UInt32)),
+        )
+    else:
+        pp = mapped.group_by("person_idx", "phecode_idx").agg(
+            first_date=pl.col("date").min(), n_dates=pl.col("date").n_unique().cast(pl.UInt32)
+        )
     return {"records": records, "codes": codes, "pp": pp}
 
 
@@ -447,15 +458,29 @@ def label_expr(min_records: int, washout_days: int) -> list[pl.Expr]:
     ]
 
 
+def _rows_of(df: pl.DataFrame, lo: int, hi: int) -> pl.DataFrame:
+    """Rows of ``df`` (sorted by person_idx) with lo <= person_idx < hi (zero-copy slice)."""
+    idx = df["person_idx"]
+    a = idx.search_sorted(lo, side="left")
+    b = idx.search_sorted(hi, side="left")
+    return df.slice(a, b - a)
+
+
 def label_chunks(
     cohort: pl.DataFrame,
     pp: pl.DataFrame,
     excl: pl.DataFrame,
     out_phecodes: pl.DataFrame,
     rules: dict,
-    chunk_persons: int = 20000,
+    chunk_persons: int | None = None,
+    chunk_rows: int = 2_000_000,
 ) -> Iterator[pl.DataFrame]:
-    """Long labels for consecutive chunks of cohort persons (sorted by person_id, phecode)."""
+    """Long labels for consecutive chunks of cohort persons (sorted by person_id, phecode).
+
+    A chunk holds ``chunk_persons`` persons, by default as many as keep it near ``chunk_rows``
+    label rows, so memory stays bounded whatever the cohort and phecode counts."""
+    if chunk_persons is None:
+        chunk_persons = max(1, chunk_rows // max(1, out_phecodes.height))
     phe = out_phecodes.select("phecode_idx", "phecode", pl.col("sex").alias("phe_sex"))
     reason, status, end_date = label_expr(int(rules["min_records"]), int(rules["washout_days"]))
     n = cohort.height
@@ -465,14 +490,15 @@ def label_chunks(
         if people.is_empty() or phe.is_empty():
             yield pl.DataFrame(schema=LABEL_SCHEMA)
             continue
-        in_chunk = pl.col("person_idx").is_between(lo, hi - 1)
+        pp_c = _rows_of(pp, lo, hi)
+        excl_c = _rows_of(excl, lo, hi)
         chunk = (
             people.lazy()
             .select("person_idx", "person_id", "sex", "psg_date", "end_of_followup", "death")
             .join(phe.lazy(), how="cross")
-            .join(pp.lazy().filter(in_chunk), on=["person_idx", "phecode_idx"], how="left")
+            .join(pp_c.lazy(), on=["person_idx", "phecode_idx"], how="left")
             .join(
-                excl.lazy().filter(in_chunk).with_columns(excl=pl.lit(True)),
+                excl_c.lazy().with_columns(excl=pl.lit(True)),
                 on=["person_idx", "phecode_idx"],
                 how="left",
             )
@@ -636,10 +662,11 @@ def prepare(diagnoses, persons, sheet, map_df: pl.DataFrame, rules: dict) -> Pre
     sheet_df = read_sheet(sheet)
     cohort, dropped = build_cohort(persons_df, sheet_df)
     pmap = prepare_map(map_df, rules["map_name"])
-    plans = diagnosis_plans(diagnoses, cohort, pmap)
+    plans = diagnosis_plans(diagnoses, cohort, pmap, int(rules["min_records"]))
     records, codes, pp = pl.collect_all(
         [plans["records"], plans["codes"], plans["pp"]], engine="streaming"
     )
+    pp = pp.sort("person_idx", "phecode_idx")
     observed = pp.select("phecode_idx").unique()
     out_phecodes = pmap.phecodes.join(observed, on="phecode_idx", how="semi")
     subset_missing: list[str] = []
@@ -657,6 +684,7 @@ def prepare(diagnoses, persons, sheet, map_df: pl.DataFrame, rules: dict) -> Pre
         .select("person_idx", "phecode_idx")
         .unique()
         .collect(engine="streaming")
+        .sort("person_idx", "phecode_idx")
     )
     mapped_keys = pmap.keys.select("code_system", "code_key").unique()
     unmapped = (
@@ -737,7 +765,7 @@ def run_phenome(
     out: dict[str, str],
     config: dict,
     map_provenance: dict | None = None,
-    chunk_persons: int = 20000,
+    chunk_persons: int | None = None,
 ) -> dict:
     """Build the phenome and write every output atomically; return the provenance dict.
 
