@@ -624,13 +624,30 @@ def _median_from_counts(times: pl.DataFrame | None) -> pl.DataFrame:
 
 
 def wide_chunk(labels: pl.DataFrame, phecodes: list[str], value: str) -> pl.DataFrame:
-    """Long labels of some persons -> one row per person, one column per phecode."""
-    if labels.is_empty():
-        return pl.DataFrame(schema={"person_id": pl.String, **dict.fromkeys(phecodes, pl.Int32)})
-    wide = labels.pivot(
-        on="phecode", index="person_id", values=value, on_columns=phecodes, maintain_order=True
+    """Long labels of some persons -> one row per person, one column per phecode.
+
+    Label chunks hold every phecode of every person, in ``phecodes`` order, so the column is
+    reshaped (numpy) rather than pivoted; any other layout falls back to a pivot."""
+    dtype = LABEL_SCHEMA[value]
+    n_phe = len(phecodes)
+    if labels.is_empty() or n_phe == 0:
+        return pl.DataFrame(schema={"person_id": pl.String, **dict.fromkeys(phecodes, dtype)})
+    n = labels.height // n_phe
+    regular = (
+        labels.height == n * n_phe
+        and labels["phecode"].head(n_phe).to_list() == phecodes
+        and labels["person_id"].n_unique() == n
     )
-    return wide.select("person_id", *phecodes)
+    if not regular:
+        wide = labels.pivot(
+            on="phecode", index="person_id", values=value, on_columns=phecodes, maintain_order=True
+        )
+        return wide.select("person_id", *phecodes)
+    vals = labels[value].cast(pl.Float64).fill_null(float("nan")).to_numpy().reshape(n, n_phe)
+    wide = pl.from_numpy(vals, schema=phecodes, orient="row").with_columns(
+        pl.all().fill_nan(None).cast(dtype)
+    )
+    return wide.insert_column(0, labels["person_id"].gather_every(n_phe))
 
 
 # ---------------------------------------------------------------------------------------------
