@@ -511,3 +511,33 @@ def test_standardise_map_requires_columns():
     raw = pl.read_csv(MAP_CSV.encode()).drop("phecode_unrolled")
     with pytest.raises(PhecodeMapError, match="phecode_unrolled"):
         standardise_map(raw, "phecode12")
+
+
+def test_phecodex_who_map_matches_cm_and_who_records():
+    raw = pl.DataFrame(
+        {
+            "phecode": ["CV_401", "CV_401"],
+            "ICD": ["I10", "I11.9"],
+            "flag": ["10", "10"],
+            "phecode_string": ["Hypertension"] * 2,
+            "phecode_category": ["Circulatory"] * 2,
+            "sex": ["Both"] * 2,
+            "icd10_only": ["0"] * 2,
+            "code_val": ["401"] * 2,
+        }
+    )
+    who = standardise_map(raw, "phecodeX_WHO")
+    assert set(who["code_system"]) == {"ICD10"}
+    diag = pl.DataFrame(
+        [
+            ("P1", "I10", "ICD10", "2020-06-01"),
+            ("P1", "I119", "ICD10CM", "2020-07-01"),
+            ("P2", "401.9", "ICD9CM", "2020-06-01"),
+        ],
+        schema=["person_id", "code", "code_system", "date"],
+        orient="row",
+    )
+    out = build_phenome(diag, PERSONS, SHEET, who, {"map_name": "phecodeX_WHO", "min_cases": 1})
+    lab = out["labels"].filter(pl.col("person_id") == "P1")
+    assert lab["status"].to_list() == ["case"] and lab["time_days"].item() == 152
+    assert out["unmapped"].select("code_system", "code").rows() == [("ICD9CM", "4019")]
