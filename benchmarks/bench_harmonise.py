@@ -377,6 +377,8 @@ def make_row(rec: dict, meta: dict, ours: dict, ref: dict) -> dict:
         "ref_baseline_mib": ref.get("baseline_mib", float("nan")),
         "file_mib": meta["file_mib"],
         "f64_mib": meta["f64_mib"],
+        "ours_runs_s": " ".join(f"{x:.2f}" for x in ours.get("all_seconds", [])),
+        "ref_runs_s": " ".join(f"{x:.2f}" for x in ref.get("all_seconds", [])),
         "ours_reason": ours.get("reason", "")[:200],
     }
 
@@ -448,7 +450,7 @@ def write_reports(rows: list[dict], args: argparse.Namespace, stem: str) -> tupl
         "",
         *table_lines(rows, markdown=True),
         "",
-        *[f"- {s}" for s in summary_lines(rows)],
+        *[f"  - {s.strip()}" if s.startswith("  ") else f"- {s}" for s in summary_lines(rows)],
         "",
     ]
     md_path.write_text("\n".join(md), encoding="utf-8")
@@ -497,7 +499,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--repeats", type=int, default=None, help="runs per side (default 1; quick 3)")
     ap.add_argument("--no-real", action="store_true", help="skip ../shared/data/psg")
-    ap.add_argument("--profile", action="store_true", help="cProfile our side on one recording")
+    ap.add_argument(
+        "--profile",
+        nargs="?",
+        const="",
+        metavar="RECORDING_ID",
+        help="cProfile our side on one generated recording (default: the first)",
+    )
     ap.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -522,9 +530,10 @@ def main(argv=None) -> int:
         return 0
 
     recs = generated_recordings(args.subjects, args.hours, args.seed)
-    if args.profile:
-        path = profile_ours(recs[0])
-        print(f"profile of our side on {recs[0]['recording_id']} written to {path}")
+    if args.profile is not None:
+        rec = next((r for r in recs if r["recording_id"] == args.profile), recs[0])
+        path = profile_ours(rec)
+        print(f"profile of our side on {rec['recording_id']} written to {path}")
         print("\n".join(path.read_text().splitlines()[:45]))
         return 0
     if not args.no_real:
