@@ -113,8 +113,15 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float, n_out: int) -> np.ndarr
     return np.pad(y, (0, n_out - len(y)))
 
 
+ROBUST_STATS_SAMPLES = 500_000
+"""Robust statistics of longer channels are estimated on an evenly strided subsample of about
+this many samples (every 7th sample of an 8-h night at 128 Hz): exact for short recordings,
+within sampling error of the exact quantiles for a night, and 7x cheaper."""
+
+
 def robust_stats(x: np.ndarray) -> dict[str, float]:
-    q25, med, q75 = np.percentile(x, [25, 50, 75])
+    step = max(1, len(x) // ROBUST_STATS_SAMPLES)
+    q25, med, q75 = np.percentile(x[::step], [25, 50, 75])
     iqr = float(q75 - q25)
     return {"median": float(med), "iqr": iqr, "robust_std": iqr / 1.349}
 
@@ -199,8 +206,9 @@ def harmonise_recording(
         raise RecordingRejected(f"{row['edf']}: MNE could not read the samples: {err}") from err
 
     def to_target(i: int, unit: str | None) -> tuple[np.ndarray, float, float, float]:
+        """Native float64 samples -> float32 at fs_out in the output unit (frees the native)."""
         sig = signals[i]
-        x = native[sig.label]
+        x = native.pop(sig.label)
         clipped = _clip_fraction(x, sig)
         finite = np.isfinite(x)
         nan_frac = 0.0 if finite.all() else float(np.mean(~finite))
@@ -211,33 +219,38 @@ def harmonise_recording(
                 src = 1.0  # unit-less electrophysiology is taken to be µV; audit says so
             scale = src
         if nan_frac == 1:
-            return np.full(n_out, np.nan), scale, clipped, nan_frac
+            return np.full(n_out, np.nan, dtype=np.float32), scale, clipped, nan_frac
         if nan_frac > 0:  # gaps are filled with the channel median before filtering
             x = np.where(finite, x, np.median(x[finite]))
-        x = x * scale if scale != 1.0 else x
-        y = resample(x, sig.sfreq, fs_out, n_out)
-        return y, scale, clipped, nan_frac
+        x32 = np.multiply(x, scale, dtype=np.float32)  # scaling and the cast in one pass
+        del x
+        return resample(x32, sig.sfreq, fs_out, n_out), scale, clipped, nan_frac
+
+    # every needed source channel is converted once, in the unit of the first rule using it
+    units: dict[int, str | None] = {}
+    for a in assignments:
+        if a.role == "signal":
+            for j in (a.index, *a.reference_indices):
+                units.setdefault(j, a.rule.unit)
+    target = {i: to_target(i, unit) for i, unit in units.items()}
 
     channels: list[Channel] = []
-    cache: dict[int, np.ndarray] = {}
     for a in assignments:
         if a.role != "signal":
             continue
         sig = signals[a.index]
-        y, scale, clipped, nan_frac = to_target(a.index, a.rule.unit)
-        ref_names = []
-        for j in a.reference_indices:
-            if j not in cache:
-                cache[j] = to_target(j, a.rule.unit)[0]
-            ref_names.append(signals[j].label)
-        if a.reference_indices:
-            y = y - np.mean([cache[j] for j in a.reference_indices], axis=0)
+        y, scale, clipped, nan_frac = target[a.index]
+        ref_names = [signals[j].label for j in a.reference_indices]
+        if len(a.reference_indices) == 1:
+            y = y - target[a.reference_indices[0]][0]
+        elif a.reference_indices:
+            y = y - np.mean([target[j][0] for j in a.reference_indices], axis=0)
         unit_out = "uV" if a.rule.unit is not None else sig.physical_dimension
         row_audit = audit[a.index]
         row_audit.update(
             scale=scale, clipped_fraction=clipped, nan_fraction=nan_frac, unit_out=unit_out
         )
-        y = y.astype(np.float32)
+        y = np.asarray(y, dtype=np.float32)
         stats = robust_stats(y) if np.isfinite(y).all() else None
         reason = _check_channel(y, a, sig, clipped, nan_frac, cfg, stats)
         row_audit["robust_std"] = stats["robust_std"] if stats else float("nan")
