@@ -267,8 +267,8 @@ def test_nan_channel_dropped(tmp_path, harmonise_cfg, monkeypatch):
     )
     real = h.read_native
 
-    def with_nan(header, labels):
-        out = real(header, labels)
+    def with_nan(header, labels, reader="auto"):
+        out = real(header, labels, reader)
         out["C3-M2"][: int(n * 0.8)] = np.nan
         return out
 

