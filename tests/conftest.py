@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from pathlib import Path
 
 import edfio
@@ -19,6 +20,15 @@ requires_shared = pytest.mark.skipif(
 )
 
 PATIENT_NAME = "Jane_Doe_Secret"
+
+
+def pypi_reachable() -> bool:
+    """Whether PyPI answers (the phecode maps are fetched from it); tests skip without it."""
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
 
 
 def write_edf(path, signals, record_duration=1.0, patient_name=PATIENT_NAME):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import zipfile
 from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import pypi_reachable
 
 from psgfm import phecode_maps as pm
 
@@ -87,19 +87,11 @@ def test_user_path_source(tmp_path):
         pm.fetch_map("phecode12", tmp_path / "x.csv", source="path", path=None)
 
 
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def real_map_csv(tmp_path_factory) -> Path:
     if REAL_MAP.exists() and pm.sha256_file(REAL_MAP) == pm.MAPS["phecode12"]["sha256"]:
         return REAL_MAP
-    if not _pypi_reachable():
+    if not pypi_reachable():
         pytest.skip("phecode12 map not cached in resources/phecode_maps and PyPI unreachable")
     out = tmp_path_factory.mktemp("map") / "phecode12.csv"
     prov = pm.fetch_map("phecode12", out)

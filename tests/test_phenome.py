@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from conftest import pypi_reachable
 
 from psgfm.phecode_maps import MAPS, load_map, sha256_file, standardise_map
 from psgfm.phenome import PhenomeInputError, build_phenome, read_persons, run_phenome
@@ -441,21 +441,13 @@ def test_run_phenome_writes_outputs(tmp_path, hand_map):
 # ---------------------------------------------------------------------------------------------
 
 
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def real_map(tmp_path_factory) -> pl.DataFrame:
     from psgfm.phecode_maps import fetch_map
 
     path = REAL_MAP
     if not (path.exists() and sha256_file(path) == MAPS["phecode12"]["sha256"]):
-        if not _pypi_reachable():
+        if not pypi_reachable():
             pytest.skip("phecode12 map not cached and PyPI unreachable (offline)")
         path = tmp_path_factory.mktemp("map") / "phecode12.csv"
         fetch_map("phecode12", path)
