@@ -127,7 +127,7 @@ def test_read_native_dispatches_edf_plus_d_to_mne(tmp_path, monkeypatch):
     header.kind = "EDF+D"  # as if discontinuous: the memory-mapped reader must not be used
     calls = []
     monkeypatch.setattr(
-        "psgfm.harmonise.read_samples", lambda *a: calls.append(a) or {}, raising=True
+        "psgfm.harmonise.MappedChannels", lambda *a: calls.append(a) or {}, raising=True
     )
     out = read_native(header, ["C3-M2"], "auto")
     assert not calls and out["C3-M2"].shape == (fs * 10,)

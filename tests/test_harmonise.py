@@ -268,7 +268,7 @@ def test_nan_channel_dropped(tmp_path, harmonise_cfg, monkeypatch):
     real = h.read_native
 
     def with_nan(header, labels, reader="auto"):
-        out = real(header, labels, reader)
+        out = real(header, labels, "mne")  # a dict of arrays, so samples can be replaced
         out["C3-M2"][: int(n * 0.8)] = np.nan
         return out
 

@@ -193,37 +193,53 @@ def read_header(path: str | os.PathLike) -> EDFHeader:
     )
 
 
-def read_samples(header: EDFHeader, labels: list[str]) -> dict[str, np.ndarray]:
-    """Physical values (header units, float32) of the named channels of a contiguous file."""
-    if header.kind == "EDF+D":
-        raise EDFError(f"{header.path}: EDF+D (discontinuous) files are read with MNE.")
-    spr = [s.samples_per_record for s in header.signals]
-    width = sum(spr) * header.bytes_per_sample
-    records = np.memmap(
-        header.path,
-        dtype=np.uint8,
-        mode="r",
-        offset=header.header_bytes,
-        shape=(header.n_records, width),
-    )
-    starts = np.concatenate([[0], np.cumsum(spr)]) * header.bytes_per_sample
-    by_label = {s.label: s for s in header.signals}
-    out = {}
-    for lab in labels:
-        sig = by_label[lab]
-        raw = records[:, starts[sig.index] : starts[sig.index + 1]]
-        if header.bytes_per_sample == 2:
-            dig = np.ascontiguousarray(raw).view("<i2").reshape(-1)
+class SampleReader:
+    """Channels of one contiguous EDF/EDF+C/BDF file, read from its memory-mapped data records.
+
+    ``read(label, out)`` writes float32 physical values into ``out`` when given, so a caller
+    can reuse one buffer for every channel of a recording (fresh memory for each channel costs
+    page faults, which dominate on some systems).
+    """
+
+    def __init__(self, header: EDFHeader):
+        if header.kind == "EDF+D":
+            raise EDFError(f"{header.path}: EDF+D (discontinuous) files are read with MNE.")
+        self.header = header
+        spr = [s.samples_per_record for s in header.signals]
+        width = sum(spr) * header.bytes_per_sample
+        self._records = np.memmap(
+            header.path,
+            dtype=np.uint8,
+            mode="r",
+            offset=header.header_bytes,
+            shape=(header.n_records, width),
+        )
+        self._starts = np.concatenate([[0], np.cumsum(spr)])
+        self._by_label = {s.label: s for s in header.signals}
+
+    def n_samples(self, label: str) -> int:
+        return self.header.n_records * self._by_label[label].samples_per_record
+
+    def read(self, label: str, out: np.ndarray | None = None) -> np.ndarray:
+        sig = self._by_label[label]
+        n_rec, spr = self.header.n_records, sig.samples_per_record
+        out = np.empty(n_rec * spr, dtype=np.float32) if out is None else out[: n_rec * spr]
+        lo, hi = self._starts[sig.index], self._starts[sig.index + 1]
+        if self.header.bytes_per_sample == 2:
+            dig = self._records.view("<i2")[:, lo:hi]  # strided (records x samples) view
         else:  # 24-bit little-endian two's complement
-            b = raw.reshape(header.n_records, -1, 3).astype(np.int32)
-            dig = (b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)).reshape(-1)
+            b = self._records[:, 3 * lo : 3 * hi].reshape(n_rec, spr, 3).astype(np.int32)
+            dig = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
             dig = np.where(dig >= 1 << 23, dig - (1 << 24), dig)
         span = sig.digital_max - sig.digital_min
         gain = (sig.physical_max - sig.physical_min) / span if span else 1.0
         offset = sig.physical_min - gain * sig.digital_min
-        y = np.empty(dig.size, dtype=np.float32)
-        np.multiply(dig, np.float32(gain), out=y, casting="unsafe")
-        y += np.float32(offset)
-        out[lab] = y
-    del records
-    return out
+        np.multiply(dig, np.float32(gain), out=out.reshape(n_rec, spr), casting="unsafe")
+        out += np.float32(offset)
+        return out
+
+
+def read_samples(header: EDFHeader, labels: list[str]) -> dict[str, np.ndarray]:
+    """Physical values (header units, float32) of the named channels of a contiguous file."""
+    reader = SampleReader(header)
+    return {lab: reader.read(lab) for lab in labels}

@@ -29,7 +29,7 @@ import pyarrow as pa
 from scipy.signal import resample_poly
 
 from psgfm import MODALITIES
-from psgfm.edfheader import EDFError, EDFHeader, read_header, read_samples
+from psgfm.edfheader import EDFError, EDFHeader, SampleReader, read_header
 from psgfm.hypnogram import HypnogramError, read_hypnogram
 from psgfm.io import atomic_path, provenance, write_json, write_parquet
 from psgfm.montage import Assignment, RuleSet, assign_channels, load_rules, unit_scale_to_uv
@@ -127,18 +127,34 @@ def robust_stats(x: np.ndarray) -> dict[str, float]:
     return {"median": float(med), "iqr": iqr, "robust_std": iqr / 1.349}
 
 
+class MappedChannels:
+    """``pop(label)``: one channel of a contiguous file, in a buffer reused for every channel.
+
+    The array returned is valid until the next ``pop``: callers copy what they keep.
+    """
+
+    def __init__(self, header: EDFHeader, labels: list[str]):
+        self.reader = SampleReader(header)
+        size = max((self.reader.n_samples(lab) for lab in labels), default=0)
+        self.buffer = np.empty(size, dtype=np.float32)
+
+    def pop(self, label: str) -> np.ndarray:
+        return self.reader.read(label, out=self.buffer)
+
+
 def read_native(
     header: EDFHeader, labels: list[str], reader: str = "auto"
-) -> dict[str, np.ndarray]:
+) -> dict[str, np.ndarray] | MappedChannels:
     """Read the named channels at their native rates, in physical units of the header.
 
     ``reader="auto"``: contiguous files (EDF, EDF+C, BDF) are read from the memory-mapped data
-    records into float32 (:func:`psgfm.edfheader.read_samples`, MNE's calibration, checked
+    records into float32, one channel at a time into one reused buffer
+    (:class:`MappedChannels`, MNE's calibration, checked
     against MNE by the tests); discontinuous EDF+D files, and ``reader="mne"``, go through MNE,
     one group per native sample rate, so no channel is upsampled to the fastest one first.
     """
     if reader == "auto" and header.kind != "EDF+D":
-        return read_samples(header, labels)
+        return MappedChannels(header, labels)
     import mne
 
     by_label = {s.label: s for s in header.data_signals}
@@ -213,7 +229,7 @@ def harmonise_recording(
         raise RecordingRejected(f"{row['edf']}: the samples could not be read: {err}") from err
 
     def to_target(i: int, unit: str | None) -> tuple[np.ndarray, float, float, float]:
-        """Native float64 samples -> float32 at fs_out in the output unit (frees the native)."""
+        """Native samples -> float32 at fs_out in the output unit (frees or reuses the native)."""
         sig = signals[i]
         x = native.pop(sig.label)
         clipped = _clip_fraction(x, sig)
@@ -229,9 +245,16 @@ def harmonise_recording(
             return np.full(n_out, np.nan, dtype=np.float32), scale, clipped, nan_frac
         if nan_frac > 0:  # gaps are filled with the channel median before filtering
             x = np.where(finite, x, np.median(x[finite]))
-        x32 = np.multiply(x, scale, dtype=np.float32)  # scaling and the cast in one pass
-        del x
-        return resample(x32, sig.sfreq, fs_out, n_out), scale, clipped, nan_frac
+        if x.dtype == np.float32:  # our own buffer (memory-mapped reader): scale in place
+            if scale != 1.0:
+                x *= np.float32(scale)
+            x32 = x
+        else:  # MNE's float64: scaling and the cast to float32 in one pass
+            x32 = np.multiply(x, scale, dtype=np.float32)
+        y = resample(x32, sig.sfreq, fs_out, n_out)
+        if np.shares_memory(y, x32):  # same rate: never keep a view of a reused buffer
+            y = y.copy()
+        return y, scale, clipped, nan_frac
 
     # every needed source channel is converted once, in the unit of the first rule using it
     units: dict[int, str | None] = {}
