@@ -43,7 +43,9 @@ def harmonised(tmp_path, harmonise_cfg):
     return tmp_path / "h"
 
 
-def test_chunks_hold_the_harmonised_samples(harmonised, tmp_path):
+@pytest.mark.parametrize("rows_per_batch", [12, 2])  # 2: record-batch buffers are reused
+def test_chunks_hold_the_harmonised_samples(harmonised, tmp_path, monkeypatch, rows_per_batch):
+    monkeypatch.setattr(ex, "ROWS_PER_BATCH", rows_per_batch)
     manifest = ex.export_batch(harmonised, tmp_path / "t", {})
     assert manifest.loc[0, "n_chunks"] == 3
     assert manifest.loc[0, "modalities"] == "BAS,RESP,EKG"

@@ -120,6 +120,9 @@ def export_recording(
     }
     schema = pa.schema(fields, metadata={"psgfm": json.dumps(file_meta)})
     columns = {m: [table.column(c["name"]) for c in chans] for m, chans in by_mod.items()}
+    # one buffer per modality, reused by every record batch: written out before it is reused
+    rows = min(ROWS_PER_BATCH, n_chunks)
+    blocks = {m: np.zeros((rows, len(cols), chunk), dtype=dtype) for m, cols in columns.items()}
 
     with atomic_path(out_path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
@@ -141,14 +144,17 @@ def export_recording(
                         pa.array(codes[b0:b1].ravel()), epochs_per_chunk
                     ),
                 ]
-                for cols in columns.values():
-                    block = np.zeros((b1 - b0, len(cols), chunk), dtype=dtype)
-                    flat = np.zeros((b1 - b0) * chunk, dtype=dtype)
+                k, full = b1 - b0, valid // chunk  # rows in this batch, rows without padding
+                for m, cols in columns.items():
+                    block = blocks[m][:k]
                     for ci, col in enumerate(cols):
-                        flat[:valid] = col.slice(s0, valid).to_numpy()
-                        block[:, ci, :] = flat.reshape(b1 - b0, chunk)
+                        x = col.slice(s0, valid).to_numpy()
+                        block[:full, ci, :] = x[: full * chunk].reshape(full, chunk)
+                        if full < k:  # the trailing partial chunk, zero padded
+                            block[full, ci, : valid - full * chunk] = x[full * chunk :]
+                            block[full, ci, valid - full * chunk :] = 0
                     # (chunks, C, chunk) -> (chunks, C, patches, patch), C-contiguous
-                    tensor = block.reshape(b1 - b0, len(cols), n_patches, patch)
+                    tensor = block.reshape(k, len(cols), n_patches, patch)
                     arrays.append(_tensor_array(tensor))
                 writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
     return {
