@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -85,7 +85,7 @@ class Channel:
     data: np.ndarray  # float32 at target fs
     source_label: str
     reference: str
-    stats: dict = field(default_factory=dict)  # robust_stats(data), computed once
+    stats: dict  # robust_stats(data), computed once in harmonise_recording
 
 
 def mne_gain(unit: str) -> float:
@@ -376,7 +376,7 @@ def write_signals(
                 "unit": c.unit,
                 "source_label": c.source_label,
                 "reference": c.reference,
-                **(c.stats or robust_stats(c.data)),
+                **c.stats,
             }
             for c in channels
         ],

@@ -160,6 +160,11 @@ def _to_date(lf: pl.LazyFrame, col: str, out: str | None = None) -> pl.LazyFrame
     return lf.with_columns(expr.alias(out))
 
 
+def _examples(df: pl.DataFrame, bad: pl.Series, id_col: str, col: str) -> list[str]:
+    """Up to three offending rows of ``df``, as 'id: value', for an error message."""
+    return [f"{r[id_col]}: {r[col]!r}" for r in df.filter(bad).head(3).iter_rows(named=True)]
+
+
 def _strict_dates(df: pl.DataFrame, cols, source, what: str, id_col: str) -> pl.DataFrame:
     """Parse date columns of a small table; unparseable values raise PhenomeInputError."""
     for col in cols:
@@ -169,8 +174,7 @@ def _strict_dates(df: pl.DataFrame, cols, source, what: str, id_col: str) -> pl.
         if raw.dtype == pl.String:
             bad = bad & (raw.str.strip_chars() != "")
         if bad.any():
-            rows = df.filter(bad).head(3)
-            examples = [f"{r[id_col]}: {r[col]!r}" for r in rows.iter_rows(named=True)]
+            examples = _examples(df, bad, id_col, col)
             raise PhenomeInputError(
                 f"{_label(source)}: column {col} of the {what} table has {int(bad.sum())} "
                 f"value(s) that are not dates (e.g. {examples}). Fix: write dates as YYYY-MM-DD."
@@ -187,8 +191,7 @@ def read_persons(source) -> pl.DataFrame:
     sex = sex.replace({"FEMALE": "F", "MALE": "M"})
     bad = ~sex.is_in(["F", "M"]) | sex.is_null()
     if bad.any():
-        rows = df.filter(bad).head(3)
-        examples = [f"{r['person_id']}: {r['sex']!r}" for r in rows.iter_rows(named=True)]
+        examples = _examples(df, bad, "person_id", "sex")
         raise PhenomeInputError(
             f"{_label(source)}: column sex has {int(bad.sum())} value(s) other than F/M "
             f"(e.g. {examples}). Fix: code sex as F or M."
