@@ -1,6 +1,6 @@
 # psgfm: one night of PSG -> harmonised tensors -> foundation model -> phenome-wide atlas.
 # This file is a table of contents; each stage lives in workflow/rules/<stage>.smk and its
-# logic in the Python package workflow/psgfm/<stage>.py.
+# logic in the Python package workflow/psgfm/<stage>/ (one subpackage per rule file).
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -11,8 +11,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
-include: "workflow/rules/harmonise.smk"
-include: "workflow/rules/export.smk"
+include: "workflow/rules/signals.smk"
 include: "workflow/rules/phenome.smk"
 include: "workflow/rules/provenance.smk"
 

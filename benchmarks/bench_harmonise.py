@@ -1,13 +1,13 @@
 """Benchmark: psgfm harmonisation + export against the published reference preprocessing.
 
-Times, per recording-hour, our side (``psgfm.harmonise.harmonise_batch`` followed by
-``psgfm.export.export_batch`` on one recording, exactly as the workflow's rules call them)
+Times, per recording-hour, our side (``psgfm.signals.harmonise.harmonise_batch`` followed by
+``psgfm.signals.export.export_batch`` on one recording, exactly as the workflow's rules call them)
 against a re-implementation of the SleepFM-Clinical style reference preprocessing
 (:func:`reference_preprocess`: MNE whole-file read -> per-channel Butterworth low-pass ->
 linear interpolation to 128 Hz -> whole-night z-score -> HDF5 float16 + gzip per channel).
 
 Both sides run on the same recordings: the real files under ``../shared/data/psg/`` (when
-present) and generated full-night recordings (``psgfm.demo``, cached under benchmarks/out/).
+present) and generated full-night recordings (``psgfm.demo.cohort``, cached under benchmarks/out/).
 Every measurement runs in a fresh interpreter (this script with ``--worker``) that imports
 the same modules first, so timings exclude interpreter start-up and imports, and the peak
 RSS it reports (``VmHWM``) belongs to that one recording only.
@@ -120,8 +120,8 @@ def ours_preprocess(row: dict, out_dir: str | os.PathLike, cfg: dict | None = No
     ``out_dir/harmonised`` (signals Arrow IPC, audit, stages, qc) and ``out_dir/tensors``
     (the chunked Arrow IPC tensor file and manifest). Returns status and channel count.
     """
-    from psgfm.export import export_batch
-    from psgfm.harmonise import harmonise_batch
+    from psgfm.signals.export import export_batch
+    from psgfm.signals.harmonise import harmonise_batch
 
     cfg = cfg or load_cfg()
     out_dir = Path(out_dir)
@@ -182,8 +182,8 @@ def preimport() -> None:
     import mne  # noqa: F401
     import scipy.signal  # noqa: F401
 
-    import psgfm.export  # noqa: F401
-    import psgfm.harmonise  # noqa: F401
+    import psgfm.signals.export  # noqa: F401
+    import psgfm.signals.harmonise  # noqa: F401
 
 
 def worker(side: str, row: dict, out_dir: Path) -> dict:
@@ -306,7 +306,7 @@ def real_recordings() -> list[dict]:
 
 def describe(path: str) -> dict:
     """Hours, native rates and data-channel count from the EDF/BDF header."""
-    from psgfm.edfheader import read_header
+    from psgfm.signals.edfheader import read_header
 
     h = read_header(path)
     rates = sorted({s.sfreq for s in h.data_signals}, reverse=True)

@@ -6,7 +6,7 @@
 Writes partitioned Parquet (``--part-rows`` rows per file, so the generator never holds the
 whole table), runs :func:`psgfm.phenome.run_phenome` in a subprocess and reports its wall time
 and peak RSS (``resource.getrusage`` of that subprocess). Then, at ``--ref-rows``, runs both
-the Polars build and the pandas reference (:mod:`psgfm.phenome_reference`) and reports the
+the Polars build and the pandas reference (:mod:`psgfm.phenome.reference`) and reports the
 ratio at equal size. Codes are drawn (Zipf-like) from the real phecode 1.2 map's ICD codes,
 with a share of dotless, lower-case and unknown codes; dates span 2000-2025.
 """
@@ -102,7 +102,7 @@ def generate(out_dir: Path, rows: int, persons: int, seed: int, part_rows: int, 
 
 
 def _run_polars(data: Path, out: Path, map_csv: Path) -> dict:
-    from psgfm.phenome import run_phenome
+    from psgfm.phenome.build import run_phenome
 
     names = {
         "labels": "labels.parquet",
@@ -130,8 +130,8 @@ def _run_polars(data: Path, out: Path, map_csv: Path) -> dict:
 def _run_pandas(data: Path, map_csv: Path) -> dict:
     import pandas as pd
 
-    from psgfm.phecode_maps import load_map
-    from psgfm.phenome_reference import reference_phenome
+    from psgfm.phenome.maps import load_map
+    from psgfm.phenome.reference import reference_phenome
 
     diag = pd.read_parquet(data / "diagnoses")
     diag["date"] = diag["date"].astype(str)
@@ -175,7 +175,7 @@ def main() -> None:
         child(args.child, args.data, args.out, args.map)
         return
     if not args.map.exists():
-        from psgfm.phecode_maps import fetch_map
+        from psgfm.phenome.maps import fetch_map
 
         fetch_map("phecode12", args.map)
     report = {}

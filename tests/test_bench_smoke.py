@@ -23,7 +23,7 @@ def _load_bench():
 
 
 def test_bench_sides_on_tiny_recording(tmp_path):
-    from psgfm.demo import generate_demo_cohort
+    from psgfm.demo.cohort import generate_demo_cohort
 
     bench = _load_bench()
     # two subjects: the last one is deliberately truncated, the first (site alpha) is usable

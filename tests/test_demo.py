@@ -13,10 +13,10 @@ import pytest
 from conftest import ROOT
 from scipy.signal import find_peaks, welch
 
-from psgfm.demo import SHEET_COLUMNS, generate_demo_cohort, simulate_ehr, site_of
-from psgfm.demo_signals import draw_traits
-from psgfm.edfheader import EDFError, read_header
-from psgfm.hypnogram import read_hypnogram
+from psgfm.demo.cohort import SHEET_COLUMNS, generate_demo_cohort, simulate_ehr, site_of
+from psgfm.demo.physiology import draw_traits
+from psgfm.signals.edfheader import EDFError, read_header
+from psgfm.signals.hypnogram import read_hypnogram
 
 
 def _digest(folder: Path) -> dict:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import SHARED, eeg_like, requires_shared, write_edf
 
-from psgfm.edfheader import EDFError, read_header, read_samples
-from psgfm.harmonise import harmonise_batch, mne_gain, read_native, read_signals
+from psgfm.signals.edfheader import EDFError, read_header, read_samples
+from psgfm.signals.harmonise import harmonise_batch, mne_gain, read_native, read_signals
 
 
 def _mne_physical(path, label, header):
@@ -94,7 +94,7 @@ def test_real_files_match_mne(name):
 
 
 def test_both_readers_give_the_same_harmonised_recording(tmp_path, harmonise_cfg):
-    from psgfm.demo import generate_demo_cohort
+    from psgfm.demo.cohort import generate_demo_cohort
 
     sheet = generate_demo_cohort(tmp_path / "demo", n_subjects=4, hours=0.1, seed=3)
     rows = sheet.iloc[:3].to_dict("records")  # sites alpha (µV), bravo (mV), charlie (V)
@@ -127,7 +127,7 @@ def test_read_native_dispatches_edf_plus_d_to_mne(tmp_path, monkeypatch):
     header.kind = "EDF+D"  # as if discontinuous: the memory-mapped reader must not be used
     calls = []
     monkeypatch.setattr(
-        "psgfm.harmonise.MappedChannels", lambda *a: calls.append(a) or {}, raising=True
+        "psgfm.signals.harmonise.MappedChannels", lambda *a: calls.append(a) or {}, raising=True
     )
     out = read_native(header, ["C3-M2"], "auto")
     assert not calls and out["C3-M2"].shape == (fs * 10,)

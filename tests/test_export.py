@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 from conftest import eeg_like, write_edf
 
-import psgfm.export as ex
-from psgfm.harmonise import harmonise_batch, read_signals
+import psgfm.signals.export as ex
+from psgfm.signals.harmonise import harmonise_batch, read_signals
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from conftest import PATIENT_NAME, SHARED, eeg_like, requires_shared, write_edf
 from scipy.signal import resample_poly, welch
 
-from psgfm.harmonise import harmonise_batch, mne_gain, read_signals
+from psgfm.signals.harmonise import harmonise_batch, mne_gain, read_signals
 
 FS_OUT = 128
 DUR = 120  # seconds
@@ -254,7 +254,7 @@ def test_bad_inputs_are_recorded_and_the_batch_completes(tmp_path, harmonise_cfg
 
 def test_nan_channel_dropped(tmp_path, harmonise_cfg, monkeypatch):
     """EDF cannot store NaN, but converted sources can; a mostly-NaN channel is dropped."""
-    import psgfm.harmonise as h
+    import psgfm.signals.harmonise as h
 
     fs = 128
     n = 60 * fs
@@ -298,7 +298,7 @@ def test_wrong_unit_detected(tmp_path, harmonise_cfg):
 
 
 def test_no_patient_identifiers_in_outputs(tmp_path, harmonise_cfg):
-    from psgfm.export import export_batch
+    from psgfm.signals.export import export_batch
 
     fs = 128
     edf = write_edf(

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import SHARED, requires_shared
 
-from psgfm.hypnogram import HypnogramError, parse_stage, read_hypnogram
-from psgfm.montage import RulesError, assign_channels, load_rules, normalise_label
+from psgfm.signals.hypnogram import HypnogramError, parse_stage, read_hypnogram
+from psgfm.signals.montage import RulesError, assign_channels, load_rules, normalise_label
 
 
 def test_normalisation_ignores_case_space_punctuation():

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from conftest import pypi_reachable
 
-from psgfm import phecode_maps as pm
+from psgfm.phenome import maps as pm
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MAP = ROOT / "resources" / "phecode_maps" / "phecode12.csv"

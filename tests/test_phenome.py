@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 from conftest import pypi_reachable
 
-from psgfm.phecode_maps import MAPS, load_map, sha256_file, standardise_map
-from psgfm.phenome import PhenomeInputError, build_phenome, read_persons, run_phenome
-from psgfm.phenome_reference import reference_phenome
+from psgfm.phenome.build import PhenomeInputError, build_phenome, read_persons, run_phenome
+from psgfm.phenome.maps import MAPS, load_map, sha256_file, standardise_map
+from psgfm.phenome.reference import reference_phenome
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MAP = ROOT / "resources" / "phecode_maps" / "phecode12.csv"
@@ -443,7 +443,7 @@ def test_run_phenome_writes_outputs(tmp_path, hand_map):
 
 @pytest.fixture(scope="session")
 def real_map(tmp_path_factory) -> pl.DataFrame:
-    from psgfm.phecode_maps import fetch_map
+    from psgfm.phenome.maps import fetch_map
 
     path = REAL_MAP
     if not (path.exists() and sha256_file(path) == MAPS["phecode12"]["sha256"]):
@@ -455,8 +455,8 @@ def real_map(tmp_path_factory) -> pl.DataFrame:
 
 
 def test_demo_ehr_cases_match_truth(real_map):
-    from psgfm.demo import ehr_truth, simulate_ehr, site_of
-    from psgfm.demo_signals import draw_traits
+    from psgfm.demo.cohort import ehr_truth, simulate_ehr, site_of
+    from psgfm.demo.physiology import draw_traits
 
     seed = 20261124
     traits = [draw_traits(seed, i, site_of(i)) for i in range(400)]
@@ -498,7 +498,7 @@ def test_demo_ehr_cases_match_truth(real_map):
 
 
 def test_standardise_map_requires_columns():
-    from psgfm.phecode_maps import PhecodeMapError
+    from psgfm.phenome.maps import PhecodeMapError
 
     raw = pl.read_csv(MAP_CSV.encode()).drop("phecode_unrolled")
     with pytest.raises(PhecodeMapError, match="phecode_unrolled"):

@@ -50,7 +50,7 @@ def test_dry_run_of_the_demo_dag():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from psgfm.demo import generate_demo_cohort
+    from psgfm.demo.cohort import generate_demo_cohort
 
     tmp = tmp_path_factory.mktemp("dag")
     demo_dir = tmp / "demo"

@@ -11,7 +11,7 @@ from psgfm import __version__
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from psgfm.config import load_config, load_recordings
-    from psgfm.montage import load_rules
+    from psgfm.signals.montage import load_rules
 
     cfg = load_config(args.config)
     sheet = load_recordings(cfg["samples"])
@@ -25,7 +25,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_harmonise(args: argparse.Namespace) -> int:
     from psgfm.config import load_config, load_recordings
-    from psgfm.harmonise import harmonise_batch
+    from psgfm.signals.harmonise import harmonise_batch
 
     cfg = load_config(args.config)
     sheet = load_recordings(cfg["samples"])
@@ -38,7 +38,7 @@ def _cmd_harmonise(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from psgfm.config import load_config
-    from psgfm.export import export_batch
+    from psgfm.signals.export import export_batch
 
     cfg = load_config(args.config)
     manifest = export_batch(args.harmonised, args.out, cfg["export"])
@@ -47,7 +47,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from psgfm.demo import generate_demo_cohort
+    from psgfm.demo.cohort import generate_demo_cohort
 
     sheet = generate_demo_cohort(
         args.out, n_subjects=args.n_subjects, hours=args.hours, seed=args.seed
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from psgfm.config import ConfigError
-    from psgfm.montage import RulesError
+    from psgfm.signals.montage import RulesError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = build_parser().parse_args(argv)

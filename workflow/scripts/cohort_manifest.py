@@ -4,8 +4,8 @@ from psgfm.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from psgfm.export import cohort_tables  # noqa: E402
 from psgfm.io import atomic_path, write_parquet  # noqa: E402
+from psgfm.signals.export import cohort_tables  # noqa: E402
 
 tables = cohort_tables(snakemake.input.harmonised, snakemake.input.tensors)
 write_parquet(

@@ -2,7 +2,7 @@ from psgfm.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from psgfm.demo import generate_demo_cohort  # noqa: E402
+from psgfm.demo.cohort import generate_demo_cohort  # noqa: E402
 
 demo = snakemake.params.demo
 generate_demo_cohort(

@@ -3,7 +3,7 @@ from psgfm.logutil import log_to_file
 log_to_file(snakemake.log[0])
 
 from psgfm.io import write_json  # noqa: E402
-from psgfm.phecode_maps import fetch_map  # noqa: E402
+from psgfm.phenome.maps import fetch_map  # noqa: E402
 
 spec = snakemake.params.map
 prov = fetch_map(

@@ -4,7 +4,7 @@ from psgfm.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
-from psgfm.phenome import run_phenome  # noqa: E402
+from psgfm.phenome.build import run_phenome  # noqa: E402
 
 with open(snakemake.input.map_provenance, encoding="utf-8") as fh:
     map_provenance = json.load(fh)

@@ -13,7 +13,7 @@ synthetic EHR with planted physiology -> disease links (the ground truth of the 
 
 The same arguments give byte-identical files. Sites, channels, the planted links and the
 deliberate defects are documented in docs/demo.md. The signal simulator is
-:mod:`psgfm.demo_signals`.
+:mod:`psgfm.demo.physiology`.
 
 CLI: ``python -m psgfm.demo --out resources/demo --n-subjects 24 --hours 1 --seed 20261124``
 """
@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 from edfio import Edf, EdfAnnotation, EdfSignal, Patient, Recording
 
-from psgfm.demo_signals import (
+from psgfm.demo.physiology import (
     EPOCH_S,
     KEY_EHR,
     N3,
@@ -753,7 +753,7 @@ def generate_demo_cohort(out_dir, n_subjects=24, hours=1.0, seed=20261124) -> pd
     write_parquet(ehr["diagnoses"], os.path.join(out_dir, "ehr", "diagnoses.parquet"))
     truth = {
         "generator": {
-            "module": "psgfm.demo",
+            "module": "psgfm.demo.cohort",
             "version": GENERATOR_VERSION,
             "seed": seed,
             "n_subjects": n_subjects,

@@ -28,7 +28,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from psgfm.io import atomic_path, provenance, write_json, write_text
-from psgfm.phecode_maps import (
+from psgfm.phenome.maps import (
     exclusion_pairs,
     normalise_code_expr,
     normalise_code_system_expr,
@@ -792,7 +792,7 @@ def run_phenome(
     ``out`` keys: labels, summary, summary_tsv, is_event, time_to_event, unmapped, dropped,
     records, provenance (paths). ``config`` is the ``phenome`` config block.
     """
-    from psgfm.phecode_maps import load_map, load_sleepfm_subset
+    from psgfm.phenome.maps import load_map, load_sleepfm_subset
 
     map_name = config["map"]["name"]
     rules = _rules(

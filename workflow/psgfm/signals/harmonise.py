@@ -29,10 +29,10 @@ import pyarrow as pa
 from scipy.signal import resample_poly
 
 from psgfm import MODALITIES
-from psgfm.edfheader import EDFError, EDFHeader, SampleReader, read_header
-from psgfm.hypnogram import HypnogramError, read_hypnogram
 from psgfm.io import atomic_path, provenance, write_json, write_parquet
-from psgfm.montage import Assignment, RuleSet, assign_channels, load_rules, unit_scale_to_uv
+from psgfm.signals.edfheader import EDFError, EDFHeader, SampleReader, read_header
+from psgfm.signals.hypnogram import HypnogramError, read_hypnogram
+from psgfm.signals.montage import Assignment, RuleSet, assign_channels, load_rules, unit_scale_to_uv
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The rules file (resources/channel_rules.yaml) is ordered; the first matching rule wins.
 See its header for the format. This module only decides *what* to do with each label; the
-signal work happens in :mod:`psgfm.harmonise`.
+signal work happens in :mod:`psgfm.signals.harmonise`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,29 @@
-# Windowed tensor export: harmonised signals -> Arrow IPC files of 5-min chunks, per batch,
-# then one cohort manifest and QC tables.
+# Signals: montage harmonisation (EDF -> canonical channels in µV at the target rate) and
+# windowed tensor export (Arrow IPC files of 5-min chunks), per batch, then one cohort
+# manifest and QC tables. Logic: workflow/psgfm/signals/.
+rule harmonise:
+    input:
+        unpack(harmonise_inputs),
+    output:
+        directory(f"{RESULTS}/harmonised/{{batch}}"),
+    log:
+        f"{RESULTS}/logs/harmonise/{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/harmonise/{{batch}}.tsv"
+    retries: 1
+    conda:
+        "../../envs/psgfm.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    params:
+        harmonise=config["harmonise"],
+        recordings=lambda wildcards: batch_rows(wildcards.batch),
+    script:
+        "../scripts/harmonise.py"
+
+
 rule export:
     input:
         f"{RESULTS}/harmonised/{{batch}}",

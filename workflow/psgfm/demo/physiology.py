@@ -1,4 +1,4 @@
-"""Physiology simulator behind the seeded demo cohort (see docs/demo.md and psgfm.demo).
+"""Physiology simulator behind the seeded demo cohort (see docs/demo.md and psgfm.demo.cohort).
 
 Everything here is vectorised numpy. A subject is described by :class:`Traits` (the latent
 physiology that the synthetic EHR is linked to), a 30-s stage sequence and a table of

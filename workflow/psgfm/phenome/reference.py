@@ -1,17 +1,17 @@
 """Plain pandas re-implementation of the phenome rules (tests only; slow, in memory).
 
-Written independently of :mod:`psgfm.phenome` (loops and dicts, no shared label logic) so
+Written independently of :mod:`psgfm.phenome.build` (loops and dicts, no shared label logic) so
 that the two can be compared on random cohorts. Inputs are already-clean pandas tables:
 diagnoses (person_id, code, code_system, date), persons (person_id, sex F/M, birth_date,
 end_of_followup, death), sheet (subject_id, psg_date) and the standardised map of
-:func:`psgfm.phecode_maps.load_map` (pandas or polars).
+:func:`psgfm.phenome.maps.load_map` (pandas or polars).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from psgfm.phecode_maps import normalise_code, normalise_code_system, parse_exclude_range
+from psgfm.phenome.maps import normalise_code, normalise_code_system, parse_exclude_range
 
 
 def _dates(s: pd.Series) -> pd.Series:

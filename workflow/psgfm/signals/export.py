@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from psgfm import MODALITIES
-from psgfm.harmonise import read_signals
-from psgfm.hypnogram import UNSCORED
 from psgfm.io import atomic_path, provenance, sha256_file, write_json, write_parquet
+from psgfm.signals.harmonise import read_signals
+from psgfm.signals.hypnogram import UNSCORED
 
 log = logging.getLogger(__name__)
 
