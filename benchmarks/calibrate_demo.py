@@ -175,7 +175,10 @@ def measure_cohort(cohort: Path, sites: list[str]) -> dict:
         keep = np.isin(labels, STAGES)
         pred.append(p[keep])
         scored.append(labels[keep])
-        clean.append(np.array([CHAR_STAGE[c] for c in subj["hypnogram_clean"]])[keep])
+        if "hypnogram_clean" in subj:
+            clean.append(np.array([CHAR_STAGE[c] for c in subj["hypnogram_clean"]])[keep])
+        else:  # a cohort of the first generator (no label noise): the file is the truth
+            clean.append(labels[keep])
         site_of.append(np.full(keep.sum(), row["site"]))
         feats.append(_epoch_features(raw, names, n_epochs)[keep])
         groups.append(np.full(keep.sum(), rid))
