@@ -12,6 +12,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/signals.smk"
+include: "workflow/rules/model.smk"
 include: "workflow/rules/phenome.smk"
 include: "workflow/rules/provenance.smk"
 

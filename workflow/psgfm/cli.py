@@ -56,6 +56,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from psgfm.config import load_config
+    from psgfm.model.embed import embed_edf
+
+    cfg = load_config(args.config)
+    ckpt = args.checkpoint or cfg["model"]["checkpoint"]
+    if not ckpt and not args.random_init:
+        print(
+            "error: no weights: pass --checkpoint PATH (e.g. results/model/encoder.pt) or set "
+            "model.checkpoint; --random-init embeds with an untrained encoder",
+            file=sys.stderr,
+        )
+        return 2
+    night = embed_edf(
+        args.edf, None if args.random_init else ckpt, args.out, cfg, hypnogram=args.hypnogram
+    )
+    print(f"wrote embeddings of {night['recording_id'].iloc[0]} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="psgfm", description=__doc__)
     p.add_argument("--version", action="version", version=f"psgfm {__version__}")
@@ -77,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.set_defaults(func=_cmd_export)
 
+    em = sub.add_parser("embed", help="harmonise, export and embed one EDF outside the DAG")
+    em.add_argument("edf")
+    em.add_argument("--checkpoint", help="encoder weights (psgfm or SleepFM-Clinical release)")
+    em.add_argument("--random-init", action="store_true", help="untrained encoder (model.seed)")
+    em.add_argument("--hypnogram", help="optional hypnogram (CSV or EDF+)")
+    em.add_argument("--config", default="config/config.yaml")
+    em.add_argument("--out", required=True)
+    em.set_defaults(func=_cmd_embed)
+
     d = sub.add_parser("demo", help="generate the seeded demo cohort")
     d.add_argument("--out", default="resources/demo")
     d.add_argument("--n-subjects", type=int, default=24)
@@ -88,13 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from psgfm.config import ConfigError
+    from psgfm.model.checkpoint import CheckpointError
     from psgfm.signals.montage import RulesError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RulesError) as err:
+    except (ConfigError, RulesError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

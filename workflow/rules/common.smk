@@ -65,4 +65,4 @@ def all_targets():
         f"{RESULTS}/qc/channel_audit.parquet",
         f"{RESULTS}/pipeline_info/provenance.json",
     ]
-    return targets + PHENOME_TARGETS
+    return targets + MODEL_TARGETS + PHENOME_TARGETS
