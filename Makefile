@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint dag clean
+.PHONY: install demo test lint dag clean validate
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,12 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Model validation (docs/model.md): a larger generated cohort, pretraining, probes.
+VALIDATION_N ?= 240
+validate: install
+	$(BIN)/psgfm demo --out resources/validation --n-subjects $(VALIDATION_N) --hours 1 --seed 20261125
+	$(BIN)/snakemake --cores $(CORES) --configfile config/validation.yaml --rerun-incomplete
 
 dag: install
 	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg

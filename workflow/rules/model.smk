@@ -107,7 +107,12 @@ rule night_embeddings:
         "../scripts/night_embeddings.py"
 
 
-if config["probe"]["enabled"] and DEMO_DIR is not None:
+PROBE_TRUTH = config["probe"]["truth"] or (
+    f"{DEMO_DIR}/truth.json" if DEMO_DIR is not None else None
+)
+
+
+if config["probe"]["enabled"] and PROBE_TRUTH:
 
     rule embed_random:
         input:
@@ -137,7 +142,7 @@ if config["probe"]["enabled"] and DEMO_DIR is not None:
             random_init=expand(f"{RESULTS}/probe/random_init/{{batch}}", batch=BATCHES),
             manifest=f"{RESULTS}/tensors/manifest.parquet",
             splits=f"{MODEL_OUT}/splits.tsv",
-            truth=f"{DEMO_DIR}/truth.json",
+            truth=PROBE_TRUTH,
         output:
             tsv=f"{RESULTS}/probe/probe.tsv",
             png=report(
@@ -162,7 +167,7 @@ if config["probe"]["enabled"] and DEMO_DIR is not None:
 
 
 MODEL_TARGETS = [f"{EMBED_OUT}/night.parquet"]
-if config["probe"]["enabled"] and DEMO_DIR is not None:
+if config["probe"]["enabled"] and PROBE_TRUTH:
     MODEL_TARGETS.append(f"{RESULTS}/probe/probe.tsv")
 if not MODEL["checkpoint"]:
     MODEL_TARGETS.append(f"{MODEL_OUT}/training_curve.png")

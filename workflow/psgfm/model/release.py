@@ -75,4 +75,4 @@ def release_train_step(
     optimizer.step()
     with torch.no_grad():
         temperature.clamp_(min=0.0)
-    return float(loss)
+    return float(loss.detach())
