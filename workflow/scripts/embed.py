@@ -9,7 +9,7 @@ from psgfm.model.embed import embed_batch  # noqa: E402
 torch.set_num_threads(snakemake.threads)
 embed_batch(
     snakemake.input.tensors,
-    snakemake.input.encoder,
+    getattr(snakemake.input, "encoder", None),  # none: random init (rule embed_random)
     snakemake.output[0],
     snakemake.params.model,
     snakemake.params.embed,

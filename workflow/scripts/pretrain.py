@@ -4,11 +4,9 @@ log_to_file(snakemake.log[0])
 
 from pathlib import Path  # noqa: E402
 
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from psgfm.model.launch import maybe_torchrun  # noqa: E402
-from psgfm.model.pretrain import pretrain  # noqa: E402
+from psgfm.model.launch import maybe_torchrun, run_spec  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 out_dir = str(Path(snakemake.output.encoder).parent)
@@ -21,11 +19,4 @@ spec = {
     "pretrain": snakemake.params.pretrain,
 }
 if not maybe_torchrun(spec, snakemake.resources.get("gpu", 0), snakemake.log[0]):
-    pretrain(
-        spec["manifest"],
-        pd.read_csv(spec["splits"], sep="\t", dtype=str),
-        spec["out_dir"],
-        spec["model"],
-        spec["pretrain"],
-        spec["state_dir"],
-    )
+    run_spec(spec)

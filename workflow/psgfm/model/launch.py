@@ -63,13 +63,11 @@ def maybe_torchrun(spec: dict, requested_gpus, log_path: str | None = None) -> b
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_spec(spec: dict) -> dict:
+    """Pretrain in this process from a spec (see the module docstring)."""
     from psgfm.model.pretrain import pretrain
 
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    pretrain(
+    return pretrain(
         spec["manifest"],
         pd.read_csv(spec["splits"], sep="\t", dtype=str),
         spec["out_dir"],
@@ -77,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         spec["pretrain"],
         spec["state_dir"],
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_spec(json.loads(Path(argv[0]).read_text()))
     return 0
 
 
