@@ -608,3 +608,32 @@ def harmonise_batch(recordings: list[dict], out_dir: str | Path, cfg: dict) -> p
     write_json(provenance("harmonise", cfg), out_dir / "provenance.json")
     write_parquet(pa.Table.from_pandas(qc, preserve_index=False), out_dir / "qc.parquet")
     return qc
+
+
+def explain_recording(edf: str | Path, cfg: dict, site: str | None = None) -> dict:
+    """What harmonisation would do with one EDF, channel by channel; writes nothing.
+
+    Returns ``status`` (ok / rejected), ``reason``, ``kind``, ``duration_s`` (None when the
+    header is unreadable) and ``audit``: the audit rows the harmonise rule would write.
+    """
+    cfg = {**DEFAULTS, **cfg}
+    ruleset = load_rules(cfg["channel_rules"])
+    row = {"recording_id": Path(edf).stem, "edf": str(edf), "site": site or ""}
+    out = {"status": "ok", "reason": "", "kind": None, "duration_s": None, "audit": []}
+    try:
+        channels, audit, duration, header = harmonise_recording(row, ruleset, cfg)
+        out.update(kind=header.kind, duration_s=duration, audit=audit)
+        if not channels:
+            raise RecordingRejected("every mapped channel was dropped", audit)
+        missing = [
+            m for m in cfg["require_modalities"] if not any(c.modality == m for c in channels)
+        ]
+        if missing:
+            raise RecordingRejected(
+                f"required modality {missing} absent (harmonise.require_modalities)", audit
+            )
+    except RecordingRejected as err:
+        out.update(status="rejected", reason=str(err))
+        audit = err.audit if err.audit is not None else _header_audit(row, ruleset, cfg)
+        out["audit"] = reject_audit(audit, str(err))
+    return out
