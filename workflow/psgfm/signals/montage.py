@@ -34,6 +34,7 @@ from psgfm import MODALITIES
 UNIT_SCALE_TO_UV = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
 """Factor that turns a value in the EDF physical dimension into microvolts."""
 
+EDF_LABEL_WIDTH = 16
 NO_MATCH = "no rule matches this label; add it to the channel rules file"
 
 
@@ -225,6 +226,13 @@ def _rule_from_entry(entry: dict, defaults: dict, origin: str, path: str, where:
     labels = entry["labels"]
     if isinstance(labels, str) or not labels:
         raise RulesError(f"{path}: {where}: `labels` must be a non-empty list")
+    too_long = [x for x in labels if len(str(x).rstrip("*")) > EDF_LABEL_WIDTH]
+    if too_long:
+        raise RulesError(
+            f"{path}: {where}: label(s) {too_long} longer than {EDF_LABEL_WIDTH} characters, "
+            "which no EDF label can be (the header field is 16 bytes); write the label as it "
+            "appears in the file"
+        )
     mdef = defaults.get(modality, {})
     ref = entry.get("reference")
     refs = tuple(r.strip() for r in str(ref).split(",") if r.strip()) if ref else ()
