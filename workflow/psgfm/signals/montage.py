@@ -87,7 +87,9 @@ class LabelSet:
         return cls(frozenset(exact), tuple(prefixes))
 
     def match(self, keys) -> bool:
-        return any(k in self.exact or k.startswith(self.prefixes) for k in keys if k)
+        if not self.exact.isdisjoint(keys):
+            return True
+        return bool(self.prefixes) and any(k.startswith(self.prefixes) for k in keys if k)
 
 
 @dataclass(frozen=True)
@@ -98,15 +100,15 @@ class LabelKeys:
     bare: str  # without a vendor type prefix ("EEG C3-A2" -> "c3a2"); == exact when none
     electrode: str  # without prefix and referential suffix ("EEG C3-Ref" -> "c3"), else ""
 
-    @property
-    def as_is(self) -> tuple[str, ...]:
-        """Keys for rules whose labels are used as recorded (derivations, vocabulary-free)."""
-        return (self.exact, self.bare)
+    def __post_init__(self):
+        # sets, so matching against thousands of rules is one set operation each
+        object.__setattr__(self, "as_is", frozenset(k for k in (self.exact, self.bare) if k))
+        object.__setattr__(self, "all", self.as_is | ({self.electrode} - {""}))
 
-    @property
-    def all(self) -> tuple[str, ...]:
-        """Keys for single-electrode labels: rules that re-reference, references, vocabulary."""
-        return (self.exact, self.bare, self.electrode)
+    # as_is: keys for rules whose labels are used as recorded (derivations);
+    # all: keys for single electrodes: rules that re-reference, references, vocabulary
+    as_is: frozenset[str] = field(init=False, repr=False, compare=False)
+    all: frozenset[str] = field(init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,9 @@ class Rule:
         # rules that re-reference take single electrodes, so "-Ref" forms too; the others
         # take labels as recorded; the vocabulary (own names) takes both
         forms = keys.all if self.reference or self.origin == "vocabulary" else keys.as_is
-        return any(k in self.labels or k.startswith(self.prefixes) for k in forms if k)
+        if not self.labels.isdisjoint(forms):
+            return True
+        return bool(self.prefixes) and any(k.startswith(self.prefixes) for k in forms)
 
 
 @dataclass(frozen=True)
@@ -176,13 +180,29 @@ class RuleSet:
     forms: LabelForms = field(default_factory=LabelForms)
     not_model: list[NonModel] = field(default_factory=list)
 
+    _indexes: dict = field(default_factory=dict, repr=False, compare=False)
+
     def ordered(self, site: str | None) -> list[Rule]:
         return self.site_rules.get(site or "", []) + self.rules + self.vocabulary
+
+    def matching(self, keys: LabelKeys, site: str | None) -> list[int]:
+        """Positions in ``ordered(site)`` of the rules that match a label, in rule order."""
+        if site not in self._indexes:
+            ordered = self.ordered(site)
+            exact: dict[str, list[int]] = {}
+            for p, rule in enumerate(ordered):
+                for k in rule.labels:
+                    exact.setdefault(k, []).append(p)
+            prefixed = [p for p, rule in enumerate(ordered) if rule.prefixes]
+            self._indexes[site] = (ordered, exact, prefixed)
+        ordered, exact, prefixed = self._indexes[site]
+        candidates = {p for k in keys.all for p in exact.get(k, ())} | set(prefixed)
+        return sorted(p for p in candidates if ordered[p].match(keys))
 
     def reference_family(self, keys: LabelKeys) -> str | None:
         """The `references:` family this label belongs to, if any."""
         for name, labels in self.references.items():
-            if any(k in labels for k in keys.all if k):
+            if not labels.isdisjoint(keys.all):
                 return name
         return None
 
@@ -403,9 +423,9 @@ def assign_channels(
 
     produced: dict[str, int] = {}
 
-    def apply(rule: Rule) -> None:
-        for i in available:
-            if not open_signal(i) or not rule.match(keys[i]):
+    def apply(rule: Rule, channels: list[int]) -> None:
+        for i in channels:
+            if not open_signal(i):
                 continue
             ref_idx = [find_reference(r, rule.min_fs) for r in rule.reference]
             if any(j is None for j in ref_idx):
@@ -433,8 +453,13 @@ def assign_channels(
 
     ordered = ruleset.ordered(site)
     n_before_vocabulary = len(ordered) - len(ruleset.vocabulary)
-    for rule in ordered[:n_before_vocabulary]:
-        apply(rule)
+    by_rule: dict[int, list[int]] = {}  # rule position -> matching channels, in file order
+    for i in available:
+        if family[i] is None:
+            for p in ruleset.matching(keys[i], site):
+                by_rule.setdefault(p, []).append(i)
+    for p in sorted(q for q in by_rule if q < n_before_vocabulary):
+        apply(ordered[p], by_rule[p])
     for i in available:  # channels that are not model inputs, before the vocabulary
         if not open_signal(i):
             continue
@@ -446,8 +471,8 @@ def assign_channels(
                 "(not_model in the channel rules)"
             )
             out[i].origin = "not_model"
-    for rule in ordered[n_before_vocabulary:]:
-        apply(rule)
+    for p in sorted(q for q in by_rule if q >= n_before_vocabulary):
+        apply(ordered[p], by_rule[p])
 
     for a in out:
         if a.role == "reference":
