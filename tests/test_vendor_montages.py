@@ -534,12 +534,14 @@ def test_validate_explain_prints_the_mapping_and_writes_nothing(tmp_path, capsys
     code = cli.main(["validate", "--explain", str(edf), "--rules", str(RULES)])
     out = capsys.readouterr().out
     assert code == 0 and sorted(p.name for p in tmp_path.rglob("*")) == before
-    lines = {line.split()[1]: line for line in out.splitlines() if line[:1].isdigit()}
-    assert "C3-M2" in lines["EEG"] or "C3-M2 (BAS, rules) = EEG C3-Ref - EEG A2-Ref" in out
+    rows = [line for line in out.splitlines() if line[:1].isdigit()]
+    assert len(rows) == 4 and rows[0].split()[:6] == ["0", "EEG", "C3-Ref", "128", "uV", "ascii"]
+    assert "C3-M2 (BAS, rules) = EEG C3-Ref - EEG A2-Ref" in rows[0]
     assert "the reference (M2) for C3-M2" in out
     assert "not a model channel (body position)" in out and "no rule matches" in out
     assert out.rstrip().endswith("recording: ok")
     code = cli.main(["validate", "--explain", str(text), "--rules", str(RULES)])
     out = capsys.readouterr().out
     assert code == 1 and "recording: rejected" in out and "not an EDF/BDF" in out
+    assert "header not readable" in out
     assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -60,7 +60,7 @@ def _explain(args: argparse.Namespace) -> int:
     status = 0
     for edf in args.explain:
         result = explain_recording(edf, cfg, site=args.site)
-        head = f"{edf}: {result['kind'] or 'unreadable header'}"
+        head = f"{edf}: {result['kind'] or 'header not readable'}"
         if result["duration_s"] is not None:
             head += f", {result['duration_s']:g} s"
         print(f"{head}; rules {cfg.get('channel_rules', 'default')}; site {args.site or '-'}")

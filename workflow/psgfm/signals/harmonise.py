@@ -506,6 +506,19 @@ QC_COLUMNS = [
 ]
 
 
+def check_recording(edf: str, channels: list[Channel], cfg: dict) -> None:
+    """Reject a harmonised recording without channels or without a required modality."""
+    if not channels:
+        raise RecordingRejected(
+            f"{edf}: every mapped channel was dropped (the audit says why for each)."
+        )
+    missing = [m for m in cfg["require_modalities"] if not any(c.modality == m for c in channels)]
+    if missing:
+        raise RecordingRejected(
+            f"{edf}: required modality {missing} absent (harmonise.require_modalities)."
+        )
+
+
 def process_recording(row: dict, ruleset: RuleSet, cfg: dict, out_dir: Path) -> dict:
     """Harmonise one recording into ``out_dir``; return its QC row (never raises)."""
     cfg = {**DEFAULTS, **cfg}
@@ -515,18 +528,7 @@ def process_recording(row: dict, ruleset: RuleSet, cfg: dict, out_dir: Path) -> 
     audit: list[dict] | None = None
     try:
         channels, audit, duration, _ = harmonise_recording(row, ruleset, cfg)
-        if not channels:
-            raise RecordingRejected(
-                f"{row['edf']}: every mapped channel was dropped (see {rid}.audit.parquet for "
-                "the reason of each)."
-            )
-        missing = [
-            m for m in cfg["require_modalities"] if not any(c.modality == m for c in channels)
-        ]
-        if missing:
-            raise RecordingRejected(
-                f"{row['edf']}: required modality {missing} absent (harmonise.require_modalities)."
-            )
+        check_recording(row["edf"], channels, cfg)
         stages_reason = ""
         if row.get("hypnogram"):
             try:
@@ -623,17 +625,19 @@ def explain_recording(edf: str | Path, cfg: dict, site: str | None = None) -> di
     try:
         channels, audit, duration, header = harmonise_recording(row, ruleset, cfg)
         out.update(kind=header.kind, duration_s=duration, audit=audit)
-        if not channels:
-            raise RecordingRejected("every mapped channel was dropped", audit)
-        missing = [
-            m for m in cfg["require_modalities"] if not any(c.modality == m for c in channels)
-        ]
-        if missing:
-            raise RecordingRejected(
-                f"required modality {missing} absent (harmonise.require_modalities)", audit
-            )
+        check_recording(str(edf), channels, cfg)
     except RecordingRejected as err:
         out.update(status="rejected", reason=str(err))
-        audit = err.audit if err.audit is not None else _header_audit(row, ruleset, cfg)
-        out["audit"] = reject_audit(audit, str(err))
+        if err.audit is not None:
+            out["audit"] = err.audit
+        elif not out["audit"]:
+            out["audit"] = _header_audit(row, ruleset, cfg)
+        out["audit"] = reject_audit(out["audit"], str(err))
+        if out["kind"] is None:
+            try:
+                header = read_header(edf)
+            except EDFError as hdr_err:
+                header = hdr_err.header
+            if header is not None:
+                out.update(kind=header.kind, duration_s=header.duration)
     return out
