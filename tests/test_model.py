@@ -465,3 +465,19 @@ def test_single_recording_cli_embeds_one_edf(tensors, tmp_path):
     np.testing.assert_allclose(
         night.loc[0, "BAS"], batch.set_index("recording_id").loc[rid, "BAS"], rtol=1e-6
     )
+
+
+def test_collate_normalises_each_channel_with_its_stored_statistics(tensors):
+    from psgfm.signals.export import read_tensors
+
+    path = tensors["manifest"]["path"].iloc[0]
+    table, meta = read_tensors(path)
+    raw = ChunkDataset([path], normalise="none")[1]
+    norm = collate([ChunkDataset([path])[1]])
+    for m, chans in meta["channels"].items():
+        x = raw[m].astype(np.float64)
+        med = np.array([c["median"] for c in chans])[:, None, None]
+        rstd = np.array([c["robust_std"] for c in chans])[:, None, None]
+        expect = np.clip((x - med) / rstd, -20, 20)
+        np.testing.assert_allclose(norm["signals"][m][0].numpy(), expect, rtol=1e-5, atol=1e-4)
+    assert collate([raw])["signals"]["BAS"].abs().max() > 20  # physical µV without it

@@ -9,8 +9,12 @@
 - :class:`SeededSampler` yields a permutation fixed by (seed, epoch), starting at any
   position, so training resumes exactly where it stopped; with several processes (DDP) each
   rank takes every world_size-th index.
-- :func:`collate` pads channels per modality to the batch maximum (the cap bounds it) and
-  builds boolean masks (True = real).
+- :func:`collate` pads channels per modality to the batch maximum (the cap bounds it),
+  builds boolean masks (True = real) and normalises each channel as it copies it:
+  ``clip((x - median) / robust_std, -clip, clip)`` with the recording-level robust statistics
+  that harmonisation stored for every channel (the release z-scores each channel over the
+  night; amplitudes in the tensor store stay physical, so EEG in µV, ECG in mV-range µV,
+  effort belts and SpO2 % all reach the model on one scale).
 """
 
 from __future__ import annotations
@@ -125,9 +129,13 @@ class ChunkDataset(Dataset):
         seed: int = 0,
         modalities: Sequence[str] = MODALITIES,
         select: str = "random",
+        normalise: str = "robust",
     ):
         if select not in ("random", "first"):
             raise ValueError("select must be 'random' (seeded per epoch) or 'first'")
+        if normalise not in ("robust", "none"):
+            raise ValueError("normalise must be 'robust' (stored median / robust std) or 'none'")
+        self.normalise = normalise
         self.paths = [str(p) for p in paths]
         self.caps = {**RELEASE_CHANNEL_CAPS, **(caps or {})}
         self.seed = int(seed)
@@ -178,6 +186,13 @@ class ChunkDataset(Dataset):
             self._open[f] = {"cols": cols, "bounds": bounds}
         return self._open[f]
 
+    def _stats(self, f: int, m: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel median and robust std (floored at 1e-6) stored by harmonisation."""
+        chans = self.meta[f]["channels"][m]
+        center = np.array([c.get("median", 0.0) for c in chans], dtype=np.float32)
+        scale = np.array([c.get("robust_std", 1.0) for c in chans], dtype=np.float32)
+        return center, np.maximum(np.nan_to_num(scale, nan=1.0), 1e-6)
+
     def __getitem__(self, index: int) -> dict:
         epoch, i = divmod(int(index), len(self))
         f, row = self.locate(i)
@@ -197,13 +212,18 @@ class ChunkDataset(Dataset):
             if m not in cols:
                 continue
             x = cols[m][part][r]  # (C, P, L) view into the memory map
+            keep = np.arange(x.shape[0])
             cap = int(self.caps.get(m, x.shape[0]))
             if x.shape[0] > cap:
                 if self.select == "first":
-                    x = x[:cap]
+                    keep = keep[:cap]
                 else:
-                    x = x[channel_choice(x.shape[0], cap, self.seed, f"{rid}/{row}/{m}", epoch)]
+                    keep = channel_choice(x.shape[0], cap, self.seed, f"{rid}/{row}/{m}", epoch)
+                x = x[keep]
             item[m] = x
+            if self.normalise == "robust":
+                center, scale = self._stats(f, m)
+                item[f"{m}_center"], item[f"{m}_scale"] = center[keep], scale[keep]
         return item
 
 
@@ -244,8 +264,9 @@ class SeededSampler(Sampler[int]):
         return max(len(self.order()) - self.start, 0)
 
 
-def collate(items: list[dict], modalities: Sequence[str] = MODALITIES) -> dict:
-    """Pad channels per modality to the batch maximum; boolean masks, True = real.
+def collate(items: list[dict], modalities: Sequence[str] = MODALITIES, clip: float = 20.0) -> dict:
+    """Pad channels per modality to the batch maximum; boolean masks, True = real. Items
+    carrying ``<m>_center``/``<m>_scale`` are normalised and clipped to +-``clip``.
 
     Returns ``signals`` {m: float32 (B, C_m, P, L)}, ``channel_mask`` {m: bool (B, C_m)},
     ``patch_mask`` (B, P), ``stages`` (B, E) int64, ``chunk_index`` (B,), ``start_s`` (B,),
@@ -265,8 +286,14 @@ def collate(items: list[dict], modalities: Sequence[str] = MODALITIES) -> dict:
         mask = torch.zeros((b, c), dtype=torch.bool)
         for k, a in enumerate(arrays):
             if a is not None and a.shape[0]:
-                xn[k, : a.shape[0]] = a  # one copy from the memory map (float16 is widened)
-                mask[k, : a.shape[0]] = True
+                c_k = a.shape[0]
+                xn[k, :c_k] = a  # one copy from the memory map (float16 is widened)
+                if f"{m}_scale" in items[k]:
+                    view = xn[k, :c_k]
+                    view -= items[k][f"{m}_center"][:, None, None]
+                    view /= items[k][f"{m}_scale"][:, None, None]
+                    np.clip(view, -clip, clip, out=view)
+                mask[k, :c_k] = True
         signals[m], masks[m] = x, mask
     return {
         "signals": signals,

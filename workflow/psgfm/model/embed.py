@@ -63,12 +63,15 @@ def embed_recording(
     batch_size: int = 16,
     device: torch.device | None = None,
     precision: str = "fp32",
+    normalise: str = "robust",
 ) -> dict:
     """Embed every chunk of one tensor file. Returns NumPy arrays: ``pooled`` (N, M, D),
     ``tokens`` (N, M, P, D), ``modality_mask`` (N, M), ``patch_mask`` (N, P),
     ``chunk_index``, ``start_s`` and the recording id."""
     device = device or torch.device("cpu")
-    ds = ChunkDataset([tensor_path], caps=caps, seed=seed, modalities=model.modalities)
+    ds = ChunkDataset(
+        [tensor_path], caps=caps, seed=seed, modalities=model.modalities, normalise=normalise
+    )
     loader = DataLoader(
         ds,
         batch_size=batch_size,
@@ -198,7 +201,14 @@ def embed_batch(
             path = tensor_dir / f"{rid}.arrow"
         try:
             res = embed_recording(
-                model, path, caps, seed, cfg["batch_size"], device, cfg["precision"]
+                model,
+                path,
+                caps,
+                seed,
+                cfg["batch_size"],
+                device,
+                cfg["precision"],
+                model_cfg.get("normalise", "robust"),
             )
             write_recording(res, out_dir, model.modalities, cfg["tokens"])
             night, present = night_vector(res)

@@ -52,6 +52,7 @@ MODEL_DEFAULTS = {
     "checkpoint": None,
     "init": None,
     "seed": 42,
+    "normalise": "robust",
     "channel_caps": {"BAS": 10, "RESP": 7, "EKG": 2, "EMG": 4},
     "splits": {"pretrain": 0.6, "validation": 0.1, "train": 0.15, "test": 0.15},
     "split_file": None,
@@ -333,8 +334,9 @@ def pretrain(
             "raise model.splits.pretrain or check the split file"
         )
     caps = model_cfg["channel_caps"]
-    train_ds = ChunkDataset(train_paths, caps=caps, seed=seed)
-    val_ds = ChunkDataset(val_paths, caps=caps, seed=seed) if val_paths else None
+    norm = model_cfg["normalise"]
+    train_ds = ChunkDataset(train_paths, caps=caps, seed=seed, normalise=norm)
+    val_ds = ChunkDataset(val_paths, caps=caps, seed=seed, normalise=norm) if val_paths else None
 
     seed_everything(seed)
     encoder = SleepEncoder(encoder_config(model_cfg["size"]))
@@ -465,7 +467,7 @@ def pretrain(
                     100 * step / total,
                     epoch,
                     last_loss,
-                    float(model.temperature),
+                    float(model.temperature.detach()),
                     scheduler.get_last_lr()[0],
                     rate,
                     _fmt_eta(eta),
@@ -478,7 +480,7 @@ def pretrain(
                         "step": step,
                         "epoch": epoch,
                         "split": "train",
-                        "temperature": float(model.temperature),
+                        "temperature": float(model.temperature.detach()),
                         "lr": scheduler.get_last_lr()[0],
                         **tr,
                     }
@@ -491,7 +493,7 @@ def pretrain(
                             "step": step,
                             "epoch": epoch,
                             "split": "validation",
-                            "temperature": float(model.temperature),
+                            "temperature": float(model.temperature.detach()),
                             "lr": scheduler.get_last_lr()[0],
                             **va,
                         }
