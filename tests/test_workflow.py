@@ -1,28 +1,19 @@
 """The Snakemake DAG: lint-free dry run, an end-to-end run on a tiny generated cohort, and
-re-running only what a config block change affects."""
+re-running only what a config block change affects.
+
+Every test runs the workflow in a temporary copy (``copy_workflow``): none depends on the
+working copy's results/, resources/demo/ or .snakemake/, so ``make demo`` then ``make test``
+passes as well as the other order."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _snakemake(*args, check=True):
-    proc = subprocess.run(
-        [*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from conftest import ROOT, copy_workflow, run_snakemake
 
 
 def _jobs(dry_run_output: str) -> dict[str, int]:
@@ -36,8 +27,9 @@ def _jobs(dry_run_output: str) -> dict[str, int]:
     return stats
 
 
-def test_dry_run_of_the_demo_dag():
-    proc = _snakemake("-n", "--cores", "1", "--quiet", "rules")
+def test_dry_run_of_the_demo_dag(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    proc = run_snakemake(wf, "-n", "--cores", "1", "--quiet", "rules")
     jobs = _jobs(proc.stdout + proc.stderr)
     sheet = pd.read_csv(ROOT / "config" / "recordings.tsv", sep="\t")
     n_batches = -(
@@ -45,14 +37,15 @@ def test_dry_run_of_the_demo_dag():
         // yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["harmonise"]["batch_size"]
     )
     assert jobs.get("harmonise") == n_batches and jobs.get("export") == n_batches
-    assert jobs.get("cohort_manifest") == 1
+    assert jobs.get("demo_cohort") == 1 and jobs.get("cohort_manifest") == 1
+    assert jobs.get("phecode_map") == 1 and jobs.get("phenome") == 1
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from psgfm.demo.cohort import generate_demo_cohort
 
-    tmp = tmp_path_factory.mktemp("dag")
+    tmp = copy_workflow(tmp_path_factory.mktemp("dag") / "wf")
     demo_dir = tmp / "demo"
     generate_demo_cohort(str(demo_dir), n_subjects=4, hours=0.15, seed=7)
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -64,7 +57,7 @@ def tiny_run(tmp_path_factory):
     cfg_path = tmp / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     targets = [f"{tmp}/results/tensors/manifest.parquet", f"{tmp}/results/qc/recordings_qc.tsv"]
-    _snakemake("--configfile", str(cfg_path), "--cores", "2", *targets)
+    run_snakemake(tmp, "--configfile", cfg_path, "--cores", "2", *targets)
     return tmp, cfg, cfg_path, targets
 
 
@@ -96,20 +89,21 @@ def test_end_to_end_on_a_tiny_cohort(tiny_run):
 @pytest.mark.slow
 def test_changing_one_block_reruns_only_its_rules(tiny_run):
     tmp, cfg, cfg_path, targets = tiny_run
-    assert _jobs(_snakemake("--configfile", str(cfg_path), "-n", *targets).stdout) == {}
+    assert _jobs(run_snakemake(tmp, "--configfile", cfg_path, "-n", *targets).stdout) == {}
     cfg["export"]["dtype"] = "float16"
     changed = tmp / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
-    jobs = _jobs(_snakemake("--configfile", str(changed), "-n", *targets).stdout)
+    jobs = _jobs(run_snakemake(tmp, "--configfile", changed, "-n", *targets).stdout)
     assert jobs.get("export") == 2 and jobs.get("cohort_manifest") == 1
     assert "harmonise" not in jobs and "demo_cohort" not in jobs
 
 
 def test_invalid_config_stops_with_a_clear_message(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["harmonise"]["target_fs"] = -5
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    proc = _snakemake("--configfile", str(p), "-n", check=False)
+    proc = run_snakemake(wf, "--configfile", p, "-n", check=False)
     assert proc.returncode != 0
     assert "harmonise.target_fs" in proc.stdout + proc.stderr
