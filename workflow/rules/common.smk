@@ -1,8 +1,17 @@
 # Shared set-up: config and sample-sheet validation, batches, input functions.
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+PSGFM_SRC = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PSGFM_SRC)
+# Jobs (scripts and shell commands, local or on SLURM, in the pip venv or a conda env of
+# envs/) import psgfm from this checkout.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (PSGFM_SRC, os.environ.get("PYTHONPATH")) if p
+    )
+)
 
 from psgfm.config import batches, load_recordings, validate_config  # noqa: E402
 from snakemake.logging import logger  # noqa: E402
@@ -12,6 +21,17 @@ RESULTS = config["results"]
 RECORDINGS = load_recordings(config["samples"]).set_index("recording_id", drop=False)
 BATCHES = batches(list(RECORDINGS.index), config["harmonise"]["batch_size"])
 DEMO_DIR = config["demo"]["out_dir"] if config["demo"]["enabled"] else None
+# Site values for GPU rules (`resources: **GPU_SITE`), from the `cluster` config block that the
+# site profile cluster/config.yaml sets; empty locally. Per-rule GPU counts, memory and time are
+# in the workflow profile (profiles/default/config.yaml).
+GPU_SITE = {
+    key: value
+    for key, value in (
+        ("slurm_partition", config["cluster"]["gpu_partition"]),
+        ("gpu_model", config["cluster"]["gpu_model"]),
+    )
+    if value
+}
 
 
 wildcard_constraints:

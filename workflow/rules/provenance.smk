@@ -9,11 +9,7 @@ rule provenance:
     benchmark:
         f"{RESULTS}/benchmarks/provenance.tsv"
     conda:
-        "../../envs/psgfm.yaml"
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=5,
+        "../../envs/cpu.yaml"
     params:
         config=config,
         recordings=RECORDINGS.to_dict("records"),
