@@ -44,6 +44,11 @@ test-slurm: install
 	if [ $$started = 1 ]; then .ci/slurm.sh down; fi; \
 	exit $$rc
 
+# HTML report of the last run (QC table, hypnograms, phenome summary, benchmark summary, rule
+# graph, run times), after `make demo` or any run: results/report.html
+report: install
+	$(BIN)/snakemake --report results/report.html
+
 dag: install
 	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg
 

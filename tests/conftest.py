@@ -47,6 +47,17 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def seed_map_cache(workdir: Path) -> bool:
+    """Give a workflow copy the phecode-map wheel cached in the working copy, if any (the
+    phecode_map rule checks its sha256 before use, so a cache cannot change a result); return
+    whether the copy can get the map at all (cached here, or PyPI reachable)."""
+    cache = ROOT / "resources" / "phecode_maps" / ".wheel"
+    if cache.is_dir() and any(cache.glob("*.whl")):
+        shutil.copytree(cache, workdir / "resources" / "phecode_maps" / ".wheel")
+        return True
+    return pypi_reachable()
+
+
 def run_snakemake(workdir: Path, *args, check: bool = True, timeout: int = 900, env=None):
     """``snakemake ARGS`` in ``workdir`` (a copy made by :func:`copy_workflow`)."""
     proc = subprocess.run(

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, copy_workflow, pypi_reachable, run_snakemake
+from conftest import ROOT, copy_workflow, run_snakemake, seed_map_cache
 
 pytestmark = pytest.mark.slurm
 
@@ -40,6 +40,7 @@ TABLES = [
     "phenome/qc/unmapped_codes.tsv",
     "phenome/qc/dropped_persons.tsv",
     "phenome/qc/records.tsv",
+    "pipeline_info/input_checksums.tsv",
 ]
 
 
@@ -131,11 +132,7 @@ def _prepare(wf: Path, sheet: str) -> tuple[Path, list[str]]:
     cfg["harmonise"].update(batch_size=2, hypnogram_tolerance_s=60)
     path = wf / "config" / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    # the phecode map: a cached, sha256-checked wheel is reused; else fetched from PyPI
-    cache = ROOT / "resources" / "phecode_maps" / ".wheel"
-    if cache.is_dir() and any(cache.glob("*.whl")):
-        shutil.copytree(cache, wf / "resources" / "phecode_maps" / ".wheel")
-    elif not pypi_reachable():
+    if not seed_map_cache(wf):  # no phecode map: everything but the phenome and audit rules
         return path, ["results/tensors/manifest.parquet", "results/qc/recordings_qc.tsv"]
     return path, []
 

@@ -7,13 +7,16 @@ passes as well as the other order."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, copy_workflow, run_snakemake
+from conftest import ROOT, copy_workflow, run_snakemake, seed_map_cache
+
+from psgfm.io import sha256_file
 
 
 def _jobs(dry_run_output: str) -> dict[str, int]:
@@ -54,6 +57,10 @@ def tiny_run(tmp_path_factory):
     cfg["demo"].update(out_dir=str(demo_dir), n_subjects=4, hours=0.15, seed=7)
     cfg["harmonise"]["batch_size"] = 2
     cfg["harmonise"]["hypnogram_tolerance_s"] = 60
+    cfg["phenome"].update(
+        diagnoses=str(demo_dir / "ehr" / "diagnoses.parquet"),
+        persons=str(demo_dir / "ehr" / "persons.parquet"),
+    )
     cfg_path = tmp / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     targets = [f"{tmp}/results/tensors/manifest.parquet", f"{tmp}/results/qc/recordings_qc.tsv"]
@@ -107,3 +114,40 @@ def test_invalid_config_stops_with_a_clear_message(tmp_path):
     proc = run_snakemake(wf, "--configfile", p, "-n", check=False)
     assert proc.returncode != 0
     assert "harmonise.target_fs" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_info_and_report(tiny_run):
+    """The whole DAG: pipeline_info/ holds checksums, commit, rule graph, benchmark summary;
+    `snakemake --report` builds the HTML report with the captions."""
+    tmp, cfg, cfg_path, _ = tiny_run
+    if not seed_map_cache(tmp):
+        pytest.skip("phecode map neither cached in resources/phecode_maps/ nor on PyPI (offline)")
+    run_snakemake(tmp, "--configfile", cfg_path, "--cores", "2")
+    info = tmp / "results" / "pipeline_info"
+    sums = pd.read_csv(info / "input_checksums.tsv", sep="\t")
+    assert {"sample_sheet", "edf", "hypnogram", "ehr", "map"} <= set(sums.kind)
+    sheet = pd.read_csv(cfg["samples"], sep="\t")
+    edf = sums[sums.kind == "edf"].set_index("path")
+    assert set(edf.index) == set(sheet.edf) and set(edf.status) == {"ok"}
+    assert edf.loc[sheet.edf[0], "sha256"] == sha256_file(sheet.edf[0])
+    assert (info / "git_commit.txt").read_text().startswith("commit\t")
+    graph = (info / "rulegraph.dot").read_text()
+    assert graph.startswith("digraph") and 'label = "harmonise"' in graph
+    bench = pd.read_csv(info / "benchmark_summary.tsv", sep="\t").set_index("rule")
+    assert bench.loc["harmonise", "jobs"] == 2 and bench.loc["export", "jobs"] == 2
+    assert {"phenome", "provenance", "hypnogram_examples"} <= set(bench.index)
+
+    # a phenome rule change re-runs the phenome and the run's own records, nothing else
+    changed = copy.deepcopy(cfg)
+    changed["phenome"]["min_cases"] = cfg["phenome"]["min_cases"] + 1
+    (tmp / "min_cases.yaml").write_text(yaml.safe_dump(changed))
+    jobs = _jobs(run_snakemake(tmp, "--configfile", tmp / "min_cases.yaml", "-n").stdout)
+    assert set(jobs) == {"phenome", "provenance", "rulegraph", "benchmark_summary", "all"}
+
+    report = tmp / "report.html"
+    run_snakemake(tmp, "--configfile", cfg_path, "--report", report)
+    html = report.read_text()
+    for caption in ("../report/recordings_qc.rst", "../report/hypnograms.rst"):
+        first_words = " ".join((ROOT / "workflow" / "rules" / caption).read_text().split()[:5])
+        assert first_words in html, caption

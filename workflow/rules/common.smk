@@ -78,11 +78,32 @@ if _missing:
     )
 
 
+def _made_or_present(paths):
+    """Paths that exist or that a rule makes (demo files, the fetched phecode map)."""
+    made = lambda p: _is_demo_file(p) or p == PHECODE_MAP
+    return [p for p in paths if p and (Path(p).exists() or made(p))]
+
+
+def checksum_files():
+    """What input_checksums hashes, by kind (missing files become rows that say so)."""
+    ehr = [PHENOME["diagnoses"], PHENOME["persons"]]
+    return {
+        "sample_sheet": [config["samples"]],
+        "edf": list(RECORDINGS["edf"]),
+        "hypnogram": [h for h in RECORDINGS["hypnogram"] if h],
+        "ehr": ehr,
+        "map": [
+            PHECODE_MAP,
+            config["harmonise"]["channel_rules"],
+            PHENOME["sleepfm_labels"],
+        ],
+    }
+
+
 def all_targets():
     targets = [
         f"{RESULTS}/tensors/manifest.parquet",
         f"{RESULTS}/qc/recordings_qc.tsv",
         f"{RESULTS}/qc/channel_audit.parquet",
-        f"{RESULTS}/pipeline_info/provenance.json",
     ]
-    return targets + PHENOME_TARGETS
+    return targets + PHENOME_TARGETS + AUDIT_TARGETS + [f"{INFO}/benchmark_summary.tsv"]
