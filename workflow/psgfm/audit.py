@@ -50,7 +50,13 @@ def input_checksums(inputs: dict[str, list[str]], threads: int = 1) -> pd.DataFr
         if not os.path.isfile(path):
             return {"kind": kind, "path": path, "status": "missing", "bytes": None, "sha256": ""}
         size = os.path.getsize(path)
-        return {"kind": kind, "path": path, "status": "ok", "bytes": size, "sha256": sha256_file(path)}
+        return {
+            "kind": kind,
+            "path": path,
+            "status": "ok",
+            "bytes": size,
+            "sha256": sha256_file(path),
+        }
 
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         out = list(pool.map(one, rows))
