@@ -18,11 +18,7 @@ rule splits:
     benchmark:
         f"{RESULTS}/benchmarks/splits.tsv"
     conda:
-        "../../envs/psgfm.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
+        "../../envs/cpu.yaml"
     params:
         model=MODEL,
     script:
@@ -49,13 +45,8 @@ if not MODEL["checkpoint"]:
             f"{RESULTS}/logs/pretrain.log",
         benchmark:
             f"{RESULTS}/benchmarks/pretrain.tsv"
-        retries: 1
         conda:
-            "../../envs/psgfm.yaml"
-        threads: 2
-        resources:
-            mem_mb=lambda wildcards, attempt: 16000 * attempt,
-            runtime=lambda wildcards, attempt: 720 * attempt,
+            "../../envs/torch.yaml"
         params:
             model=MODEL,
             pretrain=config["pretrain"],
@@ -73,13 +64,8 @@ rule embed:
         f"{RESULTS}/logs/embed/{{batch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed/{{batch}}.tsv"
-    retries: 1
     conda:
-        "../../envs/psgfm.yaml"
-    threads: 2
-    resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        "../../envs/torch.yaml"
     params:
         model=MODEL,
         embed=config["embed"],
@@ -98,11 +84,7 @@ rule night_embeddings:
     benchmark:
         f"{RESULTS}/benchmarks/night_embeddings.tsv"
     conda:
-        "../../envs/psgfm.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
+        "../../envs/cpu.yaml"
     script:
         "../scripts/night_embeddings.py"
 
@@ -124,11 +106,7 @@ if config["probe"]["enabled"] and PROBE_TRUTH:
         benchmark:
             f"{RESULTS}/benchmarks/embed_random/{{batch}}.tsv"
         conda:
-            "../../envs/psgfm.yaml"
-        threads: 2
-        resources:
-            mem_mb=lambda wildcards, attempt: 8000 * attempt,
-            runtime=lambda wildcards, attempt: 120 * attempt,
+            "../../envs/torch.yaml"
         params:
             model=lambda wildcards: {**MODEL, "seed": config["probe"]["baseline_seed"]},
             embed=config["embed"],
@@ -155,11 +133,7 @@ if config["probe"]["enabled"] and PROBE_TRUTH:
         benchmark:
             f"{RESULTS}/benchmarks/probe.tsv"
         conda:
-            "../../envs/psgfm.yaml"
-        threads: 2
-        resources:
-            mem_mb=8000,
-            runtime=60,
+            "../../envs/cpu.yaml"
         params:
             probe=config["probe"],
         script:

@@ -1,6 +1,6 @@
-"""Multi-GPU pretraining on one node: the rule's GPU count decides between an in-process
-run and ``torchrun`` (``python -m torch.distributed.run --standalone``) with one process per
-GPU. Each process runs :func:`psgfm.model.pretrain.pretrain` under DistributedDataParallel.
+"""Multi-GPU pretraining on one node: the rule's GPU count (``resources.gpu``, set in
+profiles/default) decides between an in-process run and ``torchrun`` (the command of
+:func:`psgfm.launch.launch_command`) with one process per GPU. Each process runs :func:`psgfm.model.pretrain.pretrain` under DistributedDataParallel.
 
 ``python -m psgfm.model.launch SPEC.json`` is the per-process entry point; the spec holds the
 manifest, splits, output folders and the ``model``/``pretrain`` config blocks.
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
+from psgfm.launch import launch_command
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +44,7 @@ def maybe_torchrun(spec: dict, requested_gpus, log_path: str | None = None) -> b
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
         spec_path = fh.name
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={n}",
-        "-m",
-        "psgfm.model.launch",
-        spec_path,
-    ]
+    cmd = launch_command("psgfm.model.launch", [spec_path], gpus=n, module=True)
     log.info("multi-GPU pretraining: %s", " ".join(cmd))
     out = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed below
     try:
