@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/signals.smk"
 include: "workflow/rules/phenome.smk"
+include: "workflow/rules/atlas.smk"
 include: "workflow/rules/provenance.smk"
 
 
