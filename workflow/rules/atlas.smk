@@ -44,7 +44,8 @@ rule atlas_batch:
     retries: 1
     conda:
         "../../envs/psgfm.yaml"
-    threads: 2
+    # one BLAS thread per job; batches run in parallel (docs/atlas.md, benchmarks)
+    threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,

@@ -16,4 +16,5 @@ run_batch(
     sheet=snakemake.input.sheet,
     config=cfg,
     out=dict(snakemake.output.items()),
+    threads=snakemake.threads,
 )

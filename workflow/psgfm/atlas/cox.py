@@ -37,8 +37,9 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg  # noqa: F401 - loads scipy's BLAS before any threadpool_limits
 import scipy.sparse as sp
-import torch
+from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
 
@@ -442,15 +443,22 @@ def _information(H: np.ndarray, lam: np.ndarray, used: np.ndarray) -> np.ndarray
 
 
 def _inverse(J: np.ndarray):
-    """Batched inverse through Cholesky; ``ok`` is False where J is not positive definite."""
-    L, info = torch.linalg.cholesky_ex(torch.from_numpy(J))
-    ok = (info == 0).numpy()
-    inv = np.full_like(J, np.nan)
-    if ok.any():
-        idx = torch.from_numpy(np.flatnonzero(ok))
-        inv[ok] = torch.cholesky_inverse(L[idx]).numpy()
+    """Batched inverse; ``ok`` is False where J is not (numerically) positive definite."""
+    k = J.shape[0]
+    ok = np.ones(k, dtype=bool)
+    try:
+        np.linalg.cholesky(J)
+    except np.linalg.LinAlgError:
+        for j in range(k):
+            try:
+                np.linalg.cholesky(J[j])
+            except np.linalg.LinAlgError:
+                ok[j] = False
     eig = np.linalg.eigvalsh(J)
     ok &= eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300)
+    inv = np.full_like(J, np.nan)
+    if ok.any():
+        inv[ok] = np.linalg.inv(J[ok])
     return inv, ok
 
 
@@ -796,6 +804,7 @@ def fit_cox(
     chunk: int = 128,
     init=None,
     compute_se: bool = True,
+    threads: int | None = None,
 ) -> CoxResult:
     """Fit one ridge-penalised Efron Cox model per outcome on the shared matrix ``X``.
 
@@ -813,28 +822,32 @@ def fit_cox(
     init : optional (K, P) starting coefficients (warm start, e.g. from another fold).
     compute_se : standard errors (one more information matrix per outcome); off for models
         used only for prediction.
+    threads : BLAS threads during the fit (None: leave as configured). Multithreaded BLAS
+        on an oversubscribed machine can be many times slower than one thread.
     """
     X, time, event, include, pen, columns = validate_inputs(
         X, time, event, include, penalizer, columns
     )
     if backend == "lifelines":
-        return _fit_lifelines(X, time, event, include, pen, columns)
+        with threadpool_limits(limits=threads):
+            return _fit_lifelines(X, time, event, include, pen, columns)
     if backend != "fast":
         raise ValueError(f"backend must be 'fast' or 'lifelines', not {backend!r}")
     if hessian_dtype not in ("float32", "float64"):
         raise ValueError(f"hessian_dtype must be float32 or float64, not {hessian_dtype!r}")
-    return _fit_fast(
-        X,
-        time,
-        event,
-        include,
-        pen,
-        columns,
-        max_iter=max_iter,
-        tol=tol,
-        hessian_dtype=hessian_dtype,
-        separation_threshold=separation_threshold,
-        chunk=chunk,
-        init=init,
-        compute_se=compute_se,
-    )
+    with threadpool_limits(limits=threads):
+        return _fit_fast(
+            X,
+            time,
+            event,
+            include,
+            pen,
+            columns,
+            max_iter=max_iter,
+            tol=tol,
+            hessian_dtype=hessian_dtype,
+            separation_threshold=separation_threshold,
+            chunk=chunk,
+            init=init,
+            compute_se=compute_se,
+        )

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 
 from psgfm.atlas import metrics as M
 from psgfm.atlas.cox import fit_cox
@@ -336,6 +337,7 @@ def evaluate_phecode(
         )
     # survival predictions from each fold's baseline hazard
     fold_pos = np.searchsorted(model.fold_ids, model.fold[sel])
+
     def surv(fits: FoldFits, r):
         h0 = fits.cumhaz[j][fold_pos]  # (n, T)
         return np.exp(-h0 * np.exp(r)[:, None])
@@ -411,11 +413,19 @@ def run_batch(
     sheet,
     config: dict,
     out: dict | None = None,
+    threads: int | None = 1,
 ) -> dict[str, pd.DataFrame]:
     """Fit and evaluate one batch of phecodes; write the batch files if ``out`` is given.
 
-    ``out`` keys: table, subgroups, calibration, risk (Parquet paths).
+    ``out`` keys: table, subgroups, calibration, risk (Parquet paths). ``threads`` limits the
+    BLAS threads (default 1: batches run as parallel jobs; a multithreaded BLAS on a busy
+    machine can be far slower than one thread).
     """
+    with threadpool_limits(limits=threads):
+        return _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, out)
+
+
+def _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, out):
     cfg = _cfg(config)
     t0 = _time.perf_counter()
     night = read_night_embeddings(embeddings, cfg["modalities"])
