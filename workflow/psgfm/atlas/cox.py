@@ -227,7 +227,8 @@ class _Sorted:
         remap[rows] = np.arange(len(rows))
         sel = remap[self.ev_k] >= 0
         new_k = remap[self.ev_k[sel]]
-        o = np.argsort(new_k, kind="stable")
+        # events are ordered by outcome; with rows ascending the order is kept
+        o = slice(None) if np.all(np.diff(rows) > 0) else np.argsort(new_k, kind="stable")
         return _Sorted(
             order=self.order[rows],
             rank=self.rank[rows],
@@ -301,33 +302,18 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
 # ---------------------------------------------------------------------------------------------
 
 
-def _weighted_gram(Xs: np.ndarray, V: np.ndarray, dtype, block_bytes: int = 64 << 20):
-    """(K, P, P) ``sum_i V[k, i] x_i x_i^T`` (V >= 0), in ``dtype`` accumulated to float64.
-
-    Few outcomes: one product per outcome, ``(sqrt(v) X)^T (sqrt(v) X)``; many outcomes: one
-    product for all of them with the matrix of covariate-pair products (upper triangle).
-    """
-    n, p = Xs.shape
+def _weighted_gram(Xs: np.ndarray, V: np.ndarray, dtype):
+    """(K, P, P) ``sum_i V[k, i] x_i x_i^T`` (V >= 0) as ``(sqrt(v) X)^T (sqrt(v) X)`` per
+    outcome, in ``dtype``, over the persons with v > 0 (one matrix product each: per outcome
+    products beat one product with the covariate-pair matrix on one core)."""
     k = V.shape[0]
+    p = Xs.shape[1]
     Xd = Xs.astype(dtype, copy=False)
-    if k < 24:
-        out = np.empty((k, p, p))
-        for j in range(k):
-            rows = np.flatnonzero(V[j] > 0)
-            a = Xd[rows] * np.sqrt(V[j, rows]).astype(dtype)[:, None]
-            out[j] = a.T @ a
-        return out
-    iu0, iu1 = np.triu_indices(p)
-    t = len(iu0)
-    step = max(1, block_bytes // (t * np.dtype(dtype).itemsize))
-    acc = np.zeros((k, t))
-    Vd = V.astype(dtype, copy=False)
-    for s in range(0, n, step):
-        xb = Xd[s : s + step]
-        acc += Vd[:, s : s + step] @ (xb[:, iu0] * xb[:, iu1])
     out = np.empty((k, p, p))
-    out[:, iu0, iu1] = acc
-    out[:, iu1, iu0] = acc
+    for j in range(k):
+        idx = np.flatnonzero(V[j] > 0)
+        a = Xd[idx] * np.sqrt(V[j, idx]).astype(dtype)[:, None]
+        out[j] = a.T @ a
     return out
 
 
@@ -391,34 +377,44 @@ def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
     k, n = S.order.shape
     V = np.maximum(ev.v, 0.0).ravel()[S.flat[1]].reshape(k, n)
     H = _weighted_gram(Xs, V, dtype)
-    G = S.n_groups
-    total = int(G.sum())
-    if total == 0:
-        return H
-    # risk-set sums of w x at the event groups: sparse (groups x persons) @ X, then a
-    # cumulative sum over the groups of each outcome
-    offs = np.r_[0, np.cumsum(G)[:-1]]
-    sel = S.jbin < G[:, None]
-    rows = (offs[:, None] + S.jbin)[sel]
-    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=total))]
-    M = sp.csr_matrix((ev.w[sel], S.order[sel], indptr), shape=(total, n))
+    # risk-set mean term at the event groups: per outcome, risk-set sums of w x at each
+    # distinct event time (a sparse groups x persons product, column-major so that X is read
+    # in order, then a cumulative sum over the groups), and Efron's corrections for ties
     Xf = Xs.astype(dtype, copy=False)
-    s1 = _segment_cumsum((M.astype(dtype) @ Xf).astype(np.float64), G)
-    erow = offs[S.ev_k] + S.ev_g
-    eindptr = np.r_[0, np.cumsum(np.bincount(erow, minlength=total))]
-    w_ev = ev.w[S.ev_k, S.ev_q]
-    MD = sp.csr_matrix((w_ev, S.order[S.ev_k, S.ev_q], eindptr), shape=(total, n))
-    s1d = MD @ Xs
+    f_rank = S.flat[1]
+    jb = S.jbin.ravel()[f_rank].reshape(k, n)  # event group of each person, person order
+    wp = ev.w.ravel()[f_rank].reshape(k, n)
     inv2 = 1.0 / ev.phi**2
     fr = S.ev_frac
-    c0 = np.bincount(erow, weights=inv2, minlength=total)
-    c1 = np.bincount(erow, weights=fr * inv2, minlength=total)
-    c2 = np.bincount(erow, weights=fr * fr * inv2, minlength=total)
-    for j in np.flatnonzero(G):
-        r = slice(offs[j], offs[j] + G[j])
-        A, B = s1[r], s1d[r]
-        AtB = A.T @ (c1[r, None] * B)
-        H[j] -= A.T @ (c0[r, None] * A) - AtB - AtB.T + B.T @ (c2[r, None] * B)
+    ev_bounds = np.searchsorted(S.ev_k, np.arange(k + 1))
+    cols = np.arange(n + 1)
+    for j in np.flatnonzero(S.n_groups):
+        g = int(S.n_groups[j])
+        inside = jb[j] < g
+        M = sp.csc_matrix(
+            (np.where(inside, wp[j], 0.0).astype(dtype), np.minimum(jb[j], g - 1), cols),
+            shape=(g, n),
+        )
+        s1 = np.cumsum((M @ Xf).astype(np.float64), axis=0)
+        e = slice(ev_bounds[j], ev_bounds[j + 1])
+        eg = S.ev_g[e]
+        c0 = np.bincount(eg, weights=inv2[e], minlength=g)
+        A = (s1 * np.sqrt(c0)[:, None]).astype(dtype)
+        H[j] -= A.T @ A
+        tied_ev = fr[e] > 0
+        if tied_ev.any():  # groups with tied events: Efron's correction terms
+            tg = np.unique(eg[tied_ev])
+            c1 = np.bincount(eg, weights=fr[e] * inv2[e], minlength=g)[tg]
+            c2 = np.bincount(eg, weights=fr[e] ** 2 * inv2[e], minlength=g)[tg]
+            in_t = np.isin(eg, tg)
+            pos = np.searchsorted(tg, eg[in_t])
+            q = S.ev_q[e][in_t]
+            wx = ev.w[j, q][:, None] * Xs[S.order[j, q]]
+            B = np.zeros((len(tg), Xs.shape[1]))
+            np.add.at(B, pos, wx)
+            At = s1[tg]
+            AtB = At.T @ (c1[:, None] * B)
+            H[j] += AtB + AtB.T - B.T @ (c2[:, None] * B)
     return H
 
 
@@ -479,18 +475,27 @@ def _fit_chunk(
     hessian_dtype,
     separation_threshold: float,
     compute_se: bool,
+    start: np.ndarray | None = None,
 ):
-    """Newton-Raphson from ``beta0`` with the exact information matrix at the start, then
-    BFGS updates of its inverse (the gradient and likelihood are always exact, so the fixed
-    point is the exact penalised maximum), step halving when the likelihood falls, and, with
-    ``compute_se``, a final exact information matrix, one Newton step and the covariance."""
+    """Quasi-Newton from ``beta0``: the information matrix at the start (exact, or the
+    approximation ``start``), then BFGS updates of its inverse. The gradient and likelihood
+    are always exact, so the fixed point is the exact penalised maximum. Step halving when
+    the likelihood falls; with ``compute_se``, a final exact information matrix, one Newton
+    step from it, and the covariance."""
     k, p = beta0.shape
     beta = beta0 * used
     status = np.array([""] * k, dtype=object)
     n_iter = np.zeros(k, dtype=np.int64)
     ev = _evaluate(S, Xs, beta)
-    H = _hessian(S, Xs, ev, hessian_dtype)
+    if start is None:
+        H = _hessian(S, Xs, ev, hessian_dtype)
+    else:
+        H = start
     Hinv, ok = _inverse(_information(H, lam, used))
+    if start is not None and not ok.all():  # an approximate matrix must not decide this
+        bad = np.flatnonzero(~ok)
+        H_bad = _hessian(S.take(bad), Xs, _evaluate(S.take(bad), Xs, beta[bad]), hessian_dtype)
+        Hinv[bad], ok[bad] = _inverse(_information(H_bad, lam[bad], used[bad]))
     status[~ok] = "singular"
     llp = ev.ll - 0.5 * (lam * beta**2).sum(axis=1)
     grad = (ev.grad - lam * beta) * used  # ascent direction of the penalised likelihood
@@ -616,6 +621,8 @@ def _fit_fast(
         messages[j].append(f"constant column(s) {np.flatnonzero(dropped[j]).tolist()} dropped")
     used = columns & ~constant
     lam = n_k[:, None] * pen[None, :] * var_k  # (K, P) internal ridge weights
+    corr = np.corrcoef(Xs, rowvar=False).reshape(p, p)
+    corr = np.where(np.isfinite(corr), corr, 0.0)
 
     coef = np.full((k, p), np.nan)
     se = np.full((k, p), np.nan)
@@ -641,6 +648,10 @@ def _fit_fast(
         rows = fit_rows[s : s + chunk]
         S = _sorted_structure(time[rows], event[rows], include[rows])
         b0 = np.zeros((len(rows), p)) if init_int is None else init_int[rows]
+        # start from d_k * Cov_k(X) (the information at beta = 0 if every risk set were a
+        # random draw of the outcome's persons): no N x P^2 work before the BFGS iterations
+        sdk = np.sqrt(var_k[rows])
+        start = n_ev[rows][:, None, None] * (sdk[:, :, None] * corr[None] * sdk[:, None, :])
         beta, ev, cov, st, it = _fit_chunk(
             S,
             Xs,
@@ -652,6 +663,7 @@ def _fit_fast(
             hessian_dtype=dtype,
             separation_threshold=separation_threshold,
             compute_se=compute_se,
+            start=start,
         )
         times_b, ch = _breslow(S, ev)
         for i, j in enumerate(rows):

@@ -89,9 +89,37 @@ class TimeIndex:
         self.utimes = self.time[starts]
         self.group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, self.n]))
 
-    def group_sums(self, values: np.ndarray) -> np.ndarray:
-        """(B, U) sums over each tied-time group of sorted ``values`` (B, n)."""
-        return np.add.reduceat(values, self.starts, axis=1)
+        self._cache = None
+
+    def group_sums(self, values: np.ndarray, exact32: bool = False) -> np.ndarray:
+        """(B, U) sums over each tied-time group of sorted ``values`` (B, n).
+
+        ``exact32``: the values are small integers (draw counts), whose float32 cumulative
+        sums are exact below 2**24 and twice as fast.
+        """
+        cs = np.cumsum(values, axis=1, dtype=np.float32 if exact32 else np.float64)
+        out = cs[:, np.r_[self.starts[1:], self.n] - 1].astype(np.float64)
+        out[:, 1:] -= out[:, :-1].copy()
+        return out
+
+    def weighted(self, W: np.ndarray):
+        """(Ws, total, events, G) for replicate weights W, cached for the same W object:
+        weights in time order, per-group totals and event counts, censoring survival."""
+        if self._cache is not None and self._cache[0] is W:
+            return self._cache[1]
+        Ws = W[:, self.order]
+        exact32 = bool(np.all(Ws == np.round(Ws))) and Ws.sum(axis=1).max() < 2**24
+        tot = self.group_sums(Ws, exact32)
+        d = self.group_sums(Ws * self.event, exact32)
+        c = tot - d
+        at_risk = np.cumsum(tot[:, ::-1], axis=1)[:, ::-1]
+        denom = at_risk - d
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(c > 0, c / np.where(denom > 0, denom, 1.0), 0.0)
+        g = np.cumprod(1.0 - ratio, axis=1)
+        g[c.sum(axis=1) == 0] = 1.0
+        self._cache = (W, (Ws, tot, d, g))
+        return self._cache[1]
 
     def censoring_survival(self, W: np.ndarray) -> np.ndarray:
         """(B, U) Kaplan-Meier censoring survival G at each distinct time, per replicate.
@@ -100,18 +128,7 @@ class TimeIndex:
         censorings among n at risk, G drops by the factor 1 - c / (n - d); with no censoring
         at all, G = 1.
         """
-        Ws = W[:, self.order]
-        tot = self.group_sums(Ws)
-        d = self.group_sums(Ws * self.event)
-        c = tot - d
-        at_risk = np.cumsum(tot[:, ::-1], axis=1)[:, ::-1]
-        denom = at_risk - d
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.where(c > 0, c / np.where(denom > 0, denom, 1.0), 0.0)
-        g = np.cumprod(1.0 - ratio, axis=1)
-        no_cens = c.sum(axis=1) == 0
-        g[no_cens] = 1.0
-        return g
+        return self.weighted(W)[3]
 
     def value_at(self, curve: np.ndarray, t) -> np.ndarray:
         """(B, T) a step function over the distinct times evaluated at ``t`` (1 before)."""
@@ -134,7 +151,8 @@ def concordance(
     risks,
     W: np.ndarray | None = None,
     tau: float | None = None,
-    block: int = 1024,
+    block: int = 512,
+    index: TimeIndex | None = None,
 ) -> dict[str, np.ndarray]:
     """Harrell's and Uno's C of each risk score for each bootstrap replicate.
 
@@ -144,6 +162,7 @@ def concordance(
     risks : list of (n,) risk scores (higher = earlier event expected).
     W : (B, n) replicate weights (default: the sample itself, one row of ones).
     tau : truncation time of Uno's C (events at or after tau are not used).
+    index : the TimeIndex of (time, event), to share work with other metrics.
 
     Returns ``{"harrell": (R, B), "uno": (R, B)}`` with R = number of risk scores.
     """
@@ -151,11 +170,9 @@ def concordance(
     if not event.any():
         raise MetricInputError("all persons are censored: no comparable pairs.")
     W = np.ones((1, len(time))) if W is None else np.asarray(W, dtype=np.float64)
-    ti = TimeIndex(time, event)
-    Ws = W[:, ti.order]
-    g = ti.censoring_survival(W)  # (B, U)
-    tot = ti.group_sums(Ws)
-    cens = tot - ti.group_sums(Ws * ti.event)
+    ti = index if index is not None else TimeIndex(time, event)
+    Ws, tot, d, g = ti.weighted(W)
+    cens = tot - d
     later = np.cumsum(tot[:, ::-1], axis=1)[:, ::-1] - tot  # weight strictly after each group
     ev_pos = np.flatnonzero(ti.event)
     ev_grp = ti.group[ev_pos]
@@ -169,22 +186,21 @@ def concordance(
         u = u * (ti.time[ev_pos] < tau)
     W32 = Ws.astype(np.float32)
     out = {"harrell": [], "uno": []}
-    grp_end = np.r_[ti.starts[1:], ti.n]  # first position after each group
+    gstart = ti.starts[ti.group]  # first position of each person's time group
+    gend = np.r_[ti.starts[1:], ti.n][ti.group]  # first position after it
     for r in risks:
-        rs = r[ti.order]
+        rk = risk_ranks(r)[ti.order]
         num = np.zeros((W.shape[0], len(ev_pos)))
         for s in range(0, len(ev_pos), block):
             e = ev_pos[s : s + block]
-            ri = rs[e][:, None]
-            diff = rs[None, :] - ri
-            a = (diff < -TIED_TOL).astype(np.float32) * 2.0
-            a += np.abs(diff) <= TIED_TOL
-            # comparable: strictly later, or same time and censored
-            pos = np.arange(ti.n)[None, :]
-            later_mask = pos >= grp_end[ti.group[e]][:, None]
-            same_cens = (ti.group[None, :] == ti.group[e][:, None]) & ~ti.event[None, :]
-            a *= later_mask | same_cens
-            num[:, s : s + block] = (W32 @ a.T).astype(np.float64) * 0.5
+            lo = gstart[e[0]]  # no event of the block is comparable with anyone before
+            ri = rk[e][:, None]
+            a = (rk[None, lo:] < ri).astype(np.float32)
+            a += rk[None, lo:] <= ri  # 2: strictly lower risk (concordant), 1: tie
+            for row, i in enumerate(e):  # comparable: later, or same time and censored
+                a[row, : gstart[i] - lo] = 0.0
+                a[row, gstart[i] - lo : gend[i] - lo] *= ~ti.event[gstart[i] : gend[i]]
+            num[:, s : s + block] = (W32[:, lo:] @ a.T).astype(np.float64) * 0.5
         with np.errstate(invalid="ignore", divide="ignore"):
             h = (w_ev * num).sum(axis=1) / (w_ev * denom_i).sum(axis=1)
             un = (w_ev * u * num).sum(axis=1) / (w_ev * u * denom_i).sum(axis=1)
@@ -198,18 +214,22 @@ def concordance(
 # ---------------------------------------------------------------------------------------------
 
 
-def _tie_groups_by_risk(r: np.ndarray):
-    """Ascending risk order and tie groups as scikit-survival forms them (neighbours within
-    1e-8 of each other are tied)."""
+def risk_ranks(r: np.ndarray) -> np.ndarray:
+    """Integer ranks of risk scores; neighbours in sorted order within 1e-8 share a rank.
+
+    scikit-survival treats two scores as tied when they differ by at most 1e-8; ranks chain
+    such neighbours, which differs only if a run of near-equal scores spans more than 1e-8.
+    """
     order = np.argsort(r, kind="mergesort")
-    rs = r[order]
-    new = np.r_[True, np.abs(np.diff(rs)) > TIED_TOL]
-    starts = np.flatnonzero(new)
-    group = np.cumsum(new) - 1
-    return order, starts, group
+    new = np.r_[True, np.diff(r[order]) > TIED_TOL]
+    ranks = np.empty(len(r), dtype=np.int32)
+    ranks[order] = np.cumsum(new) - 1
+    return ranks
 
 
-def cumulative_dynamic_auc(time, event, risks, times, W: np.ndarray | None = None):
+def cumulative_dynamic_auc(
+    time, event, risks, times, W: np.ndarray | None = None, index: TimeIndex | None = None
+):
     """(R, B, T) cumulative/dynamic AUC of each risk score at each of ``times``."""
     time, event, risks = _check(time, event, *risks)
     times = np.atleast_1d(np.asarray(times, dtype=np.float64))
@@ -219,25 +239,39 @@ def cumulative_dynamic_auc(time, event, risks, times, W: np.ndarray | None = Non
             f"got {times.tolist()}."
         )
     W = np.ones((1, len(time))) if W is None else np.asarray(W, dtype=np.float64)
-    ti = TimeIndex(time, event)
+    ti = index if index is not None else TimeIndex(time, event)
     g = ti.censoring_survival(W)  # (B, U)
     g_own = np.empty_like(W)
     g_own[:, ti.order] = g[:, ti.group]
     with np.errstate(divide="ignore"):
         ipcw = np.where(event & (g_own > 0), 1.0 / np.where(g_own > 0, g_own, 1.0), 0.0)
     out = np.full((len(risks), W.shape[0], len(times)), np.nan)
+    # draw counts are small integers: float32 sums of them are exact (below 2**24)
+    exact32 = bool(np.all(W == np.round(W))) and W.sum(axis=1).max() < 2**24
     for ri, r in enumerate(risks):
-        order, starts, group = _tie_groups_by_risk(r)
+        rank = risk_ranks(r)
+        o = np.argsort(rank, kind="stable")
+        Wo = W[:, o].astype(np.float32 if exact32 else np.float64)
+        to, eo, rko = time[o], event[o], rank[o]
+        new = np.r_[True, np.diff(rko) > 0]
+        starts = np.flatnonzero(new)
+        gi = np.cumsum(new) - 1
+        ties = len(starts) < len(rko)
         for k, t in enumerate(times):
-            case_w = (W * ipcw * ((time <= t) & event))[:, order]
-            ctrl_w = (W * (time > t))[:, order]
-            ctrl_grp = np.add.reduceat(ctrl_w, starts, axis=1)
-            below = np.cumsum(ctrl_grp, axis=1) - ctrl_grp
-            score = below[:, group] + 0.5 * ctrl_grp[:, group]
+            ctrl = Wo * (to > t)
+            cases = np.flatnonzero((to <= t) & eo)
+            cw = W[:, o[cases]] * ipcw[:, o[cases]]
+            if ties:  # control weight below each case's tie group, plus half of its own
+                grp = np.add.reduceat(ctrl, starts, axis=1).astype(np.float64)
+                below = np.cumsum(grp, axis=1) - grp
+                score = below[:, gi[cases]] + 0.5 * grp[:, gi[cases]]
+                total = grp.sum(axis=1)
+            else:  # a case is never a control: the inclusive cumulative sum is "below"
+                cs = np.cumsum(ctrl, axis=1, dtype=ctrl.dtype)
+                score = cs[:, cases].astype(np.float64)
+                total = cs[:, -1].astype(np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[ri, :, k] = (case_w * score).sum(axis=1) / (
-                    case_w.sum(axis=1) * ctrl_w.sum(axis=1)
-                )
+                out[ri, :, k] = np.einsum("bn,bn->b", cw, score) / (cw.sum(axis=1) * total)
     return out
 
 

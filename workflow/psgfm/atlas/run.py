@@ -277,8 +277,13 @@ def evaluate_phecode(
     cfg: dict,
     horizons_days: np.ndarray,
     grid_days: np.ndarray,
+    W_all: np.ndarray | None = None,
 ):
-    """Metrics of one phecode from the pooled held-out predictions."""
+    """Metrics of one phecode from the pooled held-out predictions.
+
+    ``W_all`` (B + 1, N): bootstrap draw counts of the cohort's persons (row 0: all ones),
+    shared by all phecodes; a phecode's replicate is the drawn persons it includes.
+    """
     level = cfg["ci_level"]
     row: dict = {}
     sub_rows, cal_rows = [], []
@@ -301,9 +306,13 @@ def evaluate_phecode(
         return row, sub_rows, cal_rows
     rm = model.lp[j, sel]
     rb = base.lp[j, sel] if have_b else np.zeros_like(rm)
-    W = M.bootstrap_weights(len(t), cfg["bootstrap"], _phecode_seed(cfg["seed"], phecode))
+    if W_all is None:
+        W = M.bootstrap_weights(len(t), cfg["bootstrap"], _phecode_seed(cfg["seed"], phecode))
+    else:
+        W = W_all[:, sel]
     tau = cfg["truncation_years"] * DAYS_PER_YEAR
-    conc = M.concordance(t, e, [rm, rb], W=W, tau=tau)
+    ti = M.TimeIndex(t, e)
+    conc = M.concordance(t, e, [rm, rb], W=W, tau=tau, index=ti)
     for name in ("harrell", "uno"):
         row.update(_ci(f"c_{name}", conc[name][0], level))
         if have_b:
@@ -311,7 +320,7 @@ def evaluate_phecode(
             row.update(_ci(f"delta_c_{name}", conc[name][0] - conc[name][1], level))
     hv = [(h, d) for h, d in zip(cfg["horizons_years"], horizons_days) if t.min() <= d < t.max()]
     if hv:
-        auc = M.cumulative_dynamic_auc(t, e, [rm, rb], [d for _, d in hv], W=W)
+        auc = M.cumulative_dynamic_auc(t, e, [rm, rb], [d for _, d in hv], W=W, index=ti)
         for i, (h, _) in enumerate(hv):
             hn = horizon_name(h)
             row.update(_ci(f"auc_{hn}", auc[0, :, i], level))
@@ -448,6 +457,10 @@ def _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, ou
         cohort, folds, time, event, include, sex_restricted, cfg, eval_days, with_embedding=False
     )
     t_fit = _time.perf_counter() - t0
+    # persons of the cohort resampled with replacement, the same replicates for every phecode
+    W_all = M.bootstrap_weights(
+        cohort.n, cfg["bootstrap"], np.random.SeedSequence([cfg["seed"], 0xB0075])
+    )
     rows, subs, cals = [], [], []
     for j, code in enumerate(phecodes):
         row = {
@@ -465,7 +478,18 @@ def _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, ou
         }
         try:
             r, s, c = evaluate_phecode(
-                j, code, cohort, model, base, time, event, include, cfg, horizons_days, grid_days
+                j,
+                code,
+                cohort,
+                model,
+                base,
+                time,
+                event,
+                include,
+                cfg,
+                horizons_days,
+                grid_days,
+                W_all,
             )
         except M.MetricInputError as exc:  # a bad phecode is a row, never a failed job
             r, s, c = {"failure_reason": f"metrics: {exc}"}, [], []
