@@ -135,6 +135,30 @@ rule atlas_plots:
         "../scripts/atlas_plots.py"
 
 
+if ATLAS["neural"]["enabled"]:
+
+    rule atlas_neural:
+        input:
+            **ATLAS_INPUTS,
+            atlas_table=f"{ATLAS_OUT}/atlas.parquet",
+        output:
+            tsv=f"{ATLAS_OUT}/neural.tsv",
+        log:
+            f"{RESULTS}/logs/atlas_neural.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/atlas_neural.tsv"
+        conda:
+            "../../envs/psgfm.yaml"
+        threads: 2
+        resources:
+            mem_mb=8000,
+            runtime=240,
+        params:
+            atlas=ATLAS,
+        script:
+            "../scripts/atlas_neural.py"
+
+
 # Not in all_targets() yet: night.parquet has no producing rule on this branch. Wire these in
 # with the model stage.
 ATLAS_TARGETS = [
@@ -148,3 +172,5 @@ ATLAS_TARGETS = [
     ],
     f"{ATLAS_OUT}/plots/calibration.png",
 ]
+if ATLAS["neural"]["enabled"]:
+    ATLAS_TARGETS.append(f"{ATLAS_OUT}/neural.tsv")

@@ -2,8 +2,8 @@
 
 ``fit_cox(X, time, event, include, penalizer)`` fits one ridge-penalised Cox model per row of
 ``time``/``event``/``include`` (one row per phecode) on the columns of ``X`` (persons x
-covariates), with Efron's method for tied event times, by Newton-Raphson on all outcomes at
-once. It maximises exactly what lifelines' ``CoxPHFitter(penalizer=p)`` maximises, so the two
+covariates), with Efron's method for tied event times, by Newton-type iterations on all
+outcomes at once. It maximises exactly what lifelines' ``CoxPHFitter(penalizer=p)`` maximises, so the two
 give the same coefficients:
 
 * lifelines standardises each covariate over the rows it is given (mean and the *sample*
@@ -14,17 +14,24 @@ give the same coefficients:
   deviation of column j over the persons of that outcome: what this module uses, per outcome.
 * standard errors come from the inverse of the penalised information matrix, as in lifelines.
 
-How the batch is made fast (the numbers are for N persons, P covariates, K outcomes):
+How the batch is fitted (N persons, P covariates, K outcomes):
 
-* every outcome keeps its own time order, but all outcomes are processed as (K, N) arrays
-  (sorted positions), so risk-set sums are row-wise cumulative sums;
-* the gradient is ``X^T (e - v)`` with one person-level weight ``v`` per outcome, and the
-  first Hessian term ``sum_i v_i x_i x_i^T`` is one matrix product for all outcomes,
-  ``V (K x N) @ Z (N x P(P+1)/2)`` with ``Z`` the products of covariate pairs; the risk-set
-  mean term only needs the risk-set sums at distinct event times (a sparse product);
-* the Hessian may be accumulated in float32 (``hessian_dtype``): Newton's method with an
-  inexact Hessian still converges to the exact optimum because the gradient and likelihood
-  are float64; the standard errors always come from a final float64 Hessian.
+* every outcome keeps its own time order, but all outcomes are processed together as (K, N)
+  arrays of sorted positions, so risk-set sums are row-wise cumulative sums and Efron's tie
+  terms are computed per event;
+* the gradient is ``X^T (e - v)`` with one person-level weight ``v`` per outcome: one matrix
+  product for all outcomes;
+* Newton-type iterations: the first step uses ``d_k * Cov_k(X)`` (the information matrix at
+  beta = 0 if every risk set were a random draw of the outcome's persons; no N x P^2 work),
+  later steps BFGS updates of its inverse, with step halving whenever the penalised
+  likelihood would fall. The gradient and likelihood are exact (float64), so the fixed point
+  is the exact penalised maximum: what lifelines converges to (tests: < 1e-7 apart when
+  lifelines is run to convergence);
+* with ``compute_se`` (the default), the exact information matrix is computed once at the
+  optimum (its main term ``sum_i v_i x_i x_i^T`` as one matrix product per outcome, in
+  ``hessian_dtype``; the risk-set mean term from risk-set sums at the distinct event times),
+  one Newton step is taken from it, and its inverse gives the standard errors, as lifelines'
+  do. The atlas's cross-validation fits skip it (``compute_se=False``).
 
 Problems never raise: each outcome gets a ``status`` (``ok``, ``no_events``, ``singular``,
 ``separation``, ``not_converged``) and a ``message``.
