@@ -514,7 +514,8 @@ def _fit_chunk(
             break
         n_iter[a] += 1
         delta = np.einsum("kpq,kq->kp", Hinv[a], grad[a])
-        small = np.abs(delta).max(axis=1) < tol
+        # with standard errors an exact Newton step follows: BFGS can stop earlier
+        small = np.abs(delta).max(axis=1) < (max(tol, 1e-6) if compute_se else tol)
         converged[a[small]] = True
         active[a[small]] = False
         a, delta = a[~small], delta[~small]
@@ -575,11 +576,22 @@ def _fit_chunk(
         H = _hessian(S, Xs, ev, hessian_dtype)
         inv, ok = _inverse(_information(H, lam, used))
         status[fit & ~ok] = "singular"
-        polish = fit & ok
-        g = (ev.grad - lam * beta) * used
-        beta[polish] += np.einsum("kpq,kq->kp", inv[polish], g[polish])
+        # Newton steps with this exact matrix; after a step of size s the error is of order
+        # s**2, so a step below sqrt(tol) is the last one needed (one, usually)
+        todo = np.flatnonzero(fit & ok)
+        for _ in range(4):
+            g = (ev.grad - lam * beta) * used
+            delta = np.einsum("kpq,kq->kp", inv[todo], g[todo])
+            beta[todo] += delta
+            ev = _evaluate(S, Xs, beta)
+            todo = todo[np.abs(delta).max(axis=1) >= np.sqrt(tol)]
+            if len(todo) == 0:
+                break
+        else:
+            converged[todo] = False
         cov = inv
-    ev = _evaluate(S, Xs, beta)
+    else:
+        ev = _evaluate(S, Xs, beta)
     for j in range(k):
         if status[j] == "" and np.abs(beta[j]).max() > separation_threshold:
             status[j] = "separation"
