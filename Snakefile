@@ -17,6 +17,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/signals.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/phenome.smk"
+include: "workflow/rules/atlas.smk"
 include: "workflow/rules/provenance.smk"
 
 

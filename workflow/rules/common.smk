@@ -109,6 +109,7 @@ def all_targets():
     return (
         targets
         + MODEL_TARGETS
+        + ATLAS_TARGETS
         + PHENOME_TARGETS
         + AUDIT_TARGETS
         + [f"{INFO}/benchmark_summary.tsv"]
