@@ -144,6 +144,8 @@ def c_scatter(table: pd.DataFrame, path) -> None:
 
 def select_phecodes(table: pd.DataFrame, wanted: list[str], n: int) -> list[str]:
     t = evaluated(table)
+    if t.empty:
+        return []
     if wanted:
         return [c for c in wanted if c in set(t["phecode"])]
     key = "delta_c_harrell" if "delta_c_harrell" in t else "c_harrell"

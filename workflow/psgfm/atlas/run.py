@@ -125,7 +125,7 @@ def load_labels(labels_path, phecodes: list[str], person_id: np.ndarray):
     k, n = len(phecodes), len(person_id)
     pidx = {p: i for i, p in enumerate(person_id)}
     kidx = {p: i for i, p in enumerate(phecodes)}
-    pi = np.array([pidx.get(p, -1) for p in df["person_id"].to_list()])
+    pi = np.array([pidx.get(p, -1) for p in df["person_id"].to_list()], dtype=np.int64)
     ki = np.array([kidx[p] for p in df["phecode"].to_list()], dtype=np.int64)
     keep = pi >= 0
     status = np.full((k, n), -1, dtype=np.int8)
@@ -224,7 +224,7 @@ def fit_folds(
         )
         init = np.nan_to_num(res.coef, nan=0.0)
         lp_test = res.linear_predictor(X[test]) - res.offset[:, None]
-        ok = np.array([s in ("ok", "not_converged") for s in res.status])
+        ok = np.array([s in ("ok", "not_converged") for s in res.status], dtype=bool)
         lp[:, test] = np.where(ok[:, None] & include[:, test], lp_test, np.nan)
         cumhaz[:, fi] = res.cumulative_hazard(eval_days)
         for j in range(k):
@@ -550,6 +550,14 @@ def _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, ou
 # ---------------------------------------------------------------------------------------------
 
 
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate the non-empty frames; an empty frame (first frame's columns) if none."""
+    full = [f for f in frames if len(f)]
+    if full:
+        return pd.concat(full, ignore_index=True)
+    return frames[0].iloc[:0] if frames else pd.DataFrame()
+
+
 def gather(
     tables: list,
     subgroups: list,
@@ -569,9 +577,9 @@ def gather(
     the cohort's dropped persons), provenance (JSON).
     """
     cfg = _cfg(config)
-    frames = [pd.read_parquet(p) for p in tables]
-    table = pd.concat([f for f in frames if len(f)], ignore_index=True) if frames else None
-    if table is None or table.empty:
+    table = _concat([pd.read_parquet(p) for p in tables])
+    if table.empty:  # e.g. no phecode reaches phenome.min_cases in a small cohort
+        log.warning("no phecode was fitted: the atlas tables are empty")
         table = pd.DataFrame(columns=["phecode", "failure_reason"])
     for p, prefix in (("p_value", ""), ("p_value_adj", "adj_")):
         if p not in table:
@@ -587,9 +595,9 @@ def gather(
         ]
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), out["table"])
     write_text(table.to_csv(sep="\t", index=False, float_format="%.6g"), out["tsv"])
-    subs = pd.concat([pd.read_parquet(p) for p in subgroups], ignore_index=True)
+    subs = _concat([pd.read_parquet(p) for p in subgroups])
     write_text(subs.to_csv(sep="\t", index=False, float_format="%.6g"), out["subgroups"])
-    cal = pd.concat([pd.read_parquet(p) for p in calibration], ignore_index=True)
+    cal = _concat([pd.read_parquet(p) for p in calibration])
     write_parquet(pa.Table.from_pandas(cal, preserve_index=False), out["calibration"])
     dropped = pd.DataFrame(columns=["person_id", "reason", "detail"])
     n_cohort = None
