@@ -145,8 +145,22 @@ def child(kind: str, data: Path, out: Path, map_csv: Path) -> None:
     t0 = time.perf_counter()
     counts = _run_polars(data, out, map_csv) if kind == "polars" else _run_pandas(data, map_csv)
     wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
-    print(json.dumps({"kind": kind, "wall_s": wall, "peak_rss_gib": rss, "counts": counts}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss = usage.ru_maxrss / 1024**2  # KiB -> GiB
+    cpu = usage.ru_utime + usage.ru_stime  # all threads, imports included
+    load = os.getloadavg()[0]  # other work on the machine inflates wall time
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "peak_rss_gib": rss,
+                "load_avg_1min": load,
+                "counts": counts,
+            }
+        )
+    )
 
 
 def measure(kind: str, data: Path, out: Path, map_csv: Path) -> dict:

@@ -25,6 +25,7 @@ strings; written to Parquet as plain strings) and the wide CSV blocks.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import tempfile
@@ -639,24 +640,28 @@ CATEGORY_STATUS = np.array([0, 1, 2, 2, 2, 2, 2], np.int8)
 CATEGORY_REASON = np.array([-1, -1, 0, 1, 2, 3, 4], np.int8)
 
 
+@functools.lru_cache(maxsize=4)
+def _grid_indices(n: int, k: int) -> tuple[pa.Array, pa.Array]:
+    """Row -> person and row -> phecode positions of an (n x k) person-major block."""
+    person = pa.array(np.repeat(np.arange(n, dtype=np.int32), k))
+    phecode = pa.array(np.tile(np.arange(k, dtype=np.int32), n))
+    return person, phecode
+
+
 def block_table(block: LabelBlock, phecodes: pa.Array) -> pa.Table:
     """Long labels of a block: one row per (person, phecode), person-major."""
     n, k = block.category.shape
     cat = block.category.ravel()
     valid = block.valid.ravel()
     reason = CATEGORY_REASON[cat]
-    person = pa.DictionaryArray.from_arrays(
-        pa.array(np.repeat(np.arange(n, dtype=np.int32), k)), pa.array(block.person_id, pa.string())
-    )
-    phe = pa.DictionaryArray.from_arrays(
-        pa.array(np.tile(np.arange(k, dtype=np.int32), n)), phecodes
-    )
+    person_idx, phecode_idx = _grid_indices(n, k)
+    person = pa.DictionaryArray.from_arrays(person_idx, pa.array(block.person_id, pa.string()))
+    phe = pa.DictionaryArray.from_arrays(phecode_idx, phecodes)
     status = pa.DictionaryArray.from_arrays(
-        pa.array(CATEGORY_STATUS[cat].astype(np.int32)), pa.array(STATUSES, pa.string())
+        pa.array(CATEGORY_STATUS[cat]), pa.array(STATUSES, pa.string())
     )
     reason_arr = pa.DictionaryArray.from_arrays(
-        _column(np.maximum(reason, 0).astype(np.int32), reason >= 0, pa.int32()),
-        pa.array(REASONS, pa.string()),
+        _column(np.maximum(reason, 0), reason >= 0, pa.int8()), pa.array(REASONS, pa.string())
     )
     return pa.table(
         {
@@ -675,12 +680,13 @@ def block_table(block: LabelBlock, phecodes: pa.Array) -> pa.Table:
 
 def block_table_schema() -> pa.Schema:
     text = pa.dictionary(pa.int32(), pa.string())
+    small = pa.dictionary(pa.int8(), pa.string())
     return pa.schema(
         [
             ("person_id", text),
             ("phecode", text),
-            ("status", text),
-            ("reason", text),
+            ("status", small),
+            ("reason", small),
             ("event", pa.int8()),
             ("time_days", pa.int32()),
             ("end_date", pa.date32()),
