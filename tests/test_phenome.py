@@ -375,6 +375,30 @@ def test_input_formats_give_the_same_labels(tmp_path, hand_map):
             )
 
 
+def test_integer_person_ids_match_their_text(tmp_path, hand_map):
+    """person_id stored as integers (Parquet int64) matches the same ids written as text."""
+    diagnoses, persons, sheet = random_cohort(5, n_persons=40, n_records=800)
+    number = {p: 1000 + i for i, p in enumerate(persons["person_id"])}
+    text = {p: str(n) for p, n in number.items()}
+    base = build_phenome(
+        pl.from_pandas(diagnoses.assign(person_id=diagnoses.person_id.map(text))),
+        pl.from_pandas(persons.assign(person_id=persons.person_id.map(text))),
+        sheet.assign(subject_id=sheet.subject_id.map(text)),
+        hand_map,
+    )
+    path = tmp_path / "int.parquet"
+    pl.from_pandas(diagnoses.assign(person_id=diagnoses.person_id.map(number))).write_parquet(path)
+    out = build_phenome(
+        str(path),
+        pl.from_pandas(persons.assign(person_id=persons.person_id.map(number))),
+        sheet.assign(subject_id=sheet.subject_id.map(text)),
+        hand_map,
+    )
+    assert out["labels"].height > 100
+    for key in ("labels", "summary", "records"):
+        pd.testing.assert_frame_equal(base[key].to_pandas(), out[key].to_pandas(), obj=key)
+
+
 # ---------------------------------------------------------------------------------------------
 # Input validation
 # ---------------------------------------------------------------------------------------------
