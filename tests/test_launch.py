@@ -67,3 +67,17 @@ def test_torchrun_starts_one_process_per_gpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = sorted((tmp_path / f"rank{r}.txt").read_text() for r in range(2))
     assert ranks == ["2 0 3", "2 1 3"]  # world size 2, local ranks 0 and 1, 1 + 2 = 3
+
+
+def test_run_waits_logs_and_raises_on_failure(tmp_path):
+    from psgfm.launch import run
+
+    ok = tmp_path / "ok.py"
+    ok.write_text("import sys; print('ran', sys.argv[1:])")
+    log = tmp_path / "job.log"
+    run(str(ok), ["a"], gpus=1, log=str(log))
+    assert "ran ['a']" in log.read_text()
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise SystemExit(3)")
+    with pytest.raises(subprocess.CalledProcessError):
+        run(str(bad), [], gpus=0, log=str(log))
