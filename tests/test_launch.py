@@ -87,3 +87,17 @@ def test_pretraining_goes_through_torchrun_only_with_several_gpus(monkeypatch):
     assert cmd[cmd.index("--module") + 1] == "psgfm.model.launch"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert ml.maybe_torchrun({"x": 1}, 4) is False
+
+
+def test_run_waits_logs_and_raises_on_failure(tmp_path):
+    from psgfm.launch import run
+
+    ok = tmp_path / "ok.py"
+    ok.write_text("import sys; print('ran', sys.argv[1:])")
+    log = tmp_path / "job.log"
+    run(str(ok), ["a"], gpus=1, log=str(log))
+    assert "ran ['a']" in log.read_text()
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise SystemExit(3)")
+    with pytest.raises(subprocess.CalledProcessError):
+        run(str(bad), [], gpus=0, log=str(log))

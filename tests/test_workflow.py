@@ -170,3 +170,26 @@ def test_pipeline_info_and_report(tiny_run):
     for caption in ("../report/recordings_qc.rst", "../report/hypnograms.rst"):
         first_words = " ".join((ROOT / "workflow" / "rules" / caption).read_text().split()[:5])
         assert first_words in html, caption
+
+
+@pytest.mark.slow
+def test_harmonised_signals_can_be_temporary(tmp_path):
+    """storage.keep_harmonised: false: results/harmonised/ is gone after the run, the tensors,
+    manifest and QC tables (which read it) are complete."""
+    from psgfm.demo.cohort import generate_demo_cohort
+
+    wf = copy_workflow(tmp_path / "wf")
+    demo_dir = wf / "demo"
+    generate_demo_cohort(str(demo_dir), n_subjects=3, hours=0.1, seed=3)
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["samples"] = str(demo_dir / "recordings.tsv")
+    cfg["demo"].update(out_dir=str(demo_dir), n_subjects=3, hours=0.1, seed=3)
+    cfg["harmonise"].update(batch_size=2, hypnogram_tolerance_s=60)
+    cfg["storage"] = {"keep_harmonised": False}
+    (wf / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run_snakemake(wf, "--configfile", wf / "c.yaml", "--cores", "2", "results/qc/recordings_qc.tsv")
+    assert not (wf / "results" / "harmonised" / "b0000").exists()
+    manifest = pd.read_parquet(wf / "results" / "tensors" / "manifest.parquet")
+    assert len(manifest) >= 1 and all((wf / p).exists() for p in manifest["path"])
+    qc = pd.read_csv(wf / "results" / "qc" / "recordings_qc.tsv", sep="\t")
+    assert len(qc) == 3

@@ -2,11 +2,16 @@
 
 A GPU rule asks for GPUs with the resource ``gpu`` (workflow profile; the SLURM executor
 plugin turns it into ``sbatch --gpus=N``) and runs its entry point through this launcher,
-sized from that same number::
+sized from that same number. From the rule's script (the interpreter of the rule's
+environment, venv or conda, is the one used)::
 
-    shell:
-        "python -m psgfm.launch --gpus {resources.gpu} -m psgfm.model.pretrain -- "
-        "--config {input.config} > {log} 2>&1"
+    from psgfm.launch import run
+    run("psgfm.model.pretrain", ["--config", snakemake.input.config], gpus=snakemake.resources.gpu,
+        module=True, log=snakemake.log[0])
+
+or from a shell rule (``{params.python}`` = the environment's Python)::
+
+    "{params.python} -m psgfm.launch --gpus {resources.gpu} -m psgfm.model.pretrain -- ..."
 
 With N > 1 the launcher execs ``torchrun --standalone --nnodes=1 --nproc-per-node=N``: one
 process per GPU on this node, rendezvous on a free local port (so two jobs sharing a node do
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -71,6 +77,25 @@ def launch_command(
         entry,
         *args,
     ]
+
+
+def run(
+    entry: str,
+    args: Sequence[str] = (),
+    gpus: int = 1,
+    module: bool = False,
+    log: str | None = None,
+) -> None:
+    """Run ``entry`` on ``gpus`` GPUs (see :func:`launch_command`) and wait; output appended
+    to ``log`` when given; a failure raises ``subprocess.CalledProcessError``."""
+    cmd = launch_command(entry, args, gpus, module=module)
+    if log is None:
+        subprocess.run(cmd, check=True)
+        return
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(" ".join(cmd) + "\n")
+        fh.flush()
+        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

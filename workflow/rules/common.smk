@@ -38,6 +38,11 @@ wildcard_constraints:
     batch="b[0-9]{4}",
 
 
+def harmonised(path):
+    """The harmonised signals: kept, or temporary with storage.keep_harmonised: false."""
+    return path if config["storage"]["keep_harmonised"] else temp(path)
+
+
 def _is_demo_file(path):
     return DEMO_DIR is not None and Path(path).is_relative_to(DEMO_DIR)
 

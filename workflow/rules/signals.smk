@@ -5,7 +5,7 @@ rule harmonise:
     input:
         unpack(harmonise_inputs),
     output:
-        directory(f"{RESULTS}/harmonised/{{batch}}"),
+        harmonised(directory(f"{RESULTS}/harmonised/{{batch}}")),
     log:
         f"{RESULTS}/logs/harmonise/{{batch}}.log",
     benchmark:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -137,18 +139,23 @@ def robust_stats(x: np.ndarray) -> dict[str, float]:
 
 
 class MappedChannels:
-    """``pop(label)``: one channel of a contiguous file, in a buffer reused for every channel.
+    """``pop(label)``: one channel of a contiguous file, in a buffer reused for every channel
+    (one buffer per thread, so channels can be converted in parallel).
 
-    The array returned is valid until the next ``pop``: callers copy what they keep.
+    The array returned is valid until the same thread's next ``pop``: callers copy what they
+    keep.
     """
 
     def __init__(self, header: EDFHeader, labels: list[str]):
         self.reader = SampleReader(header)
-        size = max((self.reader.n_samples(lab) for lab in labels), default=0)
-        self.buffer = np.empty(size, dtype=np.float32)
+        self.size = max((self.reader.n_samples(lab) for lab in labels), default=0)
+        self._local = threading.local()
 
     def pop(self, label: str) -> np.ndarray:
-        return self.reader.read(label, out=self.buffer)
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = np.empty(self.size, dtype=np.float32)
+        return self.reader.read(label, out=buffer)
 
 
 def read_native(
@@ -328,7 +335,15 @@ def harmonise_recording(
         if a.role == "signal":
             for j in (a.index, *a.reference_indices):
                 units.setdefault(j, a.rule.unit)
-    target = {i: to_target(i, unit) for i, unit in units.items()}
+    # channels in parallel with the rule's threads (cfg "threads", set by the rule script):
+    # the polyphase filter (scipy's upfirdn) and the reader's numpy work release the GIL
+    threads = min(int(cfg.get("threads", 1)), len(units))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            done = pool.map(lambda item: to_target(*item), units.items())
+            target = dict(zip(units, done, strict=True))
+    else:
+        target = {i: to_target(i, unit) for i, unit in units.items()}
     for j in {j for a in assignments for j in a.reference_indices}:
         y, scale, clipped, nan_frac = target[j]
         audit[j].update(
