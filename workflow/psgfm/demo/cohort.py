@@ -25,6 +25,7 @@ import datetime
 import io
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from edfio import Edf, EdfAnnotation, EdfSignal, Patient, Recording
+from scipy.signal import butter, sosfilt
 
 from psgfm.demo.physiology import (
     EPOCH_S,
@@ -44,6 +46,8 @@ from psgfm.demo.physiology import (
     Traits,
     W,
     draw_traits,
+    score_events,
+    score_stages,
     simulate_events,
     simulate_stages,
     subject_rng,
@@ -51,7 +55,7 @@ from psgfm.demo.physiology import (
 )
 from psgfm.io import atomic_path, write_json, write_parquet, write_text
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SHEET_COLUMNS = ("recording_id", "subject_id", "edf", "hypnogram", "psg_date", "site")
 SITE_ORDER = ("alpha", "bravo", "charlie", "delta")
 ICD10_SWITCH = datetime.date(2015, 10, 1)
@@ -187,19 +191,37 @@ def physical_range(ch: Channel) -> tuple[float, float]:
     return (-hi, hi)
 
 
+def _prefilter(x: np.ndarray, prefilter: str, fs: float) -> np.ndarray:
+    """The amplifier's analogue filters named in the EDF header ('HP:0.3Hz LP:70Hz'): a
+    first-order high-pass and a second-order Butterworth low-pass, causal; 'DC': none."""
+    sections = []
+    for kind, hz in re.findall(r"(HP|LP):([0-9.]+)Hz", prefilter):
+        hz = float(hz)
+        if kind == "HP":
+            sections.append(butter(1, hz, "highpass", fs=fs, output="sos"))
+        elif hz < 0.45 * fs:
+            sections.append(butter(2, hz, "lowpass", fs=fs, output="sos"))
+    if not sections:
+        return x
+    return sosfilt(np.vstack(sections), x)
+
+
 def site_signals(night: Night, site: str) -> list[tuple[Channel, int, np.ndarray]]:
-    """(channel, sample rate, data in the file unit, clipped to the physical range)."""
+    """(channel, sample rate, data in the file unit, clipped to the physical range), after the
+    site's hardware filters."""
     spec = SITES[site]
     fs = spec.fs["ep"]
     sources = [c.source for c in spec.channels]
     eeg_names = sorted(
         {s.split(":")[1].split("+")[0] for s in sources if s.startswith(("eeg:", "elec:C"))}
     )
-    eog_needed = any(s.startswith(("eog:", "elec:E")) for s in sources)
-    if eog_needed:
+    eog_names = sorted(
+        {s.split(":")[1].split("+")[0] for s in sources if s.startswith(("eog:", "elec:E"))}
+    )
+    if eog_names:
         eeg_names = sorted(set(eeg_names) | {"F3-M2"})
     eeg = night.eeg(fs, eeg_names) if eeg_names else {}
-    eog = night.eog(fs, eeg["F3-M2"]) if eog_needed else {}
+    eog = night.eog(fs, eeg["F3-M2"], eog_names) if eog_names else {}
     needs_ecg = any(s in ("ecg", "chin") or s.startswith(("ref:", "elec:")) for s in sources)
     ecg = night.ecg(fs) if needs_ecg else None
     refs = (
@@ -220,7 +242,7 @@ def site_signals(night: Night, site: str) -> list[tuple[Channel, int, np.ndarray
         elif src.startswith("ref:"):
             x = refs[src[4:]]
         elif src == "chin":
-            x = night.chin(fs, ecg)
+            x = night.chin(fs, ecg, eeg.get("F3-M2"))
         elif src.startswith("leg:"):
             x = legs[src[4:]]
         elif src == "ecg":
@@ -234,6 +256,7 @@ def site_signals(night: Night, site: str) -> list[tuple[Channel, int, np.ndarray
         else:  # pragma: no cover - guarded by the SITES table
             raise ValueError(f"unknown source {src}")
         rate = spec.channel_rate(ch)
+        x = _prefilter(x, ch.prefilter, rate)
         lo, hi = physical_range(ch)
         if ch.unit in UNIT_FACTOR and not src.startswith("spo2"):
             x = x * UNIT_FACTOR[ch.unit]
@@ -255,7 +278,9 @@ def simulate_subject(seed: int, index: int, hours: float) -> Night:
     traits = draw_traits(seed, index, site_of(index))
     stages = simulate_stages(seed, traits, n_epochs_for(hours), hours)
     events = simulate_events(seed, traits, stages)
-    return Night(seed, traits, stages, events)
+    night = Night(seed, traits, stages, events)
+    night.scored = score_stages(seed, traits, stages)
+    return night
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,9 +373,10 @@ def sleep_edf_labels(stages: np.ndarray, rk: bool, rng: np.random.Generator) -> 
 
 
 def write_hypnogram(night: Night, path: str, n_epochs: int) -> None:
-    """Write the first ``n_epochs`` epochs of the night's hypnogram in its site's format."""
+    """Write the first ``n_epochs`` epochs of the night's scored hypnogram (a scorer's labels,
+    with their disagreements; the clean ones are in truth.json) in its site's format."""
     site = SITES[night.traits.site]
-    stages = night.stages[:n_epochs]
+    stages = night.scored[:n_epochs]
     if site.hypnogram.startswith("csv"):
         labels = [STAGES[int(s)] for s in stages]
         if site.hypnogram == "csv-epochs":
@@ -373,11 +399,24 @@ def write_hypnogram(night: Night, path: str, n_epochs: int) -> None:
     _write_bytes(buf.getvalue(), path)
 
 
-def write_events(events: pd.DataFrame, path: str) -> None:
-    lines = ["onset,duration,type,desaturation_pct"]
+EVENT_COLUMNS = "onset,duration,type,flow_reduction_pct,desaturation_pct,arousal,spo2_lag_s,scored"
+
+
+def write_events(events: pd.DataFrame, scored: np.ndarray, path: str) -> None:
+    """Every physiological respiratory event; ``scored`` says whether a scorer counts it."""
+    lines = [EVENT_COLUMNS]
     lines += [
-        f"{o:.1f},{d:.1f},{t},{s:.1f}"
-        for o, d, t, s in zip(events.onset, events.duration, events.type, events.desaturation_pct)
+        f"{o:.1f},{d:.1f},{t},{r:.1f},{s:.1f},{int(a)},{lag:.1f},{int(c)}"
+        for o, d, t, r, s, a, lag, c in zip(
+            events.onset,
+            events.duration,
+            events.type,
+            events.flow_reduction_pct,
+            events.desaturation_pct,
+            events.arousal,
+            events.spo2_lag,
+            scored,
+        )
     ]
     write_text("\n".join(lines) + "\n", path)
 
@@ -732,10 +771,15 @@ def generate_demo_cohort(out_dir, n_subjects=24, hours=1.0, seed=20261124) -> pd
                 }
             )
         write_hypnogram(night, hyp_path, hyp_epochs)
-        write_events(night.events, os.path.join(out_dir, "events", f"{rid}.events.csv"))
+        write_events(
+            night.events,
+            score_events(night.events, night.scored),
+            os.path.join(out_dir, "events", f"{rid}.events.csv"),
+        )
         subjects.append(
             {k: _round(v) for k, v in t.as_dict().items()}
-            | summarise(t, night.stages, night.events)
+            | summarise(t, night.stages, night.events, night.scored)
+            | {"signal_traits": night.sig.as_dict(), "artifacts": night.artifact_summary()}
         )
         rows.append(
             {
