@@ -63,6 +63,7 @@ def tiny_run(tmp_path_factory):
     # 3 usable recordings of 2 chunks: 2 pretrain subjects, 1 validation subject
     cfg["model"]["splits"] = {"pretrain": 0.7, "validation": 0.3, "train": 0.0, "test": 0.0}
     cfg["pretrain"].update(batch_size=2, max_steps=2, eval_every=1, checkpoint_every=1)
+    cfg["atlas"]["split"]["folds"] = 2  # 3 persons with embeddings
     cfg_path = tmp / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     targets = [f"{tmp}/results/tensors/manifest.parquet", f"{tmp}/results/qc/recordings_qc.tsv"]
@@ -162,7 +163,8 @@ def test_pipeline_info_and_report(tiny_run):
     changed["phenome"]["min_cases"] += 1
     (tmp / "min_cases.yaml").write_text(yaml.safe_dump(changed))
     jobs = _jobs(run_snakemake(tmp, "--configfile", tmp / "min_cases.yaml", "-n").stdout)
-    assert set(jobs) == {"phenome", "provenance", "rulegraph", "benchmark_summary", "all"}
+    atlas = {"atlas_batch", "atlas_table", "atlas_plots"}  # the atlas reads the phenome
+    assert set(jobs) == {"phenome", "provenance", "rulegraph", "benchmark_summary", "all"} | atlas
 
     report = tmp / "report.html"
     run_snakemake(tmp, "--configfile", cfg_path, "--report", report)
