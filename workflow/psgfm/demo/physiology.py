@@ -179,14 +179,14 @@ def draw_signal_traits(seed: int, traits: Traits) -> SignalTraits:
     young = np.clip(1.0 - 0.012 * (age - 30.0), 0.45, 1.0)  # slow waves, spindles shrink
     ln = rng.lognormal
     u = rng.uniform
-    nrem = float(u(0.35, 0.8))
+    nrem = float(u(0.2, 0.5))
     return SignalTraits(
         eeg_gain=float(ln(0.0, 0.2) * (1.1 - 0.004 * (age - 40))),
         band_stage_gain={
-            band: tuple(float(x) for x in ln(0.0, 0.1, 5) * ln(0.0, 0.25))
+            band: tuple(float(x) for x in ln(0.0, 0.1, 5) * ln(0.0, 0.2))
             for band in ("delta", "theta", "alpha", "beta", "pink")
         },
-        pink_slope=float(u(0.5, 1.0)),
+        pink_slope=float(u(0.8, 1.2)),
         alpha_gain=float(ln(0.0, 0.3) * (0.25 if rng.random() < 0.1 else 1.0)),
         eyes_open_share=float(u(0.25, 0.75)),
         slow_wave_uv=float(70.0 * young * ln(0.0, 0.2)),
@@ -200,16 +200,16 @@ def draw_signal_traits(seed: int, traits: Traits) -> SignalTraits:
         phasic_share=float(u(0.25, 0.6)),
         eog_leak=float(u(0.3, 0.7)),
         chin_uv=float(ln(np.log(20.0), 0.45)),
-        n1_tone=float(u(0.45, 0.9)),
+        n1_tone=float(u(0.35, 0.7)),
         nrem_tone=nrem,
-        rem_tone=float(nrem * (u(0.15, 0.5) if rng.random() > 0.08 else u(0.6, 1.0))),
+        rem_tone=float(nrem * (u(0.1, 0.4) if rng.random() > 0.08 else u(0.6, 1.0))),
         fragmentation=float(ln(0.0, 0.35)),
         arousals_per_hour=float(ln(np.log(6.0 + 0.2 * (age - 30.0)), 0.35)),
         ecg_in_eeg=float(u(0.0, 0.012) if rng.random() < 0.5 else u(0.0, 0.003)),
         noise_uv=float(ln(np.log(0.6), 0.4)),
         mains_uv=float(ln(np.log(1.5), 0.8)),
         pops_per_hour=float(ln(np.log(0.8), 1.0)),
-        movements_per_hour=float(u(0.3, 2.5)),
+        movements_per_hour=float(u(0.2, 1.5)),
         sweat=bool(rng.random() < 0.2),
         bad_channel=str(rng.choice(["", "loose", "flat"], p=[0.84, 0.12, 0.04])),
         ecg_polarity=-1.0 if rng.random() < 0.1 else 1.0,
@@ -339,14 +339,14 @@ def score_events(events: pd.DataFrame, scored_stages: np.ndarray) -> np.ndarray:
 # Neighbouring stages overlap on purpose: N1 ~ relaxed wake with the alpha gone, REM ~ N1.
 EEG_STAGE_UV = {
     "theta": (4.0, 8.0, 6.0, 5.5, 8.0),
-    "alpha": (16.0, 3.5, 2.5, 2.0, 2.0),  # W: eyes closed; eyes open scales it by 0.3
+    "alpha": (16.0, 2.5, 2.0, 2.0, 2.0),  # W: eyes closed; eyes open scales it by 0.3
     "ralpha": (0.0, 1.5, 0.5, 0.0, 3.0),  # slower alpha of REM (and drowsiness)
     "beta": (4.5, 2.5, 1.5, 1.2, 2.5),
     "pink": (6.0, 6.0, 6.0, 6.0, 6.0),
 }
 # Slow-wave depth by stage (x SignalTraits.slow_wave_uv): graded, so N2 next to N3 is deeper.
-SLOW_DEPTH = (0.1, 0.16, 0.22, 1.0, 0.14)
-EEG_AROUSAL_UV = {"alpha": 12.0, "beta": 5.0}
+SLOW_DEPTH = (0.1, 0.15, 0.18, 1.0, 0.13)
+EEG_AROUSAL_UV = {"alpha": 8.0, "beta": 4.0}
 # Channel weights per component and mixing angle between the two cortical sources.
 EEG_REGION = {
     "F3-M2": dict(
@@ -369,7 +369,7 @@ EEG_REGION = {
     ),
 }
 MASTOID_ECG = {"F3-M2": 0.6, "C3-M2": 0.6, "C4-M1": 1.0, "O1-M2": 0.6, "Fpz-Cz": 0.1, "Pz-Oz": 0.2}
-EOG_SLOW_UV = (12.0, 20.0, 6.0, 0.0, 5.0)  # slow rolling eye movements (W: eyes closed)
+EOG_SLOW_UV = (12.0, 15.0, 5.0, 0.0, 5.0)  # slow rolling eye movements (W: eyes closed)
 CHIN_STAGE = (1.0, 0.75, None, None, None)  # N2/N3/REM from SignalTraits (nrem/rem tone)
 RESP_SD = (0.10, 0.07, 0.04, 0.02, 0.12)  # breathing-rate variability by stage
 HR_SD = (0.05, 0.04, 0.03, 0.015, 0.06)  # heart-rate variability by stage
@@ -667,7 +667,7 @@ class Night:
         envs = {
             "delta": sig.slow_wave_uv
             * self.by_stage(np.asarray(SLOW_DEPTH) * bsg["delta"], self.w_slow)
-            * self.slow("delta", 0.3, 0.003, 0.03),
+            * self.slow("delta", 0.25, 0.003, 0.03),
             "theta": self.by_stage(np.asarray(EEG_STAGE_UV["theta"]) * bsg["theta"])
             * self.slow("theta", 0.35, 0.003, 0.03),
             "alpha": (
@@ -960,7 +960,7 @@ class Night:
         x = self.up(env + tw, fs) * _emg_noise(rng, n, fs)
         x += self.site["noise"] * 0.5 * rng.standard_normal(n)
         if ecg is not None:
-            x += rng.uniform(0.005, 0.03) * ecg
+            x += rng.uniform(0.01, 0.04) * ecg
         if scalp is not None:
             x += rng.uniform(0.1, 0.25) * scalp
         return x
