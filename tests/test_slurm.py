@@ -90,13 +90,17 @@ def cluster():
 
 
 def _fit_profile(wf: Path, node: dict) -> None:
-    """Cap the workflow profile to the test node (memory, threads); GPU keys stay as they are."""
+    """Cap the workflow profile to the test node (memory, threads); GPU keys stay where the node
+    has a GPU GRES (.ci/slurm.sh configures a fake one)."""
     path = wf / "profiles" / "default" / "config.yaml"
     profile = yaml.safe_load(path.read_text())
     cap = node["mem_mb"] - 500
     for res in profile["set-resources"].values():
         res["mem_mb"] = f"min({res['mem_mb']}, {cap})"
     profile["set-threads"] = {k: min(v, node["cpus"]) for k, v in profile["set-threads"].items()}
+    if not node["gpu"]:  # no GPU GRES on this node: GPU rules run on its CPUs
+        for res in profile["set-resources"].values():
+            res.pop("gpu", None)
     path.write_text(yaml.safe_dump(profile))
 
 
@@ -130,6 +134,10 @@ def _prepare(wf: Path, sheet: str) -> tuple[Path, list[str]]:
     cfg["samples"] = "config/tiny.tsv"
     cfg["demo"].update(TINY)
     cfg["harmonise"].update(batch_size=2, hypnogram_tolerance_s=60)
+    # 3 usable recordings of 2 chunks: 2 pretrain subjects, 1 validation; 2 atlas folds
+    cfg["model"]["splits"] = {"pretrain": 0.7, "validation": 0.3, "train": 0.0, "test": 0.0}
+    cfg["pretrain"].update(batch_size=2, max_steps=2, eval_every=1, checkpoint_every=1)
+    cfg["atlas"]["split"]["folds"] = 2
     path = wf / "config" / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     if not seed_map_cache(wf):  # no phecode map: everything but the phenome and audit rules
