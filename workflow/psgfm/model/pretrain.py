@@ -474,30 +474,18 @@ def pretrain(
                 )
             do_eval = step % cfg["eval_every"] == 0 or step == total
             if do_eval:
+                point = {
+                    "step": step,
+                    "epoch": epoch,
+                    "temperature": float(model.temperature.detach()),
+                    "lr": scheduler.get_last_lr()[0],
+                }
                 tr = train_acc.summary()
-                curve.append(
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "split": "train",
-                        "temperature": float(model.temperature.detach()),
-                        "lr": scheduler.get_last_lr()[0],
-                        **tr,
-                    }
-                )
+                curve.append({**point, "split": "train", **tr})
                 train_acc = _Accumulator()
                 if val_loader is not None:
                     va = evaluate(model, val_loader, rt, cfg["precision"])
-                    curve.append(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "split": "validation",
-                            "temperature": float(model.temperature.detach()),
-                            "lr": scheduler.get_last_lr()[0],
-                            **va,
-                        }
-                    )
+                    curve.append({**point, "split": "validation", **va})
                     score = va["loss"]
                 else:
                     score = tr["loss"]
