@@ -149,7 +149,7 @@ if ATLAS["neural"]["enabled"]:
             f"{RESULTS}/benchmarks/atlas_neural.tsv"
         conda:
             "../../envs/psgfm.yaml"
-        threads: 2
+        threads: 1
         resources:
             mem_mb=8000,
             runtime=240,
