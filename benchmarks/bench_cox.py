@@ -370,7 +370,7 @@ def _worker(arg: str) -> None:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     a = json.loads(arg)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     r = run_batch(
         a["codes"],
         embeddings=a["embeddings"],
@@ -385,6 +385,7 @@ def _worker(arg: str) -> None:
         json.dumps(
             {
                 "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0,
                 "evaluated": int(r["table"]["c_harrell"].notna().sum()),
                 "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             }
@@ -425,6 +426,7 @@ def bench_atlas(d: dict, k: int, bootstrap: int, folder: Path, jobs: int) -> dic
         "wall_seconds": wall,
         "evaluated": sum(o["evaluated"] for o in outs),
         "peak_rss_gib_per_job": max(o["peak_rss_gib"] for o in outs),
+        "cpu_seconds_per_job": [o.get("cpu_seconds") for o in outs],
         "batches": outs,
     }
     print(

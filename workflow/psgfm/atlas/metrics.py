@@ -241,10 +241,15 @@ def cumulative_dynamic_auc(
     W = np.ones((1, len(time))) if W is None else np.asarray(W, dtype=np.float64)
     ti = index if index is not None else TimeIndex(time, event)
     g = ti.censoring_survival(W)  # (B, U)
-    g_own = np.empty_like(W)
-    g_own[:, ti.order] = g[:, ti.group]
+    # inverse censoring weights, needed for events only (the possible cases)
+    grp_of = np.empty(len(time), dtype=np.int64)
+    grp_of[ti.order] = ti.group
+    ev_idx = np.flatnonzero(event)
+    ev_pos = np.full(len(time), -1)
+    ev_pos[ev_idx] = np.arange(len(ev_idx))
+    g_ev = g[:, grp_of[ev_idx]]
     with np.errstate(divide="ignore"):
-        ipcw = np.where(event & (g_own > 0), 1.0 / np.where(g_own > 0, g_own, 1.0), 0.0)
+        ipcw_ev = np.where(g_ev > 0, 1.0 / np.where(g_ev > 0, g_ev, 1.0), 0.0)
     out = np.full((len(risks), W.shape[0], len(times)), np.nan)
     # draw counts are small integers: float32 sums of them are exact (below 2**24)
     exact32 = bool(np.all(W == np.round(W))) and W.sum(axis=1).max() < 2**24
@@ -253,23 +258,21 @@ def cumulative_dynamic_auc(
         o = np.argsort(rank, kind="stable")
         Wo = W[:, o].astype(np.float32 if exact32 else np.float64)
         to, eo, rko = time[o], event[o], rank[o]
+        # tie groups of risk (sorted): first position and one past the last of each person's
         new = np.r_[True, np.diff(rko) > 0]
-        starts = np.flatnonzero(new)
-        gi = np.cumsum(new) - 1
-        ties = len(starts) < len(rko)
+        g_lo = np.flatnonzero(new)[np.cumsum(new) - 1]
+        g_hi = np.r_[np.flatnonzero(new)[1:], len(rko)][np.cumsum(new) - 1]
         for k, t in enumerate(times):
-            ctrl = Wo * (to > t)
+            ctrl = Wo * (to > t).astype(Wo.dtype)
             cases = np.flatnonzero((to <= t) & eo)
-            cw = W[:, o[cases]] * ipcw[:, o[cases]]
-            if ties:  # control weight below each case's tie group, plus half of its own
-                grp = np.add.reduceat(ctrl, starts, axis=1).astype(np.float64)
-                below = np.cumsum(grp, axis=1) - grp
-                score = below[:, gi[cases]] + 0.5 * grp[:, gi[cases]]
-                total = grp.sum(axis=1)
-            else:  # a case is never a control: the inclusive cumulative sum is "below"
-                cs = np.cumsum(ctrl, axis=1, dtype=ctrl.dtype)
-                score = cs[:, cases].astype(np.float64)
-                total = cs[:, -1].astype(np.float64)
+            cw = W[:, o[cases]] * ipcw_ev[:, ev_pos[o[cases]]]
+            # control weight strictly below each case's tie group plus half of that group's
+            cs = np.zeros((ctrl.shape[0], ctrl.shape[1] + 1), dtype=ctrl.dtype)
+            np.cumsum(ctrl, axis=1, out=cs[:, 1:])
+            below = cs[:, g_lo[cases]].astype(np.float64)
+            upto = cs[:, g_hi[cases]].astype(np.float64)
+            score = below + 0.5 * (upto - below)
+            total = cs[:, -1].astype(np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[ri, :, k] = np.einsum("bn,bn->b", cw, score) / (cw.sum(axis=1) * total)
     return out

@@ -246,10 +246,14 @@ def _phecode_seed(seed: int, phecode: str) -> np.random.SeedSequence:
 
 
 def _hr_per_sd(z: np.ndarray, t, e, level) -> dict:
+    """Hazard ratio per SD of a held-out risk score (first column of z): Wald CI and the
+    one-sided p-value of HR > 1 (a held-out score that ranks the wrong way, e.g. from
+    over-fitting a rare phecode, is a failure of the model, not a finding)."""
     res = fit_cox(z if z.ndim == 2 else z[:, None], t, e)
     if res.status[0] not in ("ok",):
         return {"coef": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan}
-    lo, hi, p = M.wald(res.coef[0, 0], res.se[0, 0], level)
+    lo, hi, _ = M.wald(res.coef[0, 0], res.se[0, 0], level)
+    p = float(M.stats.norm.sf(res.coef[0, 0] / res.se[0, 0]))
     return {"coef": res.coef[0, 0], "lo": lo, "hi": hi, "p": p}
 
 
