@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint dag clean
+.PHONY: install demo test test-slurm lint dag report clean validate
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,cluster]'
 	touch $@
 
 demo: install
@@ -32,6 +32,28 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Model validation (docs/model.md): a larger generated cohort, pretraining, probes.
+VALIDATION_N ?= 120
+validate: install
+	$(BIN)/psgfm demo --out resources/validation --n-subjects $(VALIDATION_N) --hours 1 --seed 20261125
+	$(BIN)/snakemake --cores $(CORES) --configfile config/validation.yaml --rerun-incomplete
+
+# The real-SLURM integration test (tests/test_slurm.py): start a single-node SLURM on this
+# machine (.ci/slurm.sh; root, Debian 12), run the demo DAG through sbatch, stop the daemons
+# it started. When SLURM cannot start, the tests skip and say why.
+test-slurm: install
+	@started=0; \
+	if .ci/slurm.sh up; then started=1; \
+	else echo "test-slurm: could not start SLURM (reason above)"; fi; \
+	$(BIN)/python -m pytest -m slurm -v -rs tests/test_slurm.py; rc=$$?; \
+	if [ $$started = 1 ]; then .ci/slurm.sh down; fi; \
+	exit $$rc
+
+# HTML report of the last run (QC table, hypnograms, phenome summary, benchmark summary, rule
+# graph, run times), after `make demo` or any run: results/report.html
+report: install
+	$(BIN)/snakemake --report results/report.html
 
 dag: install
 	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg

@@ -9,10 +9,15 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/signals.smk"
+include: "workflow/rules/model.smk"
 include: "workflow/rules/phenome.smk"
+include: "workflow/rules/atlas.smk"
 include: "workflow/rules/provenance.smk"
 
 

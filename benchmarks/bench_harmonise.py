@@ -186,9 +186,10 @@ def preimport() -> None:
     import psgfm.signals.harmonise  # noqa: F401
 
 
-def worker(side: str, row: dict, out_dir: Path) -> dict:
+def worker(side: str, row: dict, out_dir: Path, threads: int = 1) -> dict:
     preimport()  # both sides import the same modules before the clock starts
     cfg = load_cfg()
+    cfg["harmonise"]["threads"] = threads  # as the harmonise rule passes its `threads`
     out_dir.mkdir(parents=True, exist_ok=True)
     base = _rss_mib()
     t0 = time.perf_counter()
@@ -207,7 +208,7 @@ def worker(side: str, row: dict, out_dir: Path) -> dict:
     }
 
 
-def run_worker(side: str, row: dict, repeats: int) -> dict:
+def run_worker(side: str, row: dict, repeats: int, threads: int = 1) -> dict:
     """Run one side ``repeats`` times in fresh interpreters; min time, max peak RSS."""
     results = []
     for _ in range(repeats):
@@ -225,6 +226,8 @@ def run_worker(side: str, row: dict, repeats: int) -> dict:
                 str(tmp / "out"),
                 "--worker-result",
                 str(res_file),
+                "--threads",
+                str(threads),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0 or not res_file.exists():
@@ -338,9 +341,13 @@ COLUMNS = [
     ("fs", "{}"),
     ("channels", "{}"),
     ("ours_s_per_h", "{:.2f}"),
+    ("ours_2t_s_per_h", "{:.2f}"),
     ("ref_s_per_h", "{:.2f}"),
     ("ratio", "{:.2f}"),
+    ("ratio_2t", "{:.2f}"),
+    ("threads_speedup", "{:.2f}"),
     ("ours_peak_mib", "{:.0f}"),
+    ("ours_2t_peak_mib", "{:.0f}"),
     ("ref_peak_mib", "{:.0f}"),
     ("ours_out_mib", "{:.1f}"),
     ("ref_out_mib", "{:.1f}"),
@@ -354,8 +361,11 @@ def _fmt(key: str, fmt: str, value) -> str:
     return fmt.format(value)
 
 
-def make_row(rec: dict, meta: dict, ours: dict, ref: dict) -> dict:
+def make_row(rec: dict, meta: dict, ours: dict, ref: dict, ours2: dict | None = None) -> dict:
+    """One table row; ``ours2``: our side with 2 threads (the harmonise rule's default)."""
     h = meta["hours"]
+    nan = float("nan")
+    ours2 = ours2 or {"seconds": nan, "peak_mib": nan}
     return {
         "recording": rec["recording_id"],
         "source": rec["source"],
@@ -363,15 +373,20 @@ def make_row(rec: dict, meta: dict, ours: dict, ref: dict) -> dict:
         "fs": meta["fs"],
         "channels": f"{meta['n_channels']}->{ours.get('channels', 0)}/{ref.get('channels', 0)}",
         "ours_s_per_h": ours["seconds"] / h,
+        "ours_2t_s_per_h": ours2["seconds"] / h,
         "ref_s_per_h": ref["seconds"] / h,
         "ratio": ref["seconds"] / ours["seconds"],
+        "ratio_2t": ref["seconds"] / ours2["seconds"],
+        "threads_speedup": ours["seconds"] / ours2["seconds"],
         "ours_peak_mib": ours["peak_mib"],
+        "ours_2t_peak_mib": ours2["peak_mib"],
         "ref_peak_mib": ref["peak_mib"],
         "ours_out_mib": ours.get("output_mib", float("nan")),
         "ref_out_mib": ref.get("output_mib", float("nan")),
         "ours_status": ours.get("status", "?"),
         # not in the printed table, kept in the CSV
         "ours_s": ours["seconds"],
+        "ours_2t_s": ours2["seconds"],
         "ref_s": ref["seconds"],
         "ours_baseline_mib": ours.get("baseline_mib", float("nan")),
         "ref_baseline_mib": ref.get("baseline_mib", float("nan")),
@@ -413,6 +428,15 @@ def summary_lines(rows: list[dict]) -> list[str]:
             f"{max(r['ours_peak_mib'] for r in rs):.0f} MiB, reference "
             f"{max(r['ref_peak_mib'] for r in rs):.0f} MiB"
         )
+        two = [r for r in rs if np.isfinite(r["ours_2t_s"])]
+        if two:
+            t1, t2 = sum(r["ours_s"] for r in two), sum(r["ours_2t_s"] for r in two)
+            r2 = sum(r["ref_s"] for r in two)
+            lines.append(
+                f"  2 threads: ours {t2:.1f} s ({t2 / sum(r['hours'] for r in two):.2f} s/h), "
+                f"{t1 / t2:.2f}x faster than 1 thread; total ratio to the reference "
+                f"{r2 / t2:.2f}x; max peak RSS {max(r['ours_2t_peak_mib'] for r in two):.0f} MiB"
+            )
         big = max(rs, key=lambda r: r["f64_mib"])
         lines.append(
             f"  largest ({big['recording']}, {big['f64_mib']:.0f} MiB as native-rate float64, "
@@ -500,6 +524,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None, help="runs per side (default 1; quick 3)")
     ap.add_argument("--no-real", action="store_true", help="skip ../shared/data/psg")
     ap.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="also time our side with this many threads (default 2; 1 = single run only)",
+    )
+    ap.add_argument(
         "--profile",
         nargs="?",
         const="",
@@ -525,7 +555,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        res = worker(args.worker, json.loads(args.row), Path(args.worker_out))
+        res = worker(args.worker, json.loads(args.row), Path(args.worker_out), args.threads)
         Path(args.worker_result).write_text(json.dumps(res), encoding="utf-8")
         return 0
 
@@ -553,13 +583,15 @@ def main(argv=None) -> int:
             flush=True,
         )
         ours = run_worker("ours", rec, args.repeats)
+        ours2 = run_worker("ours", rec, args.repeats, args.threads) if args.threads > 1 else None
         ref = run_worker("ref", rec, args.repeats)
-        for side, res in (("ours", ours), ("reference", ref)):
+        for side, res in (("ours", ours), ("ours 2 threads", ours2 or {}), ("reference", ref)):
             if res.get("status") == "error":
                 print(f"\n  {side} failed: {res['reason']}", end="")
-        row = make_row(rec, meta, ours, ref)
+        row = make_row(rec, meta, ours, ref, ours2)
         rows.append(row)
-        print(f"ours {ours['seconds']:.1f} s, reference {ref['seconds']:.1f} s")
+        two = f", {args.threads} threads {ours2['seconds']:.1f} s" if ours2 else ""
+        print(f"ours {ours['seconds']:.1f} s{two}, reference {ref['seconds']:.1f} s")
 
     print()
     print("\n".join(table_lines(rows)))

@@ -142,11 +142,28 @@ def _run_pandas(data: Path, map_csv: Path) -> dict:
 
 
 def child(kind: str, data: Path, out: Path, map_csv: Path) -> None:
-    t0 = time.perf_counter()
+    t0, main0 = time.perf_counter(), time.thread_time()
     counts = _run_polars(data, out, map_csv) if kind == "polars" else _run_pandas(data, map_csv)
-    wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
-    print(json.dumps({"kind": kind, "wall_s": wall, "peak_rss_gib": rss, "counts": counts}))
+    wall, main_cpu = time.perf_counter() - t0, time.thread_time() - main0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss = usage.ru_maxrss / 1024**2  # KiB -> GiB
+    cpu = usage.ru_utime + usage.ru_stime  # all threads, imports included
+    load = os.getloadavg()[0]  # other work on the machine inflates wall time
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                # the main thread's CPU (background threads read and write beside it): on an
+                # idle machine the wall time is about max(main_cpu_s, cpu_s / cores)
+                "main_cpu_s": main_cpu,
+                "peak_rss_gib": rss,
+                "load_avg_1min": load,
+                "counts": counts,
+            }
+        )
+    )
 
 
 def measure(kind: str, data: Path, out: Path, map_csv: Path) -> dict:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import edfio
@@ -20,6 +23,57 @@ requires_shared = pytest.mark.skipif(
 )
 
 PATIENT_NAME = "Jane_Doe_Secret"
+
+# What a run of the workflow needs from the repository: everything else (results/, the
+# generated demo cohort, fetched maps, .snakemake/) is state that no test may depend on.
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources", "profiles", "envs", "cluster")
+STATE = {ROOT / "resources" / "demo", ROOT / "resources" / "phecode_maps"}
+
+
+def _ignore_state(folder, names):
+    return [n for n in names if n == "__pycache__" or Path(folder) / n in STATE]
+
+
+def copy_workflow(dest: Path) -> Path:
+    """Copy the workflow (not its state) to ``dest`` so a test runs it there, isolated from the
+    working copy's results/, resources/demo/, fetched maps and Snakemake metadata."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=_ignore_state)
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def seed_map_cache(workdir: Path) -> bool:
+    """Give a workflow copy the phecode-map wheel cached in the working copy, if any (the
+    phecode_map rule checks its sha256 before use, so a cache cannot change a result); return
+    whether the copy can get the map at all (cached here, or PyPI reachable)."""
+    cache = ROOT / "resources" / "phecode_maps" / ".wheel"
+    if cache.is_dir() and any(cache.glob("*.whl")):
+        shutil.copytree(cache, workdir / "resources" / "phecode_maps" / ".wheel")
+        return True
+    return pypi_reachable()
+
+
+def run_snakemake(workdir: Path, *args, check: bool = True, timeout: int = 900, env=None):
+    """``snakemake ARGS`` in ``workdir`` (a copy made by :func:`copy_workflow`)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *map(str, args)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(map(str, args))} failed in {workdir}:\n"
+            f"{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
 
 
 def pypi_reachable() -> bool:

@@ -54,3 +54,18 @@ def test_bench_sides_on_tiny_recording(tmp_path):
     tensor = Path(ours["tensor_file"])
     assert tensor.is_file() and tensor.suffix == ".arrow"
     assert (tmp_path / "ours" / "harmonised" / f"{row['recording_id']}.signals.arrow").is_file()
+
+
+def test_bench_model_runs_both_sides(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "bench_model", ROOT / "benchmarks" / "bench_model.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "model.json"
+    assert bench.main(["--batch", "3", "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    # same initial weights, same batch: both losses start near log(batch) (chance)
+    assert abs(res["first_loss_release"] - np.log(3)) < 0.2
+    assert abs(res["first_loss_ours"] - np.log(3)) < 0.2
+    assert res["train_ratio"] > 0 and res["embed_ratio"] > 0

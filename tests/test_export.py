@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
-from conftest import eeg_like, write_edf
+from conftest import RULES, eeg_like, write_edf
 
 import psgfm.signals.export as ex
 from psgfm.signals.harmonise import harmonise_batch, read_signals
@@ -112,3 +114,109 @@ def test_short_recording_is_a_recorded_failure(tmp_path, harmonise_cfg):
     tables = ex.cohort_tables([tmp_path / "h"], [tmp_path / "t"])
     qc = tables["qc"].set_index("recording_id")
     assert qc.loc["s", "status"] == "rejected" and "shorter than one chunk" in qc.loc["s", "reason"]
+
+
+# --- the partial-patch rule: a patch is real when at least half of it is data ----------------
+
+
+def _harmonise_seconds(tmp_path, seconds, name="p"):
+    """A recording of ``seconds`` (a multiple of 0.2 s) harmonised to 128 Hz."""
+    fs = 100  # 20 samples per 0.2-s record
+    edf = write_edf(
+        tmp_path / f"{name}.edf",
+        [{"label": "C3-M2", "data": eeg_like(int(round(seconds * fs)), fs), "fs": fs}],
+        record_duration=0.2,
+    )
+    row = {"recording_id": name, "subject_id": "S", "edf": str(edf), "hypnogram": "", "site": ""}
+    harmonise_batch([row], tmp_path / "h", {"channel_rules": str(RULES), "target_fs": 128})
+    return tmp_path / "h"
+
+
+@pytest.mark.parametrize(
+    "seconds,n_chunks,real_in_last",
+    [
+        # floor(s * 128) samples; the last chunk holds n - 38400 * (chunks - 1) of them, and a
+        # patch of 640 samples is real when it holds >= 320
+        (3.0, 1, 1),  # 384 samples: shorter than one patch, half of it is data
+        (5.0, 1, 1),  # exactly one patch
+        (7.4, 1, 1),  # 947: patch 0 full, patch 1 holds 307 < 320
+        (7.6, 1, 2),  # 972: patch 1 holds 332 >= 320
+        (302.4, 1, 60),  # 38707: 307 samples past the first chunk, less than half a patch
+        (302.6, 2, 1),  # 38732: 332 samples past it: one real patch, a second chunk
+        (390.4, 2, 18),  # 49971: 11571 = 18 patches + 51 samples
+        (392.6, 2, 19),  # 50252: 11852 = 18 patches + 332 samples
+    ],
+)
+def test_partial_patches(tmp_path, seconds, n_chunks, real_in_last):
+    h = _harmonise_seconds(tmp_path, seconds)
+    manifest = ex.export_batch(h, tmp_path / "t", {"min_last_chunk_seconds": 0})
+    assert manifest.loc[0, "n_chunks"] == n_chunks
+    table, _ = ex.read_tensors(tmp_path / "t" / "p.arrow")
+    mask = np.array(table.column("patch_mask").to_pylist())
+    assert mask[:-1].all()
+    assert mask[-1].tolist() == [True] * real_in_last + [False] * (60 - real_in_last)
+    sig, _ = read_signals(h / "p.signals.arrow")
+    c3 = sig.column("C3-M2").to_numpy()
+    assert len(c3) == int(np.floor(seconds * 128))
+    bas = table.column("BAS").combine_chunks().to_numpy_ndarray()
+    rest = c3[(n_chunks - 1) * 38400 : n_chunks * 38400]  # samples past the last chunk: cut
+    last = bas[-1, 0].ravel()
+    np.testing.assert_array_equal(last[: len(rest)], rest)  # the data, then zero padding
+    assert not last[len(rest) :].any()
+
+
+def test_shorter_than_half_a_patch_is_a_recorded_failure(tmp_path):
+    h = _harmonise_seconds(tmp_path, 2.4, "tiny")  # 307 samples < 320
+    manifest = ex.export_batch(h, tmp_path / "t", {"min_last_chunk_seconds": 0})
+    assert manifest.empty
+    qc = ex.cohort_tables([h], [tmp_path / "t"])["qc"].set_index("recording_id")
+    assert "half a 5-s patch" in qc.loc["tiny", "reason"]
+
+
+# --- the cohort tables: no pandas FutureWarning, audit of export-rejected recordings ---------
+
+
+def test_cohort_tables_without_warnings_and_with_export_rejections(tmp_path, harmonise_cfg):
+    fs = 128
+    good = write_edf(
+        tmp_path / "g.edf", [{"label": "C3-M2", "data": eeg_like(400 * fs, fs), "fs": fs}]
+    )
+    short = write_edf(
+        tmp_path / "s.edf",
+        [
+            {"label": "C3", "data": eeg_like(30 * fs, fs), "fs": fs},
+            {"label": "M2", "data": eeg_like(30 * fs, fs, 1), "fs": fs},
+        ],
+    )
+
+    def row(rid, edf):
+        return {
+            "recording_id": rid,
+            "subject_id": rid,
+            "edf": str(edf),
+            "hypnogram": "",
+            "site": "",
+        }
+
+    # batch 1: all fine; batch 2: one rejected at harmonisation, one at export (too short)
+    harmonise_batch([row("g", good)], tmp_path / "h0", harmonise_cfg)
+    harmonise_batch(
+        [row("s", short), row("x", tmp_path / "none.edf")], tmp_path / "h1", harmonise_cfg
+    )
+    ex.export_batch(tmp_path / "h0", tmp_path / "t0", {})
+    ex.export_batch(tmp_path / "h1", tmp_path / "t1", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the FutureWarning of concatenating empty frames
+        tables = ex.cohort_tables(
+            [tmp_path / "h0", tmp_path / "h1"], [tmp_path / "t0", tmp_path / "t1"]
+        )
+    qc = tables["qc"].set_index("recording_id")
+    assert list(qc["status"]) == ["ok", "rejected", "rejected"]
+    assert list(tables["manifest"]["recording_id"]) == ["g"]
+    assert tables["manifest"]["n_chunks"].dtype == np.int64
+    audit = tables["audit"].set_index(["recording_id", "source_label"])
+    assert len(audit) == 3 and audit.loc[("g", "C3-M2"), "used"]
+    for label in ("C3", "M2"):
+        assert not audit.loc[("s", label), "used"]
+        assert "but the recording was rejected: export failed" in audit.loc[("s", label), "reason"]
+    assert audit.loc[("s", "M2"), "reason"].startswith("would be the reference (M2) for C3-M2")

@@ -141,9 +141,9 @@ def test_rereferencing_matches_hand_computation(tmp_path, harmonise_cfg):
     core = slice(FS_OUT * 2, -FS_OUT * 2)
     assert np.sqrt(np.mean((ours[core] - hand[core]) ** 2)) / hand[core].std() < 0.01
     audit = pd.read_parquet(tmp_path / "out" / "ref.audit.parquet").set_index("source_label")
-    assert audit.loc["M2", "role"] == "reference"
-    assert audit.loc["C3", "canonical"] == "C3-M2"
-    assert audit.loc["C4", "canonical"] == "C4-M1"
+    assert audit.loc["M2", "role"] == "reference" and audit.loc["M2", "used"]
+    assert audit.loc["C3", "canonical"] == "C3-M2" and audit.loc["C3", "reference"] == "M2"
+    assert audit.loc["C4", "canonical"] == "C4-M1" and audit.loc["C4", "reference"] == "M1"
 
 
 def test_linked_mastoids_reference(tmp_path):
@@ -166,9 +166,13 @@ def test_linked_mastoids_reference(tmp_path):
     harmonise_batch(
         [_row("lm", edf)], tmp_path / "out", {"channel_rules": str(rules), "target_fs": 128}
     )
-    ours, _ = _harmonised(tmp_path / "out", "lm", "C3-LM")
+    ours, meta = _harmonised(tmp_path / "out", "lm", "C3-LM")
     raw = mne.io.read_raw_edf(edf, preload=True, verbose="error").get_data() * 1e6
     np.testing.assert_allclose(ours, raw[0] - (raw[1] + raw[2]) / 2, atol=0.05)
+    audit = pd.read_parquet(tmp_path / "out" / "lm.audit.parquet").set_index("source_label")
+    assert audit.loc["C3", "reference"] == meta["channels"][0]["reference"] == "M1,M2"
+    assert audit.loc["C3", "reason"].endswith("= C3 - mean(M1,M2)")
+    assert list(audit.loc[["M1", "M2"], "role"]) == ["reference", "reference"]
 
 
 def test_bad_inputs_are_recorded_and_the_batch_completes(tmp_path, harmonise_cfg):
@@ -332,6 +336,8 @@ def test_real_sleep_edf_crop_matches_mne(tmp_path, harmonise_cfg):
     assert len(stages) == 10 and set(stages["stage"]) == {"W"}  # first 30,630 s are W
     audit = pd.read_parquet(tmp_path / "out" / "sc.audit.parquet").set_index("source_label")
     assert "below the minimum" in audit.loc["EMG submental", "reason"]  # 1 Hz EMG
+    assert audit.loc["Temp rectal", "reason"].startswith("not a model channel (temperature)")
+    assert audit.loc["Event marker", "reason"].startswith("not a model channel (markers")
 
 
 @requires_shared
@@ -347,3 +353,6 @@ def test_real_bdf_rereferenced_against_mne(tmp_path, harmonise_cfg):
     # polyphase filter; the resampler itself is checked against MNE's on clean signals.
     hand = resample_poly(diff, FS_OUT, int(raw.info["sfreq"]))[: len(ours)]
     np.testing.assert_allclose(ours, hand, atol=1e-3 * np.abs(hand).max())
+    audit = pd.read_parquet(tmp_path / "out" / "bdf.audit.parquet").set_index("source_label")
+    assert audit.loc["C3", "reference"] == "A2" and audit.loc["A2", "role"] == "reference"
+    assert audit.loc["Trigger", "reason"].startswith("not a model channel")

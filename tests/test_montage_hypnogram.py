@@ -14,6 +14,35 @@ from psgfm.signals.montage import RulesError, assign_channels, load_rules, norma
 
 def test_normalisation_ignores_case_space_punctuation():
     assert normalise_label("EEG C3-A2") == normalise_label("eeg  c3:a2") == "eegc3a2"
+    assert normalise_label("Impédance") == normalise_label("IMPEDANCE") == "impedance"
+
+
+@pytest.mark.parametrize(
+    "label,bare,electrode",
+    [
+        ("EEG C3-Ref", "c3ref", "c3"),
+        ("EEG C3-REF", "c3ref", "c3"),
+        ("C3-Ref", "c3ref", "c3"),
+        ("EEG C3", "c3", ""),
+        ("EEG2", "eeg2", ""),  # a prefix must be a word of its own
+        ("ECG ECG1", "ecg1", ""),
+        ("EEG", "eeg", ""),
+        ("Ref", "ref", ""),  # the suffix alone is no electrode
+    ],
+)
+def test_vendor_label_forms(rules_path, label, bare, electrode):
+    keys = load_rules(rules_path).forms.keys(label)
+    assert (keys.bare, keys.electrode) == (bare, electrode)
+
+
+def test_referential_suffix_never_matches_a_derivation_rule(rules_path):
+    """'LOC' alone is taken as LOC-A2; 'LOC-Ref' is the electrode and needs re-referencing."""
+    rules = load_rules(rules_path)
+    assert _map(["LOC"], rules)["LOC"] == ("E1-M2", "signal")
+    got = assign_channels(["EEG LOC-Ref", "EEG A2-Ref"], rules)
+    assert (got[0].canonical, got[0].reference_indices) == ("E1-M2", (1,))
+    got = assign_channels(["EEG LOC-Ref"], rules)
+    assert got[0].canonical == "LOC" and got[0].rule.origin == "vocabulary"
 
 
 def _map(labels, rules, site=None):
@@ -50,6 +79,15 @@ def test_bad_rules_file(tmp_path):
         load_rules(p)
     p.write_text("rules:\n  - {canonical: X, modality: BAS, labels: [x], reference: M9}\n")
     with pytest.raises(RulesError, match="M9"):
+        load_rules(p)
+    p.write_text("rules:\n  - {canonical: X, modality: BAS, labels: [Oxygen Saturation]}\n")
+    with pytest.raises(RulesError, match="longer than 16 characters"):
+        load_rules(p)
+    p.write_text("rules: []\nnot_model:\n  - {name: light, labels: Light}\n")
+    with pytest.raises(RulesError, match="must be lists"):
+        load_rules(p)
+    p.write_text("rules: []\nlabel_forms: {prefix: [EEG]}\n")
+    with pytest.raises(RulesError, match="label_forms: unknown key"):
         load_rules(p)
 
 

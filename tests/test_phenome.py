@@ -338,6 +338,67 @@ def test_polars_matches_pandas_reference(hand_map, seed, rules):
     pd.testing.assert_frame_equal(gs, ws, check_dtype=False)
 
 
+@pytest.mark.parametrize("min_records", [2, 3])
+def test_person_partitions_and_blocks_do_not_change_the_result(hand_map, min_records):
+    """Many partitions (spilled to disk and aggregated one by one) and small label blocks give
+    the same outputs as one partition, and both equal the pandas reference."""
+    diagnoses, persons, sheet = random_cohort(3, n_persons=120, n_records=2500)
+    rules = {"min_records": min_records, "washout_days": 14, "min_cases": 5}
+    args = (pl.from_pandas(diagnoses), pl.from_pandas(persons), sheet, hand_map, rules)
+    one = build_phenome(*args)
+    many = build_phenome(*args, partition_cells=7 * 25, block_persons=4)  # 5 partitions
+    for key in ("labels", "summary", "is_event", "time_to_event", "unmapped", "records"):
+        pd.testing.assert_frame_equal(one[key].to_pandas(), many[key].to_pandas(), obj=key)
+    ref = reference_phenome(diagnoses, persons, sheet, hand_map, **rules)
+    cols = ["person_id", "phecode", "status", "reason", "event", "time_days", "death"]
+    want = ref["labels"][cols].sort_values(["person_id", "phecode"], ignore_index=True)
+    pd.testing.assert_frame_equal(_pdsorted(many["labels"], cols), want, check_dtype=False)
+
+
+def test_input_formats_give_the_same_labels(tmp_path, hand_map):
+    """Parquet with Date or text dates, a folder of parts, CSV and TSV: one result."""
+    diagnoses, persons, sheet = random_cohort(4, n_persons=60, n_records=1500)
+    base = build_phenome(pl.from_pandas(diagnoses), pl.from_pandas(persons), sheet, hand_map)
+    text = pl.from_pandas(diagnoses)
+    dated = text.with_columns(pl.col("date").str.to_date())
+    (tmp_path / "parts").mkdir()
+    dated.slice(0, 700).write_parquet(tmp_path / "parts" / "a.parquet")
+    dated.slice(700).write_parquet(tmp_path / "parts" / "b.parquet")
+    text.write_parquet(tmp_path / "text.parquet")
+    text.write_csv(tmp_path / "d.csv")
+    text.write_csv(tmp_path / "d.tsv", separator="\t")
+    for source in ("parts", "text.parquet", "d.csv", "d.tsv"):
+        out = build_phenome(str(tmp_path / source), pl.from_pandas(persons), sheet, hand_map)
+        for key in ("labels", "summary", "unmapped", "records"):
+            pd.testing.assert_frame_equal(
+                base[key].to_pandas(), out[key].to_pandas(), obj=f"{source}: {key}"
+            )
+
+
+def test_integer_person_ids_match_their_text(tmp_path, hand_map):
+    """person_id stored as integers (Parquet int64) matches the same ids written as text."""
+    diagnoses, persons, sheet = random_cohort(5, n_persons=40, n_records=800)
+    number = {p: 1000 + i for i, p in enumerate(persons["person_id"])}
+    text = {p: str(n) for p, n in number.items()}
+    base = build_phenome(
+        pl.from_pandas(diagnoses.assign(person_id=diagnoses.person_id.map(text))),
+        pl.from_pandas(persons.assign(person_id=persons.person_id.map(text))),
+        sheet.assign(subject_id=sheet.subject_id.map(text)),
+        hand_map,
+    )
+    path = tmp_path / "int.parquet"
+    pl.from_pandas(diagnoses.assign(person_id=diagnoses.person_id.map(number))).write_parquet(path)
+    out = build_phenome(
+        str(path),
+        pl.from_pandas(persons.assign(person_id=persons.person_id.map(number))),
+        sheet.assign(subject_id=sheet.subject_id.map(text)),
+        hand_map,
+    )
+    assert out["labels"].height > 100
+    for key in ("labels", "summary", "records"):
+        pd.testing.assert_frame_equal(base[key].to_pandas(), out[key].to_pandas(), obj=key)
+
+
 # ---------------------------------------------------------------------------------------------
 # Input validation
 # ---------------------------------------------------------------------------------------------

@@ -1,28 +1,21 @@
 """The Snakemake DAG: lint-free dry run, an end-to-end run on a tiny generated cohort, and
-re-running only what a config block change affects."""
+re-running only what a config block change affects.
+
+Every test runs the workflow in a temporary copy (``copy_workflow``): none depends on the
+working copy's results/, resources/demo/ or .snakemake/, so ``make demo`` then ``make test``
+passes as well as the other order."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, copy_workflow, run_snakemake, seed_map_cache
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _snakemake(*args, check=True):
-    proc = subprocess.run(
-        [*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from psgfm.io import sha256_file
 
 
 def _jobs(dry_run_output: str) -> dict[str, int]:
@@ -36,8 +29,9 @@ def _jobs(dry_run_output: str) -> dict[str, int]:
     return stats
 
 
-def test_dry_run_of_the_demo_dag():
-    proc = _snakemake("-n", "--cores", "1", "--quiet", "rules")
+def test_dry_run_of_the_demo_dag(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    proc = run_snakemake(wf, "-n", "--cores", "1", "--quiet", "rules")
     jobs = _jobs(proc.stdout + proc.stderr)
     sheet = pd.read_csv(ROOT / "config" / "recordings.tsv", sep="\t")
     n_batches = -(
@@ -45,14 +39,15 @@ def test_dry_run_of_the_demo_dag():
         // yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["harmonise"]["batch_size"]
     )
     assert jobs.get("harmonise") == n_batches and jobs.get("export") == n_batches
-    assert jobs.get("cohort_manifest") == 1
+    assert jobs.get("demo_cohort") == 1 and jobs.get("cohort_manifest") == 1
+    assert jobs.get("phecode_map") == 1 and jobs.get("phenome") == 1
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from psgfm.demo.cohort import generate_demo_cohort
 
-    tmp = tmp_path_factory.mktemp("dag")
+    tmp = copy_workflow(tmp_path_factory.mktemp("dag") / "wf")
     demo_dir = tmp / "demo"
     generate_demo_cohort(str(demo_dir), n_subjects=4, hours=0.15, seed=7)
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -61,10 +56,18 @@ def tiny_run(tmp_path_factory):
     cfg["demo"].update(out_dir=str(demo_dir), n_subjects=4, hours=0.15, seed=7)
     cfg["harmonise"]["batch_size"] = 2
     cfg["harmonise"]["hypnogram_tolerance_s"] = 60
+    cfg["phenome"].update(
+        diagnoses=str(demo_dir / "ehr" / "diagnoses.parquet"),
+        persons=str(demo_dir / "ehr" / "persons.parquet"),
+    )
+    # 3 usable recordings of 2 chunks: 2 pretrain subjects, 1 validation subject
+    cfg["model"]["splits"] = {"pretrain": 0.7, "validation": 0.3, "train": 0.0, "test": 0.0}
+    cfg["pretrain"].update(batch_size=2, max_steps=2, eval_every=1, checkpoint_every=1)
+    cfg["atlas"]["split"]["folds"] = 2  # 3 persons with embeddings
     cfg_path = tmp / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     targets = [f"{tmp}/results/tensors/manifest.parquet", f"{tmp}/results/qc/recordings_qc.tsv"]
-    _snakemake("--configfile", str(cfg_path), "--cores", "2", *targets)
+    run_snakemake(tmp, "--configfile", cfg_path, "--cores", "2", *targets)
     return tmp, cfg, cfg_path, targets
 
 
@@ -96,20 +99,99 @@ def test_end_to_end_on_a_tiny_cohort(tiny_run):
 @pytest.mark.slow
 def test_changing_one_block_reruns_only_its_rules(tiny_run):
     tmp, cfg, cfg_path, targets = tiny_run
-    assert _jobs(_snakemake("--configfile", str(cfg_path), "-n", *targets).stdout) == {}
+    assert _jobs(run_snakemake(tmp, "--configfile", cfg_path, "-n", *targets).stdout) == {}
     cfg["export"]["dtype"] = "float16"
     changed = tmp / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
-    jobs = _jobs(_snakemake("--configfile", str(changed), "-n", *targets).stdout)
+    jobs = _jobs(run_snakemake(tmp, "--configfile", changed, "-n", *targets).stdout)
     assert jobs.get("export") == 2 and jobs.get("cohort_manifest") == 1
     assert "harmonise" not in jobs and "demo_cohort" not in jobs
 
 
 def test_invalid_config_stops_with_a_clear_message(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["harmonise"]["target_fs"] = -5
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    proc = _snakemake("--configfile", str(p), "-n", check=False)
+    proc = run_snakemake(wf, "--configfile", p, "-n", check=False)
     assert proc.returncode != 0
     assert "harmonise.target_fs" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_info_and_report(tiny_run):
+    """The whole DAG: pipeline_info/ holds checksums, commit, rule graph, benchmark summary;
+    `snakemake --report` builds the HTML report with the captions."""
+    tmp, cfg, cfg_path, _ = tiny_run
+    if not seed_map_cache(tmp):
+        pytest.skip("phecode map neither cached in resources/phecode_maps/ nor on PyPI (offline)")
+    run_snakemake(tmp, "--configfile", cfg_path, "--cores", "2")
+    info = tmp / "results" / "pipeline_info"
+    sums = pd.read_csv(info / "input_checksums.tsv", sep="\t")
+    assert {"sample_sheet", "edf", "hypnogram", "ehr", "map"} <= set(sums.kind)
+    sheet = pd.read_csv(cfg["samples"], sep="\t")
+    edf = sums[sums.kind == "edf"].set_index("path")
+    assert set(edf.index) == set(sheet.edf) and set(edf.status) == {"ok"}
+    assert edf.loc[sheet.edf[0], "sha256"] == sha256_file(sheet.edf[0])
+    assert (info / "git_commit.txt").read_text().startswith("commit\t")
+    graph = (info / "rulegraph.dot").read_text()
+    assert graph.startswith("digraph") and 'label = "harmonise"' in graph
+    bench = pd.read_csv(info / "benchmark_summary.tsv", sep="\t").set_index("rule")
+    assert bench.loc["harmonise", "jobs"] == 2 and bench.loc["export", "jobs"] == 2
+    assert {"phenome", "provenance", "hypnogram_examples", "pretrain"} <= set(bench.index)
+
+    # the model stage: every exported recording has a night embedding; the curve exists
+    manifest = pd.read_parquet(tmp / "results" / "tensors" / "manifest.parquet")
+    night = pd.read_parquet(tmp / "results" / "embeddings" / "night.parquet")
+    assert sorted(night["recording_id"]) == sorted(manifest["recording_id"])
+    splits = pd.read_csv(tmp / "results" / "model" / "splits.tsv", sep="\t")
+    assert splits.groupby("subject_id")["split"].nunique().max() == 1
+    curve = pd.read_csv(tmp / "results" / "model" / "training_curve.tsv", sep="\t")
+    assert curve["step"].max() == 2 and (tmp / "results" / "model" / "encoder.pt").exists()
+
+    # a pretrain change re-runs the model chain only
+    changed = yaml.safe_load(cfg_path.read_text())
+    changed["pretrain"]["lr"] = 0.002
+    (tmp / "lr.yaml").write_text(yaml.safe_dump(changed))
+    jobs = _jobs(run_snakemake(tmp, "--configfile", tmp / "lr.yaml", "-n").stdout)
+    assert {"pretrain", "embed", "night_embeddings"} <= set(jobs)
+    assert not {"harmonise", "export", "phenome", "splits"} & set(jobs), jobs
+
+    # a phenome rule change re-runs the phenome and the run's own records, nothing else
+    changed = yaml.safe_load(cfg_path.read_text())  # (cfg itself is changed by other tests)
+    changed["phenome"]["min_cases"] += 1
+    (tmp / "min_cases.yaml").write_text(yaml.safe_dump(changed))
+    jobs = _jobs(run_snakemake(tmp, "--configfile", tmp / "min_cases.yaml", "-n").stdout)
+    atlas = {"atlas_batch", "atlas_table", "atlas_plots"}  # the atlas reads the phenome
+    assert set(jobs) == {"phenome", "provenance", "rulegraph", "benchmark_summary", "all"} | atlas
+
+    report = tmp / "report.html"
+    run_snakemake(tmp, "--configfile", cfg_path, "--report", report)
+    html = report.read_text()
+    for caption in ("../report/recordings_qc.rst", "../report/hypnograms.rst"):
+        first_words = " ".join((ROOT / "workflow" / "rules" / caption).read_text().split()[:5])
+        assert first_words in html, caption
+
+
+@pytest.mark.slow
+def test_harmonised_signals_can_be_temporary(tmp_path):
+    """storage.keep_harmonised: false: results/harmonised/ is gone after the run, the tensors,
+    manifest and QC tables (which read it) are complete."""
+    from psgfm.demo.cohort import generate_demo_cohort
+
+    wf = copy_workflow(tmp_path / "wf")
+    demo_dir = wf / "demo"
+    generate_demo_cohort(str(demo_dir), n_subjects=3, hours=0.1, seed=3)
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["samples"] = str(demo_dir / "recordings.tsv")
+    cfg["demo"].update(out_dir=str(demo_dir), n_subjects=3, hours=0.1, seed=3)
+    cfg["harmonise"].update(batch_size=2, hypnogram_tolerance_s=60)
+    cfg["storage"] = {"keep_harmonised": False}
+    (wf / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run_snakemake(wf, "--configfile", wf / "c.yaml", "--cores", "2", "results/qc/recordings_qc.tsv")
+    assert not (wf / "results" / "harmonised" / "b0000").exists()
+    manifest = pd.read_parquet(wf / "results" / "tensors" / "manifest.parquet")
+    assert len(manifest) >= 1 and all((wf / p).exists() for p in manifest["path"])
+    qc = pd.read_csv(wf / "results" / "qc" / "recordings_qc.tsv", sep="\t")
+    assert len(qc) == 3

@@ -13,6 +13,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from psgfm.config import load_config, load_recordings
     from psgfm.signals.montage import load_rules
 
+    if args.explain:
+        return _explain(args)
     cfg = load_config(args.config)
     sheet = load_recordings(cfg["samples"])
     rules = load_rules(cfg["harmonise"]["channel_rules"])
@@ -21,6 +23,68 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"{len(rules.rules)} channel rules (+{len(rules.vocabulary)} vocabulary labels)"
     )
     return 0
+
+
+EXPLAIN_COLUMNS = [
+    ("#", "source_index"),
+    ("source label", "source_label"),
+    ("Hz", "fs_in"),
+    ("unit", "unit_in"),
+    ("text", "header_encoding"),
+    ("-> canonical", "canonical"),
+    ("modality", "modality"),
+    ("role", "role"),
+    ("rule", "rule"),
+    ("reference", "reference"),
+    ("used", "used"),
+    ("why", "reason"),
+]
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """``psgfm validate --explain EDF``: the mapping of one recording, printed, nothing written."""
+    from pathlib import Path
+
+    from psgfm.config import load_config
+    from psgfm.signals.harmonise import explain_recording
+
+    if Path(args.config).exists():
+        cfg = dict(load_config(args.config)["harmonise"])
+    elif args.rules:
+        cfg = {}
+    else:
+        print(f"error: config {args.config} not found; pass --config or --rules", file=sys.stderr)
+        return 2
+    if args.rules:
+        cfg["channel_rules"] = args.rules
+    status = 0
+    for edf in args.explain:
+        result = explain_recording(edf, cfg, site=args.site)
+        head = f"{edf}: {result['kind'] or 'header not readable'}"
+        if result["duration_s"] is not None:
+            head += f", {result['duration_s']:g} s"
+        print(f"{head}; rules {cfg.get('channel_rules', 'default')}; site {args.site or '-'}")
+        rows = [
+            [
+                "" if r[key] is None else (f"{r[key]:g}" if key == "fs_in" else str(r[key]))
+                for _, key in EXPLAIN_COLUMNS
+            ]
+            for r in result["audit"]
+        ]
+        widths = [
+            max([len(title), *(len(row[i]) for row in rows)])
+            for i, (title, _) in enumerate(EXPLAIN_COLUMNS[:-1])
+        ]
+        for row in [[t for t, _ in EXPLAIN_COLUMNS], *rows]:
+            cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+            print("  ".join([*cells, row[-1]]))
+        if result["status"] == "ok":
+            print("recording: ok")
+        else:
+            print(f"recording: rejected: {result['reason']}")
+            status = 1
+        print()
+    return status
 
 
 def _cmd_harmonise(args: argparse.Namespace) -> int:
@@ -56,13 +120,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from psgfm.config import load_config
+    from psgfm.model.embed import embed_edf
+
+    cfg = load_config(args.config)
+    ckpt = args.checkpoint or cfg["model"]["checkpoint"]
+    if not ckpt and not args.random_init:
+        print(
+            "error: no weights: pass --checkpoint PATH (e.g. results/model/encoder.pt) or set "
+            "model.checkpoint; --random-init embeds with an untrained encoder",
+            file=sys.stderr,
+        )
+        return 2
+    night = embed_edf(
+        args.edf, None if args.random_init else ckpt, args.out, cfg, hypnogram=args.hypnogram
+    )
+    print(f"wrote embeddings of {night['recording_id'].iloc[0]} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="psgfm", description=__doc__)
     p.add_argument("--version", action="version", version=f"psgfm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    v = sub.add_parser("validate", help="check the config, sample sheet and channel rules")
+    v = sub.add_parser(
+        "validate",
+        help="check the config, sample sheet and channel rules; --explain EDF: show the mapping",
+    )
     v.add_argument("--config", default="config/config.yaml")
+    v.add_argument(
+        "--explain",
+        nargs="+",
+        metavar="EDF",
+        help="print what each source channel of these recordings maps to and why (reads the "
+        "samples for the channel checks; writes nothing); exit status 1 if one is rejected",
+    )
+    v.add_argument("--site", help="with --explain: the sample-sheet site (its site rules apply)")
+    v.add_argument("--rules", help="with --explain: a channel rules file instead of the config's")
     v.set_defaults(func=_cmd_validate)
 
     h = sub.add_parser("harmonise", help="harmonise recordings of the sample sheet into a folder")
@@ -77,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.set_defaults(func=_cmd_export)
 
+    em = sub.add_parser("embed", help="harmonise, export and embed one EDF outside the DAG")
+    em.add_argument("edf")
+    em.add_argument("--checkpoint", help="encoder weights (psgfm or SleepFM-Clinical release)")
+    em.add_argument("--random-init", action="store_true", help="untrained encoder (model.seed)")
+    em.add_argument("--hypnogram", help="optional hypnogram (CSV or EDF+)")
+    em.add_argument("--config", default="config/config.yaml")
+    em.add_argument("--out", required=True)
+    em.set_defaults(func=_cmd_embed)
+
     d = sub.add_parser("demo", help="generate the seeded demo cohort")
     d.add_argument("--out", default="resources/demo")
     d.add_argument("--n-subjects", type=int, default=24)
@@ -88,13 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from psgfm.config import ConfigError
+    from psgfm.model.checkpoint import CheckpointError
     from psgfm.signals.montage import RulesError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RulesError) as err:
+    except (ConfigError, RulesError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -1,8 +1,17 @@
 # Shared set-up: config and sample-sheet validation, batches, input functions.
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+PSGFM_SRC = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PSGFM_SRC)
+# Jobs (scripts and shell commands, local or on SLURM, in the pip venv or a conda env of
+# envs/) import psgfm from this checkout.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (PSGFM_SRC, os.environ.get("PYTHONPATH")) if p
+    )
+)
 
 from psgfm.config import batches, load_recordings, validate_config  # noqa: E402
 from snakemake.logging import logger  # noqa: E402
@@ -12,10 +21,26 @@ RESULTS = config["results"]
 RECORDINGS = load_recordings(config["samples"]).set_index("recording_id", drop=False)
 BATCHES = batches(list(RECORDINGS.index), config["harmonise"]["batch_size"])
 DEMO_DIR = config["demo"]["out_dir"] if config["demo"]["enabled"] else None
+# Site values for GPU rules (`resources: **GPU_SITE`), from the `cluster` config block that the
+# site profile cluster/config.yaml sets; empty locally. Per-rule GPU counts, memory and time are
+# in the workflow profile (profiles/default/config.yaml).
+GPU_SITE = {
+    key: value
+    for key, value in (
+        ("slurm_partition", config["cluster"]["gpu_partition"]),
+        ("gpu_model", config["cluster"]["gpu_model"]),
+    )
+    if value
+}
 
 
 wildcard_constraints:
     batch="b[0-9]{4}",
+
+
+def harmonised(path):
+    """The harmonised signals: kept, or temporary with storage.keep_harmonised: false."""
+    return path if config["storage"]["keep_harmonised"] else temp(path)
 
 
 def _is_demo_file(path):
@@ -58,11 +83,39 @@ if _missing:
     )
 
 
+def _made_or_present(paths):
+    """Paths that exist or that a rule makes (demo files, the fetched phecode map)."""
+    made = lambda p: _is_demo_file(p) or p == PHECODE_MAP
+    return [p for p in paths if p and (Path(p).exists() or made(p))]
+
+
+def checksum_files():
+    """What input_checksums hashes, by kind (missing files become rows that say so)."""
+    ehr = [PHENOME["diagnoses"], PHENOME["persons"]]
+    return {
+        "sample_sheet": [config["samples"]],
+        "edf": list(RECORDINGS["edf"]),
+        "hypnogram": [h for h in RECORDINGS["hypnogram"] if h],
+        "ehr": ehr,
+        "map": [
+            PHECODE_MAP,
+            config["harmonise"]["channel_rules"],
+            PHENOME["sleepfm_labels"],
+        ],
+    }
+
+
 def all_targets():
     targets = [
         f"{RESULTS}/tensors/manifest.parquet",
         f"{RESULTS}/qc/recordings_qc.tsv",
         f"{RESULTS}/qc/channel_audit.parquet",
-        f"{RESULTS}/pipeline_info/provenance.json",
     ]
-    return targets + PHENOME_TARGETS
+    return (
+        targets
+        + MODEL_TARGETS
+        + ATLAS_TARGETS
+        + PHENOME_TARGETS
+        + AUDIT_TARGETS
+        + [f"{INFO}/benchmark_summary.tsv"]
+    )

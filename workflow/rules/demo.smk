@@ -14,11 +14,7 @@ if DEMO_DIR is not None:
         benchmark:
             f"{RESULTS}/benchmarks/demo_cohort.tsv"
         conda:
-            "../../envs/psgfm.yaml"
-        threads: 1
-        resources:
-            mem_mb=2000,
-            runtime=30,
+            "../../envs/cpu.yaml"
         params:
             demo=config["demo"],
         script:

@@ -15,11 +15,7 @@ rule phecode_map:
         f"{RESULTS}/benchmarks/phecode_map.tsv"
     retries: 2
     conda:
-        "../../envs/psgfm.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=15,
+        "../../envs/cpu.yaml"
     params:
         map=PHENOME["map"],
         cache_dir="resources/phecode_maps/.wheel",
@@ -55,13 +51,8 @@ rule phenome:
         f"{RESULTS}/logs/phenome.log",
     benchmark:
         f"{RESULTS}/benchmarks/phenome.tsv"
-    retries: 1
     conda:
-        "../../envs/psgfm.yaml"
-    threads: 2
-    resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        "../../envs/cpu.yaml"
     params:
         phenome=PHENOME,
     script:

@@ -5,18 +5,13 @@ rule harmonise:
     input:
         unpack(harmonise_inputs),
     output:
-        directory(f"{RESULTS}/harmonised/{{batch}}"),
+        harmonised(directory(f"{RESULTS}/harmonised/{{batch}}")),
     log:
         f"{RESULTS}/logs/harmonise/{{batch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/harmonise/{{batch}}.tsv"
-    retries: 1
     conda:
-        "../../envs/psgfm.yaml"
-    threads: 1
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        "../../envs/cpu.yaml"
     params:
         harmonise=config["harmonise"],
         recordings=lambda wildcards: batch_rows(wildcards.batch),
@@ -33,13 +28,8 @@ rule export:
         f"{RESULTS}/logs/export/{{batch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/export/{{batch}}.tsv"
-    retries: 1
     conda:
-        "../../envs/psgfm.yaml"
-    threads: 1
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        "../../envs/cpu.yaml"
     params:
         export=config["export"],
     script:
@@ -64,10 +54,6 @@ rule cohort_manifest:
     benchmark:
         f"{RESULTS}/benchmarks/cohort_manifest.tsv"
     conda:
-        "../../envs/psgfm.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
+        "../../envs/cpu.yaml"
     script:
         "../scripts/cohort_manifest.py"

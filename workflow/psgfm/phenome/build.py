@@ -20,18 +20,31 @@ from __future__ import annotations
 
 import glob as globmod
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from psgfm.io import atomic_path, provenance, write_json, write_text
+from psgfm.phenome.engine import (
+    DEFAULT_PARTITION_CELLS,
+    Background,
+    Exclusions,
+    RecordPass,
+    Summary,
+    block_table,
+    block_table_schema,
+    exclusions,
+    label_blocks,
+    prefetch,
+    record_batches,
+    wide_table,
+)
 from psgfm.phenome.maps import (
     exclusion_pairs,
-    normalise_code_expr,
-    normalise_code_system_expr,
     phecode_sort_key,
     phecode_table,
 )
@@ -348,313 +361,7 @@ def prepare_map(map_df: pl.DataFrame, map_name: str) -> PreparedMap:
 
 
 # ---------------------------------------------------------------------------------------------
-# The streaming pass over the diagnoses
-# ---------------------------------------------------------------------------------------------
-
-
-def diagnosis_plans(
-    diagnoses, cohort: pl.DataFrame, pmap: PreparedMap, min_records: int = 2
-) -> dict[str, pl.LazyFrame]:
-    """Lazy plans over the raw diagnoses: record QC, unmapped codes, person x phecode."""
-    lf = scan_table(diagnoses, DIAGNOSES_COLUMNS, "diagnoses")
-    lf = _to_date(lf, "date", "date_parsed")
-    raw_date_null = pl.col("date").is_null()
-    if lf.collect_schema()["date"] == pl.String:
-        raw_date_null = raw_date_null | (pl.col("date").str.strip_chars() == "")
-    persons = cohort.select(
-        pl.col("person_id"),
-        pl.col("person_idx"),
-        pl.col("birth_date").alias("_birth"),
-        pl.col("end_of_followup").alias("_end"),
-    ).lazy()
-    rec = (
-        lf.select(
-            person_id=pl.col("person_id").cast(pl.String).str.strip_chars(),
-            code_raw=pl.col("code").cast(pl.String),
-            code_key=normalise_code_expr(pl.col("code")),
-            code_system=normalise_code_system_expr(pl.col("code_system")),
-            date=pl.col("date_parsed"),
-            raw_null=raw_date_null,
-        )
-        .join(persons, on="person_id", how="left")
-        .with_columns(
-            record_status=pl.when(pl.col("person_idx").is_null())
-            .then(pl.lit("person_not_in_cohort"))
-            .when(pl.col("date").is_null() & pl.col("raw_null"))
-            .then(pl.lit("missing_date"))
-            .when(pl.col("date").is_null())
-            .then(pl.lit("unparseable_date"))
-            .when(pl.col("date") < pl.col("_birth"))
-            .then(pl.lit("before_birth"))
-            .when(pl.col("date") > pl.col("_end"))
-            .then(pl.lit("after_end_of_followup"))
-            .otherwise(pl.lit("used"))
-        )
-    )
-    records = rec.group_by("record_status", "code_system").agg(n_records=pl.len())
-    used = rec.filter(pl.col("record_status") == "used")
-    codes = used.group_by("code_system", "code_key").agg(
-        code_example=pl.col("code_raw").first(),
-        n_records=pl.len(),
-        n_persons=pl.col("person_idx").n_unique(),
-    )
-    mapped = (
-        used.select("person_idx", "code_system", "code_key", "date")
-        .join(pmap.keys.lazy(), on=["code_system", "code_key"], how="inner")
-        .select("person_idx", "phecode_idx", "date")
-    )
-    if min_records <= 2:
-        # only "one distinct date or more than one" matters: min/max stream in O(groups)
-        pp = mapped.group_by("person_idx", "phecode_idx").agg(
-            first_date=pl.col("date").min(),
-            n_dates=pl.when(pl.col("date").min() == pl.col("date").max())
-            .then(pl.lit(1, pl.UInt32))
-            .otherwise(pl.lit(2, pl.UInt32)),
-        )
-    else:
-        pp = mapped.group_by("person_idx", "phecode_idx").agg(
-            first_date=pl.col("date").min(), n_dates=pl.col("date").n_unique().cast(pl.UInt32)
-        )
-    return {"records": records, "codes": codes, "pp": pp}
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels, chunk by chunk of persons
-# ---------------------------------------------------------------------------------------------
-
-
-def label_expr(min_records: int, washout_days: int) -> list[pl.Expr]:
-    sex_mismatch = ((pl.col("phe_sex") == "Female") & (pl.col("sex") == "M")) | (
-        (pl.col("phe_sex") == "Male") & (pl.col("sex") == "F")
-    )
-    has = pl.col("n_dates").is_not_null()
-    prevalent = has & (pl.col("first_date") <= pl.col("psg_date") + pl.duration(days=washout_days))
-    reason = (
-        pl.when(sex_mismatch)
-        .then(pl.lit("sex"))
-        .when(prevalent)
-        .then(pl.lit("prevalent"))
-        .when(has & (pl.col("n_dates") == 1) & (min_records > 1))
-        .then(pl.lit("single_record"))
-        .when(has & (pl.col("n_dates") < min_records))
-        .then(pl.lit("too_few_records"))
-        .when(~has & pl.col("excl").fill_null(False))
-        .then(pl.lit("exclusion_range"))
-    )
-    status = (
-        pl.when(pl.col("reason").is_not_null())
-        .then(pl.lit("excluded"))
-        .when(has)
-        .then(pl.lit("case"))
-        .otherwise(pl.lit("control"))
-    )
-    end_date = (
-        pl.when(pl.col("status") == "case")
-        .then(pl.col("first_date"))
-        .when(pl.col("status") == "control")
-        .then(pl.col("end_of_followup"))
-    )
-    return [
-        reason.alias("reason"),
-        status.alias("status"),
-        end_date.alias("end_date"),
-    ]
-
-
-def _rows_of(df: pl.DataFrame, lo: int, hi: int) -> pl.DataFrame:
-    """Rows of ``df`` (sorted by person_idx) with lo <= person_idx < hi (zero-copy slice)."""
-    idx = df["person_idx"]
-    a = idx.search_sorted(lo, side="left")
-    b = idx.search_sorted(hi, side="left")
-    return df.slice(a, b - a)
-
-
-def label_chunks(
-    cohort: pl.DataFrame,
-    pp: pl.DataFrame,
-    excl: pl.DataFrame,
-    out_phecodes: pl.DataFrame,
-    rules: dict,
-    chunk_persons: int | None = None,
-    chunk_rows: int = 2_000_000,
-) -> Iterator[pl.DataFrame]:
-    """Long labels for consecutive chunks of cohort persons (sorted by person_id, phecode).
-
-    A chunk holds ``chunk_persons`` persons, by default as many as keep it near ``chunk_rows``
-    label rows, so memory stays bounded whatever the cohort and phecode counts."""
-    if chunk_persons is None:
-        chunk_persons = max(1, chunk_rows // max(1, out_phecodes.height))
-    phe = out_phecodes.select("phecode_idx", "phecode", pl.col("sex").alias("phe_sex"))
-    reason, status, end_date = label_expr(int(rules["min_records"]), int(rules["washout_days"]))
-    n = cohort.height
-    for lo in range(0, max(n, 1), chunk_persons):
-        hi = min(n, lo + chunk_persons)
-        people = cohort.slice(lo, hi - lo)
-        if people.is_empty() or phe.is_empty():
-            yield pl.DataFrame(schema=LABEL_SCHEMA)
-            continue
-        pp_c = _rows_of(pp, lo, hi)
-        excl_c = _rows_of(excl, lo, hi)
-        chunk = (
-            people.lazy()
-            .select("person_idx", "person_id", "sex", "psg_date", "end_of_followup", "death")
-            .join(phe.lazy(), how="cross")
-            .join(pp_c.lazy(), on=["person_idx", "phecode_idx"], how="left")
-            .join(
-                excl_c.lazy().with_columns(excl=pl.lit(True)),
-                on=["person_idx", "phecode_idx"],
-                how="left",
-            )
-            .with_columns(reason)
-            .with_columns(status)
-            .with_columns(end_date)
-            .with_columns(
-                event=pl.when(pl.col("status") == "case")
-                .then(1)
-                .when(pl.col("status") == "control")
-                .then(0)
-                .cast(pl.Int8),
-                time_days=(pl.col("end_date") - pl.col("psg_date")).dt.total_days().cast(pl.Int32),
-            )
-            .sort("person_idx", "phecode_idx")
-            .select(list(LABEL_SCHEMA))
-            .collect()
-        )
-        yield chunk
-
-
-class SummaryAccumulator:
-    """Per-phecode counts and the median follow-up, accumulated over label chunks."""
-
-    def __init__(self):
-        self.counts: list[pl.DataFrame] = []
-        self.times: pl.DataFrame | None = None
-
-    def add(self, labels: pl.DataFrame) -> None:
-        self.counts.append(labels.group_by("phecode", "status", "reason").agg(n=pl.len()))
-        t = (
-            labels.filter(pl.col("status") != "excluded")
-            .group_by("phecode", "time_days")
-            .agg(n=pl.len())
-        )
-        if self.times is None:
-            self.times = t
-        else:
-            self.times = (
-                pl.concat([self.times, t]).group_by("phecode", "time_days").agg(pl.col("n").sum())
-            )
-
-    def finish(self, out_phecodes: pl.DataFrame, min_cases: int) -> pl.DataFrame:
-        counts = (
-            pl.concat(self.counts)
-            if self.counts
-            else pl.DataFrame(
-                schema={
-                    "phecode": pl.String,
-                    "status": pl.String,
-                    "reason": pl.String,
-                    "n": pl.UInt32,
-                }
-            )
-        )
-        counts = counts.group_by("phecode", "status", "reason").agg(pl.col("n").sum())
-        key = (
-            pl.when(pl.col("status") == "excluded")
-            .then(pl.format("n_excluded_{}", pl.col("reason")))
-            .otherwise(pl.format("n_{}", pl.col("status")))
-        )
-        counts = counts.with_columns(key=key)
-        cols = ["n_case", "n_control"] + [f"n_excluded_{r}" for r in EXCLUSION_REASONS]
-        summary = out_phecodes.select(
-            "phecode",
-            pl.col("phecode_string"),
-            pl.col("phecode_category").alias("category"),
-            "sex",
-        )
-        for col in cols:
-            summary = summary.join(
-                counts.filter(pl.col("key") == col).select("phecode", pl.col("n").alias(col)),
-                on="phecode",
-                how="left",
-            )
-        summary = summary.with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in cols)
-        summary = summary.with_columns(
-            n_excluded=pl.sum_horizontal([pl.col(f"n_excluded_{r}") for r in EXCLUSION_REASONS])
-        )
-        med = _median_from_counts(self.times)
-        summary = summary.join(med, on="phecode", how="left").with_columns(
-            fit=pl.col("n_case") >= min_cases
-        )
-        return summary.select(
-            "phecode",
-            "phecode_string",
-            "category",
-            "sex",
-            "n_case",
-            "n_control",
-            "n_excluded",
-            *[f"n_excluded_{r}" for r in EXCLUSION_REASONS],
-            "median_followup_days",
-            "fit",
-        )
-
-
-def _median_from_counts(times: pl.DataFrame | None) -> pl.DataFrame:
-    """Median of time_days per phecode from (phecode, time_days, n) counts (exact)."""
-    if times is None or times.is_empty():
-        return pl.DataFrame(schema={"phecode": pl.String, "median_followup_days": pl.Float64})
-    t = (
-        times.sort("phecode", "time_days")
-        .with_columns(
-            cum=pl.col("n").cum_sum().over("phecode"), total=pl.col("n").sum().over("phecode")
-        )
-        .with_columns(lo_rank=(pl.col("total") + 1) // 2, hi_rank=pl.col("total") // 2 + 1)
-    )
-    lo = (
-        t.filter(pl.col("cum") >= pl.col("lo_rank"))
-        .group_by("phecode")
-        .agg(lo=pl.col("time_days").first())
-    )
-    hi = (
-        t.filter(pl.col("cum") >= pl.col("hi_rank"))
-        .group_by("phecode")
-        .agg(hi=pl.col("time_days").first())
-    )
-    return lo.join(hi, on="phecode").select(
-        "phecode",
-        median_followup_days=(pl.col("lo").cast(pl.Float64) + pl.col("hi").cast(pl.Float64)) / 2,
-    )
-
-
-def wide_chunk(labels: pl.DataFrame, phecodes: list[str], value: str) -> pl.DataFrame:
-    """Long labels of some persons -> one row per person, one column per phecode.
-
-    Label chunks hold every phecode of every person, in ``phecodes`` order, so the column is
-    reshaped (numpy) rather than pivoted; any other layout falls back to a pivot."""
-    dtype = LABEL_SCHEMA[value]
-    n_phe = len(phecodes)
-    if labels.is_empty() or n_phe == 0:
-        return pl.DataFrame(schema={"person_id": pl.String, **dict.fromkeys(phecodes, dtype)})
-    n = labels.height // n_phe
-    regular = (
-        labels.height == n * n_phe
-        and labels["phecode"].head(n_phe).to_list() == phecodes
-        and labels["person_id"].n_unique() == n
-    )
-    if not regular:
-        wide = labels.pivot(
-            on="phecode", index="person_id", values=value, on_columns=phecodes, maintain_order=True
-        )
-        return wide.select("person_id", *phecodes)
-    vals = labels[value].cast(pl.Float64).fill_null(float("nan")).to_numpy().reshape(n, n_phe)
-    wide = pl.from_numpy(vals, schema=phecodes, orient="row").with_columns(
-        pl.all().fill_nan(None).cast(dtype)
-    )
-    return wide.insert_column(0, labels["person_id"].gather_every(n_phe))
-
-
-# ---------------------------------------------------------------------------------------------
-# Orchestration
+# The pass over the diagnoses and the labels (numpy engine: psgfm.phenome.engine)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -668,27 +375,55 @@ def _rules(rules: dict | None) -> dict:
 class Prepared:
     cohort: pl.DataFrame
     dropped: pl.DataFrame
-    pp: pl.DataFrame
-    excl: pl.DataFrame
     out_phecodes: pl.DataFrame
     records: pl.DataFrame
     unmapped: pl.DataFrame
     pmap: PreparedMap
     subset_missing: list[str]
+    rp: RecordPass
+    excl: Exclusions
 
 
-def prepare(diagnoses, persons, sheet, map_df: pl.DataFrame, rules: dict) -> Prepared:
+def _map_keys(pmap: PreparedMap) -> pl.DataFrame:
+    """(input code system, dotless code) -> phecode indices (a code counts toward each)."""
+    return pmap.keys.group_by("code_system", "code_key").agg(
+        phecodes=pl.col("phecode_idx").cast(pl.Int32)
+    )
+
+
+def prepare(
+    diagnoses,
+    persons,
+    sheet,
+    map_df: pl.DataFrame,
+    rules: dict,
+    partition_cells: int = DEFAULT_PARTITION_CELLS,
+    spill_dir: str | None = None,
+) -> Prepared:
+    """Validate the inputs, build the cohort and run the pass over the diagnoses."""
     persons_df = read_persons(persons)
     sheet_df = read_sheet(sheet)
     cohort, dropped = build_cohort(persons_df, sheet_df)
     pmap = prepare_map(map_df, rules["map_name"])
-    plans = diagnosis_plans(diagnoses, cohort, pmap, int(rules["min_records"]))
-    records, codes, pp = pl.collect_all(
-        [plans["records"], plans["codes"], plans["pp"]], engine="streaming"
+    lf = scan_table(diagnoses, DIAGNOSES_COLUMNS, "diagnoses")  # checks files and columns
+    files = _expand(diagnoses) if isinstance(diagnoses, str | os.PathLike | list | tuple) else None
+    rp = RecordPass(
+        cohort,
+        _map_keys(pmap),
+        pmap.phecodes.height,
+        int(rules["min_records"]),
+        partition_cells=partition_cells,
+        spill_dir=spill_dir,
     )
-    pp = pp.sort("person_idx", "phecode_idx")
-    observed = pp.select("phecode_idx").unique()
-    out_phecodes = pmap.phecodes.join(observed, on="phecode_idx", how="semi")
+    try:
+        for batch in prefetch(record_batches(diagnoses, files, lf)):
+            rp.add(batch)
+    except Exception:
+        rp.close()
+        raise
+    codes = rp.code_counts()
+    observed = pl.Series("phecode_idx", np.flatnonzero(rp.observed), pl.UInt32)
+    out_phecodes = pmap.phecodes.filter(pl.col("phecode_idx").is_in(observed.implode()))
     subset_missing: list[str] = []
     if rules.get("subset") is not None:
         subset = [str(s) for s in rules["subset"]]
@@ -696,32 +431,69 @@ def prepare(diagnoses, persons, sheet, map_df: pl.DataFrame, rules: dict) -> Pre
         subset_missing = [s for s in subset if s not in known]
         out_phecodes = out_phecodes.filter(pl.col("phecode").is_in(subset))
     out_phecodes = out_phecodes.sort("phecode_idx")
-    pairs = pmap.pairs.join(out_phecodes.select("phecode_idx"), on="phecode_idx", how="semi")
-    excl = (
-        pp.lazy()
-        .select("person_idx", pl.col("phecode_idx").alias("excluded_by_idx"))
-        .join(pairs.lazy(), on="excluded_by_idx", how="inner")
-        .select("person_idx", "phecode_idx")
-        .unique()
-        .collect(engine="streaming")
-        .sort("person_idx", "phecode_idx")
-    )
-    mapped_keys = pmap.keys.select("code_system", "code_key").unique()
     unmapped = (
-        codes.join(mapped_keys, on=["code_system", "code_key"], how="anti")
+        codes.filter(~pl.col("mapped"))
         .select(
             "code_system",
             pl.col("code_key").alias("code"),
             "code_example",
-            pl.col("n_records").cast(pl.Int64),
-            pl.col("n_persons").cast(pl.Int64),
+            "n_records",
+            "n_persons",
         )
         .sort(["n_records", "code_system", "code"], descending=[True, False, False])
     )
-    mapped_n = codes.join(mapped_keys, on=["code_system", "code_key"], how="semi")
-    records = _record_table(records, mapped_n, unmapped)
+    records = _record_table(rp.record_counts(), codes.filter(pl.col("mapped")), unmapped)
+    out_idx = out_phecodes["phecode_idx"].to_numpy().astype(np.int64)
+    excl = exclusions(pmap.pairs, out_idx, pmap.phecodes.height)
     return Prepared(
-        cohort, dropped, pp, excl, out_phecodes, records, unmapped, pmap, subset_missing
+        cohort, dropped, out_phecodes, records, unmapped, pmap, subset_missing, rp, excl
+    )
+
+
+def _blocks(prep: Prepared, rules: dict, block_persons: int | None = None):
+    out_idx = prep.out_phecodes["phecode_idx"].to_numpy().astype(np.int64)
+    return label_blocks(
+        prep.rp,
+        prep.cohort,
+        out_idx,
+        prep.out_phecodes["sex"].to_numpy(),
+        prep.excl,
+        int(rules["washout_days"]),
+        block_persons,
+    )
+
+
+def _summary(prep: Prepared, acc: Summary, min_cases: int) -> pl.DataFrame:
+    counts = acc.counts
+    cols = {"n_case": counts[:, 0], "n_control": counts[:, 1]}
+    excl = {f"n_excluded_{r}": counts[:, 2 + i] for i, r in enumerate(EXCLUSION_REASONS)}
+    med = acc.medians()
+    table = prep.out_phecodes.select(
+        "phecode",
+        "phecode_string",
+        pl.col("phecode_category").alias("category"),
+        "sex",
+    ).with_columns(
+        pl.Series("n_case", cols["n_case"], pl.Int64),
+        pl.Series("n_control", cols["n_control"], pl.Int64),
+        pl.Series("n_excluded", sum(excl.values()) if excl else 0, pl.Int64),
+        *[pl.Series(k, v, pl.Int64) for k, v in excl.items()],
+        pl.Series("median_followup_days", med, pl.Float64).fill_nan(None),
+    )
+    return table.with_columns(fit=pl.col("n_case") >= min_cases)
+
+
+def _max_followup(cohort: pl.DataFrame) -> int:
+    if cohort.is_empty():
+        return 0
+    return int((cohort["end_of_followup"] - cohort["psg_date"]).dt.total_days().max())
+
+
+def _to_polars(table: pa.Table) -> pl.DataFrame:
+    """Arrow label table -> polars with plain String columns (LABEL_SCHEMA)."""
+    df = pl.from_arrow(table)
+    return df.with_columns(
+        pl.col(c).cast(pl.String) for c in ("person_id", "phecode", "status", "reason")
     )
 
 
@@ -748,33 +520,41 @@ def _record_table(
 
 
 def build_phenome(
-    diagnoses, persons, sheet, map_df: pl.DataFrame, rules: dict | None = None
+    diagnoses,
+    persons,
+    sheet,
+    map_df: pl.DataFrame,
+    rules: dict | None = None,
+    partition_cells: int = DEFAULT_PARTITION_CELLS,
+    block_persons: int | None = None,
 ) -> dict:
     """Everything in memory (tests, small cohorts). Keys: labels, summary, is_event,
     time_to_event, unmapped, records, dropped, subset_missing."""
     rules = _rules(rules)
-    prep = prepare(diagnoses, persons, sheet, map_df, rules)
-    acc = SummaryAccumulator()
-    chunks = []
-    for chunk in label_chunks(prep.cohort, prep.pp, prep.excl, prep.out_phecodes, rules):
-        acc.add(chunk)
-        chunks.append(chunk)
-    labels = pl.concat(chunks) if chunks else pl.DataFrame(schema=LABEL_SCHEMA)
+    prep = prepare(diagnoses, persons, sheet, map_df, rules, partition_cells)
     phecodes = prep.out_phecodes["phecode"].to_list()
+    names = pa.array(phecodes, pa.string())
+    acc = Summary(len(phecodes), _max_followup(prep.cohort))
+    long, event, time = [], [], []
+    try:
+        for block in _blocks(prep, rules, block_persons):
+            acc.add(block)
+            long.append(_to_polars(block_table(block, names)))
+            event.append(pl.from_arrow(wide_table(block, phecodes, "event")))
+            time.append(pl.from_arrow(wide_table(block, phecodes, "time_days")))
+    finally:
+        prep.rp.close()
+    empty_wide = {"person_id": pl.String}
     return {
-        "labels": labels,
-        "summary": acc.finish(prep.out_phecodes, int(rules["min_cases"])),
-        "is_event": wide_chunk(labels, phecodes, "event"),
-        "time_to_event": wide_chunk(labels, phecodes, "time_days"),
+        "labels": pl.concat(long) if long else pl.DataFrame(schema=LABEL_SCHEMA),
+        "summary": _summary(prep, acc, int(rules["min_cases"])),
+        "is_event": pl.concat(event) if event else pl.DataFrame(schema=empty_wide),
+        "time_to_event": pl.concat(time) if time else pl.DataFrame(schema=empty_wide),
         "unmapped": prep.unmapped,
         "records": prep.records,
         "dropped": prep.dropped,
         "subset_missing": prep.subset_missing,
     }
-
-
-def _append_csv(df: pl.DataFrame, fh, header: bool) -> None:
-    fh.write(df.write_csv(include_header=header, null_value="").encode())
 
 
 def run_phenome(
@@ -786,11 +566,14 @@ def run_phenome(
     config: dict,
     map_provenance: dict | None = None,
     chunk_persons: int | None = None,
+    partition_cells: int = DEFAULT_PARTITION_CELLS,
 ) -> dict:
     """Build the phenome and write every output atomically; return the provenance dict.
 
     ``out`` keys: labels, summary, summary_tsv, is_event, time_to_event, unmapped, dropped,
-    records, provenance (paths). ``config`` is the ``phenome`` config block.
+    records, provenance (paths). ``config`` is the ``phenome`` config block. Intermediate
+    partition files (cohorts larger than ``partition_cells`` person x phecode cells) go to a
+    temporary folder beside the labels output.
     """
     from psgfm.phenome.maps import load_map, load_sleepfm_subset
 
@@ -812,35 +595,58 @@ def run_phenome(
         subset_csv = config.get("sleepfm_labels", "resources/sleepfm_label_mapping.csv")
         rules["subset"] = load_sleepfm_subset(subset_csv)["phecode"].to_list()
     map_df = load_map(map_csv, map_name)
-    prep = prepare(diagnoses, persons, sheet, map_df, rules)
+    Path(out["labels"]).parent.mkdir(parents=True, exist_ok=True)
+    prep = prepare(
+        diagnoses,
+        persons,
+        sheet,
+        map_df,
+        rules,
+        partition_cells,
+        spill_dir=str(Path(out["labels"]).parent),
+    )
     phecodes = prep.out_phecodes["phecode"].to_list()
-    acc = SummaryAccumulator()
+    names = pa.array(phecodes, pa.string())
+    acc = Summary(len(phecodes), _max_followup(prep.cohort))
     n_labels = 0
-    with (
-        atomic_path(out["labels"]) as t_labels,
-        atomic_path(out["is_event"]) as t_event,
-        atomic_path(out["time_to_event"]) as t_time,
-    ):
-        writer = None
-        with open(t_event, "wb") as f_event, open(t_time, "wb") as f_time:
-            for i, chunk in enumerate(
-                label_chunks(
-                    prep.cohort, prep.pp, prep.excl, prep.out_phecodes, rules, chunk_persons
-                )
+    try:
+        with (
+            atomic_path(out["labels"]) as t_labels,
+            atomic_path(out["is_event"]) as t_event,
+            atomic_path(out["time_to_event"]) as t_time,
+        ):
+            schema = block_table_schema()
+            with (
+                pq.ParquetWriter(t_labels, schema, compression="zstd", store_schema=False) as pw,
+                open(t_event, "wb") as f_event,
+                open(t_time, "wb") as f_time,
             ):
-                acc.add(chunk)
-                n_labels += chunk.height
-                table = chunk.to_arrow()
-                if writer is None:
-                    writer = pq.ParquetWriter(t_labels, table.schema, compression="zstd")
-                writer.write_table(table)
-                _append_csv(wide_chunk(chunk, phecodes, "event"), f_event, i == 0)
-                _append_csv(wide_chunk(chunk, phecodes, "time_days"), f_time, i == 0)
-        if writer is None:
-            pq.write_table(pl.DataFrame(schema=LABEL_SCHEMA).to_arrow(), t_labels)
-        else:
-            writer.close()
-    summary = acc.finish(prep.out_phecodes, int(rules["min_cases"]))
+
+                def write_wide(item):
+                    fh, table, header = item
+                    pl.from_arrow(table).write_csv(fh, include_header=header, null_value="")
+
+                # the Parquet writer and the CSV writers run beside the label computation
+                parquet, csv = Background(pw.write_table), Background(write_wide)
+                try:
+                    header = True
+                    for block in _blocks(prep, rules, chunk_persons):
+                        acc.add(block)
+                        table = block_table(block, names)
+                        n_labels += table.num_rows
+                        parquet.put(table)
+                        for fh, value in ((f_event, "event"), (f_time, "time_days")):
+                            csv.put((fh, wide_table(block, phecodes, value), header))
+                        header = False
+                finally:
+                    parquet.close()
+                    csv.close()
+                if header:  # no person at all: header-only wide files
+                    for fh in (f_event, f_time):
+                        fh.write((",".join(["person_id", *phecodes]) + "\n").encode())
+    finally:
+        prep.rp.close()
+    summary = _summary(prep, acc, int(rules["min_cases"]))
     with atomic_path(out["summary"]) as tmp:
         summary.write_parquet(tmp)
     with atomic_path(out["summary_tsv"]) as tmp:
@@ -874,6 +680,7 @@ def run_phenome(
         "unmapped_codes": prep.unmapped.height,
         "unmapped_records": int(prep.unmapped["n_records"].sum()),
         "subset_phecodes_not_in_map": prep.subset_missing,
+        "person_partitions": len(prep.rp.partitions),
     }
     write_json(prov, out["provenance"])
     return prov

@@ -6,6 +6,10 @@ clipping checks), samples per record (native rates) and a size check that tells 
 file from a good one before any sample is read. Patient and recording identification fields
 are skipped, never returned, so they cannot leak into outputs.
 
+EDF requires ASCII header text, but some systems write UTF-8 (``Impédance``, ``°``) and older
+ones Latin-1 (``µV``). Each label and physical dimension is decoded as ASCII, then UTF-8, then
+Latin-1 (which decodes any byte); :attr:`SignalHeader.encoding` records which one was used.
+
 :func:`read_samples` reads chosen channels of a contiguous file (EDF, EDF+C, BDF) straight
 from the memory-mapped data records into float32 physical values, with the same linear
 calibration as MNE (``phys = (dig - dig_min) * (phys_max - phys_min) / (dig_max - dig_min) +
@@ -15,6 +19,7 @@ sample for sample. Discontinuous EDF+D files are left to MNE.
 
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +27,47 @@ from pathlib import Path
 import numpy as np
 
 ANNOTATION_LABELS = {"edf annotations", "bdf annotations"}
+EDF_VERSION = b"0       "
+BDF_VERSION = b"\xffBIOSEMI"
 
 
 class EDFError(ValueError):
-    """An EDF file that cannot be used; the message names the file and the fix."""
+    """An EDF file that cannot be used; the message names the file and the fix.
+
+    ``header`` is the parsed header when the signal headers could be read (a truncated file:
+    its channels are known although its samples are not all there), else None.
+    """
+
+    def __init__(self, message: str, header: EDFHeader | None = None):
+        super().__init__(message)
+        self.header = header
+
+
+ENCODINGS = ("ascii", "utf-8", "latin-1")
+"""Header text is decoded with the first of these that accepts the bytes."""
+
+
+def decode_text(raw: bytes) -> tuple[str, str]:
+    """(text, encoding) of a header text field: ASCII, else UTF-8, else Latin-1.
+
+    A UTF-8 character cut in two by the fixed field width (16 bytes for a label) still counts
+    as UTF-8: the incomplete last character is dropped.
+    """
+    try:
+        return raw.decode("ascii").strip(), "ascii"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("utf-8").strip(), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
+        if len(raw) - len(text.encode("utf-8")) < 4:  # only an incomplete last character left
+            return text.strip(), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    return raw.decode("latin-1").strip(), "latin-1"
 
 
 @dataclass
@@ -39,6 +81,9 @@ class SignalHeader:
     digital_max: int
     samples_per_record: int
     sfreq: float
+    encoding: str = "ascii"  # of the label and physical dimension: ascii, utf-8 or latin-1
+    mne_label: str = ""  # the label as MNE decodes it (Latin-1), to ask MNE for this channel
+    mne_dimension: str = ""  # the physical dimension as MNE decodes it (decides MNE's gain)
 
     @property
     def is_annotation(self) -> bool:
@@ -70,15 +115,8 @@ class EDFHeader:
         return [s for s in self.signals if not s.is_annotation]
 
 
-def _field(raw: bytes, path: str, what: str) -> str:
-    try:
-        return raw.decode("latin-1").strip()
-    except UnicodeDecodeError as err:  # pragma: no cover - latin-1 decodes every byte
-        raise EDFError(f"{path}: unreadable header field {what}") from err
-
-
 def _number(raw: bytes, path: str, what: str, kind=float):
-    text = _field(raw, path, what)
+    text = raw.decode("latin-1").strip()
     try:
         return kind(float(text)) if kind is int else kind(text)
     except ValueError:
@@ -87,6 +125,14 @@ def _number(raw: bytes, path: str, what: str, kind=float):
             "EDF/BDF (corrupt header, or not an EDF file at all). Re-export it from the "
             "acquisition software."
         ) from None
+
+
+def _looks_like(head: bytes) -> str:
+    """A hint at what a non-EDF file is, from its first bytes."""
+    text, encoding = decode_text(head)
+    if encoding != "latin-1" and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return " (a text file)"
+    return ""
 
 
 def read_header(path: str | os.PathLike) -> EDFHeader:
@@ -100,23 +146,24 @@ def read_header(path: str | os.PathLike) -> EDFHeader:
     size = p.stat().st_size
     with open(p, "rb") as fh:
         fixed = fh.read(256)
+        if not fixed:
+            raise EDFError(f"{path}: the file is empty (0 bytes); copy or export it again.")
+        version = fixed[:8]
+        if not (EDF_VERSION.startswith(version) or BDF_VERSION.startswith(version)):
+            raise EDFError(
+                f"{path}: not an EDF/BDF file: it starts with {fixed[:16]!r}{_looks_like(fixed)}, "
+                f"not with the EDF version field {EDF_VERSION!r} (or BDF's {BDF_VERSION!r}). "
+                "The sample sheet must point at EDF, EDF+ or BDF recordings; export the "
+                "recording as EDF from the acquisition software."
+            )
         if len(fixed) < 256:
             raise EDFError(
                 f"{path}: only {len(fixed)} bytes, shorter than an EDF header (256 bytes); "
-                "the file is empty or truncated."
+                "the file starts like an EDF but is truncated. Copy or export it again."
             )
-        version = fixed[:8]
-        if version == b"0       ":
-            bytes_per_sample = 2
-        elif version[:1] == b"\xff" and version[1:8] == b"BIOSEMI":
-            bytes_per_sample = 3
-        else:
-            raise EDFError(
-                f"{path}: not an EDF/BDF file (version field {version!r}); the sample sheet "
-                "must point at EDF, EDF+ or BDF recordings."
-            )
+        bytes_per_sample = 2 if version == EDF_VERSION else 3
         header_bytes = _number(fixed[184:192], path, "number of header bytes", int)
-        reserved = _field(fixed[192:236], path, "reserved")
+        reserved = fixed[192:236].decode("latin-1").strip()
         n_records = _number(fixed[236:244], path, "number of data records", int)
         record_duration = _number(fixed[244:252], path, "duration of a data record")
         ns = _number(fixed[252:256], path, "number of signals", int)
@@ -152,30 +199,27 @@ def read_header(path: str | os.PathLike) -> EDFHeader:
     signals = []
     for i in range(ns):
         n = _number(nsamp[i], path, f"samples per record of signal {i + 1}", int)
+        label, label_enc = decode_text(labels[i])
+        dim, dim_enc = decode_text(dims[i])
         sig = SignalHeader(
             index=i,
-            label=_field(labels[i], path, "label"),
-            physical_dimension=_field(dims[i], path, "physical dimension"),
+            label=label,
+            physical_dimension=dim,
             physical_min=_number(pmin[i], path, f"physical minimum of signal {i + 1}"),
             physical_max=_number(pmax[i], path, f"physical maximum of signal {i + 1}"),
             digital_min=_number(dmin[i], path, f"digital minimum of signal {i + 1}", int),
             digital_max=_number(dmax[i], path, f"digital maximum of signal {i + 1}", int),
             samples_per_record=n,
             sfreq=n / record_duration if record_duration > 0 else 0.0,
+            encoding=max(label_enc, dim_enc, key=ENCODINGS.index),
+            mne_label=labels[i].strip().decode("latin-1"),  # exactly as MNE reads it
+            mne_dimension=dims[i].strip().decode("latin-1"),
         )
         signals.append(sig)
 
     record_bytes = sum(s.samples_per_record for s in signals) * bytes_per_sample
     data_bytes = size - header_bytes
     available = data_bytes // record_bytes if record_bytes else 0
-    if n_records == -1:
-        n_records = available
-    elif available < n_records:
-        raise EDFError(
-            f"{path}: truncated: the header declares {n_records} data records "
-            f"({n_records * record_bytes + header_bytes} bytes) but the file has {size} bytes "
-            f"({available} complete records). The copy was cut short; copy or export it again."
-        )
     if bytes_per_sample == 3:
         kind = "BDF"
     elif reserved.startswith("EDF+D"):
@@ -184,13 +228,23 @@ def read_header(path: str | os.PathLike) -> EDFHeader:
         kind = "EDF+C"
     else:
         kind = "EDF"
-    return EDFHeader(
+    header = EDFHeader(
         path=path,
         kind=kind,
         n_records=n_records,
         record_duration=record_duration,
         signals=signals,
     )
+    if n_records == -1:
+        header.n_records = available
+    elif available < n_records:
+        raise EDFError(
+            f"{path}: truncated: the header declares {n_records} data records "
+            f"({n_records * record_bytes + header_bytes} bytes) but the file has {size} bytes "
+            f"({available} complete records). The copy was cut short; copy or export it again.",
+            header,
+        )
+    return header
 
 
 class SampleReader:

@@ -3,8 +3,10 @@
 Layout of ``{id}.arrow`` (format ``psgfm.tensors/1``, documented in docs/output.md): one
 row per chunk of ``chunk_seconds`` (default 5 min); per present modality a column of
 pyarrow fixed-shape tensors of shape (channels, patches, patch_samples) = (C, 60, 640) at
-128 Hz; ``patch_mask`` marks patches that hold real samples (the last chunk is zero
-padded); ``stages`` holds the stage codes of the chunk's 30-s epochs (-1 = unscored).
+128 Hz; ``patch_mask`` marks real patches: a patch is real when at least half of its samples
+are recorded data (the rest of the last chunk is zero padded); ``stages`` holds the stage
+codes of the chunk's 30-s epochs (-1 = unscored). A trailing partial chunk is kept when it
+holds at least ``min_last_chunk_seconds`` of data and at least one real patch.
 """
 
 from __future__ import annotations
@@ -36,17 +38,21 @@ DEFAULTS = {
 }
 ROWS_PER_BATCH = 12  # one hour of 5-min chunks per record batch keeps memory flat
 
-MANIFEST_COLUMNS = [
-    "recording_id",
-    "path",
-    "n_chunks",
-    "fs",
-    "modalities",
-    *[f"n_{m}" for m in MODALITIES],
-    "has_stages",
-    "bytes",
-    "sha256",
-]
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("path", pa.string()),
+        ("n_chunks", pa.int64()),
+        ("fs", pa.float64()),
+        ("modalities", pa.string()),
+        *[(f"n_{m}", pa.int64()) for m in MODALITIES],
+        ("has_stages", pa.bool_()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
+FAILURES_SCHEMA = pa.schema([("recording_id", pa.string()), ("reason", pa.string())])
 
 
 def _tensor_array(tensor: np.ndarray) -> pa.ExtensionArray:
@@ -54,13 +60,30 @@ def _tensor_array(tensor: np.ndarray) -> pa.ExtensionArray:
     return pa.FixedShapeTensorArray.from_numpy_ndarray(tensor)
 
 
+def is_real_patch(data_samples, patch_samples: int):
+    """The patch rule: a patch is real when at least half of its samples are recorded data."""
+    return 2 * np.asarray(data_samples) >= patch_samples
+
+
 def chunk_layout(n_samples: int, fs: float, cfg: dict) -> tuple[int, int, int, int]:
-    """(n_chunks, chunk_samples, patch_samples, patches_per_chunk) for a recording."""
+    """(n_chunks, chunk_samples, patch_samples, patches_per_chunk) for a recording.
+
+    A trailing partial chunk is kept when it holds at least ``min_last_chunk_seconds`` of data
+    and at least one real patch (:func:`is_real_patch`), so no chunk has an all-False mask.
+    """
     chunk = int(round(cfg["chunk_seconds"] * fs))
     patch = int(round(cfg["patch_seconds"] * fs))
     n_full, rest = divmod(n_samples, chunk)
-    n_chunks = n_full + (1 if rest >= cfg["min_last_chunk_seconds"] * fs and rest > 0 else 0)
-    return n_chunks, chunk, patch, chunk // patch
+    keep_last = (
+        rest > 0 and rest >= cfg["min_last_chunk_seconds"] * fs and is_real_patch(rest, patch)
+    )
+    return n_full + int(keep_last), chunk, patch, chunk // patch
+
+
+def patch_mask(n_rows: int, valid: int, chunk: int, patch: int) -> np.ndarray:
+    """(n_rows, patches) mask of real patches of ``n_rows`` chunks holding ``valid`` samples."""
+    starts = np.arange(n_rows)[:, None] * chunk + np.arange(chunk // patch) * patch
+    return is_real_patch(np.clip(valid - starts, 0, patch), patch)
 
 
 def export_recording(
@@ -75,8 +98,10 @@ def export_recording(
     n_chunks, chunk, patch, n_patches = chunk_layout(n, fs, cfg)
     if n_chunks == 0:
         raise ValueError(
-            f"{rid}: recording of {n / fs:.0f} s is shorter than one chunk "
-            f"({cfg['chunk_seconds']} s, or min_last_chunk_seconds {cfg['min_last_chunk_seconds']})"
+            f"{rid}: recording of {n / fs:.1f} s is shorter than one chunk "
+            f"({cfg['chunk_seconds']} s, or min_last_chunk_seconds "
+            f"{cfg['min_last_chunk_seconds']} s and half a {cfg['patch_seconds']}-s patch); "
+            "lower export.min_last_chunk_seconds to keep it"
         )
     dtype = np.dtype(cfg["dtype"])
     epochs_per_chunk = cfg["chunk_seconds"] // cfg["epoch_seconds"]
@@ -131,14 +156,11 @@ def export_recording(
                 s0, s1 = b0 * chunk, min(b1 * chunk, n)
                 valid = s1 - s0
                 idx = np.arange(b0, b1, dtype=np.int32)
-                patch_ends = (np.arange(b1 - b0)[:, None] * chunk) + (
-                    np.arange(1, n_patches + 1) * patch
-                )
                 arrays = [
                     pa.array(idx),
                     pa.array(idx * float(cfg["chunk_seconds"])),
                     pa.FixedSizeListArray.from_arrays(
-                        pa.array((patch_ends <= valid).ravel()), n_patches
+                        pa.array(patch_mask(b1 - b0, valid, chunk, patch).ravel()), n_patches
                     ),
                     pa.FixedSizeListArray.from_arrays(
                         pa.array(codes[b0:b1].ravel()), epochs_per_chunk
@@ -196,35 +218,41 @@ def export_batch(harmonised_dir: str | Path, out_dir: str | Path, cfg: dict) -> 
         except Exception as err:  # recorded, never fatal for the batch
             log.error("export of %s failed: %s", rid, err)
             failures.append({"recording_id": rid, "reason": f"export failed: {err}"})
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    # typed tables: an empty batch has the same column types as a full one
+    manifest = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     write_parquet(
-        pa.Table.from_pandas(
-            pd.DataFrame(failures, columns=["recording_id", "reason"]), preserve_index=False
-        ),
-        out_dir / "failures.parquet",
+        pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), out_dir / "failures.parquet"
     )
     write_json(provenance("export", cfg), out_dir / "provenance.json")
-    write_parquet(
-        pa.Table.from_pandas(manifest, preserve_index=False), out_dir / "manifest.parquet"
-    )
-    return manifest
+    write_parquet(manifest, out_dir / "manifest.parquet")
+    return manifest.to_pandas()
+
+
+def _concat(paths: list[Path], schema: pa.Schema | None = None) -> pd.DataFrame:
+    """Parquet files -> one DataFrame, concatenated as Arrow tables.
+
+    pandas' concat of empty or all-NA frames (a batch whose recordings all failed) is
+    deprecated and warns; Arrow promotes a column that is null in one batch to the type of the
+    others instead.
+    """
+    tables = [pq.read_table(p) for p in paths]
+    if not tables:
+        return (schema.empty_table() if schema is not None else pa.table({})).to_pandas()
+    table = pa.concat_tables(tables, promote_options="default")
+    return table.to_pandas()
 
 
 def cohort_tables(harmonised_dirs: list[str], tensor_dirs: list[str]) -> dict[str, pd.DataFrame]:
     """Merge per-batch QC, audits and manifests into cohort-level tables."""
-    qc = pd.concat(
-        [pd.read_parquet(Path(d) / "qc.parquet") for d in harmonised_dirs], ignore_index=True
+    from psgfm.signals.harmonise import AUDIT_SCHEMA
+
+    qc = _concat([Path(d) / "qc.parquet" for d in harmonised_dirs])
+    audit = _concat(
+        [p for d in harmonised_dirs for p in sorted(Path(d).glob("*.audit.parquet"))],
+        AUDIT_SCHEMA,
     )
-    audits = [
-        pd.read_parquet(p) for d in harmonised_dirs for p in sorted(Path(d).glob("*.audit.parquet"))
-    ]
-    audit = pd.concat(audits, ignore_index=True) if audits else pd.DataFrame()
-    manifest = pd.concat(
-        [pd.read_parquet(Path(d) / "manifest.parquet") for d in tensor_dirs], ignore_index=True
-    )
-    failures = pd.concat(
-        [pd.read_parquet(Path(d) / "failures.parquet") for d in tensor_dirs], ignore_index=True
-    )
+    manifest = _concat([Path(d) / "manifest.parquet" for d in tensor_dirs], MANIFEST_SCHEMA)
+    failures = _concat([Path(d) / "failures.parquet" for d in tensor_dirs], FAILURES_SCHEMA)
     qc = qc.merge(manifest[["recording_id", "n_chunks", "path"]], on="recording_id", how="left")
     qc = qc.rename(columns={"path": "tensor_path"})
     failed = qc["recording_id"].isin(failures["recording_id"])
@@ -232,5 +260,11 @@ def cohort_tables(harmonised_dirs: list[str], tensor_dirs: list[str]) -> dict[st
         reasons = failures.set_index("recording_id")["reason"]
         qc.loc[failed, "status"] = "rejected"
         qc.loc[failed, "reason"] = qc.loc[failed, "recording_id"].map(reasons)
+        # the audit of a recording rejected at export says so for each channel it would use
+        would = audit["recording_id"].isin(failures["recording_id"]) & audit["used"].eq(True)
+        what = audit.loc[would, "canonical"].fillna(audit.loc[would, "reason"])
+        why = audit.loc[would, "recording_id"].map(reasons)
+        audit.loc[would, "reason"] = "would be " + what + ", but the recording was rejected: " + why
+        audit.loc[would, "used"] = False
     qc["n_chunks"] = pd.to_numeric(qc["n_chunks"]).fillna(0).astype(int)
     return {"qc": qc, "audit": audit, "manifest": manifest}

@@ -7,7 +7,8 @@ Per recording this module writes, into the batch folder:
   ``psgfm`` holds JSON: channels (modality, unit, robust statistics, source labels),
   modality mask, duration.
 * ``{id}.audit.parquet`` – one row per source channel: canonical name, modality, unit in
-  and out, scale factor, fs in and out, used / reference / dropped and why.
+  and out, scale factor, fs in and out, used / reference / dropped and why. Written for
+  rejected recordings too (every channel the header names, each with why it was not used).
 * ``{id}.stages.parquet`` – one row per 30-s epoch when a usable hypnogram exists.
 
 and ``qc.parquet`` for the batch: one row per recording, rejected ones included. One bad
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -69,12 +72,20 @@ AUDIT_SCHEMA = pa.schema(
         ("robust_std", pa.float64()),
         ("used", pa.bool_()),
         ("reason", pa.string()),
+        ("header_encoding", pa.string()),
     ]
 )
 
 
 class RecordingRejected(Exception):
-    """The recording as a whole cannot be used; the message says why and how to fix it."""
+    """The recording as a whole cannot be used; the message says why and how to fix it.
+
+    ``audit`` holds the audit rows of the source channels when they are known.
+    """
+
+    def __init__(self, message: str, audit: list[dict] | None = None):
+        super().__init__(message)
+        self.audit = audit
 
 
 @dataclass
@@ -128,18 +139,23 @@ def robust_stats(x: np.ndarray) -> dict[str, float]:
 
 
 class MappedChannels:
-    """``pop(label)``: one channel of a contiguous file, in a buffer reused for every channel.
+    """``pop(label)``: one channel of a contiguous file, in a buffer reused for every channel
+    (one buffer per thread, so channels can be converted in parallel).
 
-    The array returned is valid until the next ``pop``: callers copy what they keep.
+    The array returned is valid until the same thread's next ``pop``: callers copy what they
+    keep.
     """
 
     def __init__(self, header: EDFHeader, labels: list[str]):
         self.reader = SampleReader(header)
-        size = max((self.reader.n_samples(lab) for lab in labels), default=0)
-        self.buffer = np.empty(size, dtype=np.float32)
+        self.size = max((self.reader.n_samples(lab) for lab in labels), default=0)
+        self._local = threading.local()
 
     def pop(self, label: str) -> np.ndarray:
-        return self.reader.read(label, out=self.buffer)
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = np.empty(self.size, dtype=np.float32)
+        return self.reader.read(label, out=buffer)
 
 
 def read_native(
@@ -164,10 +180,14 @@ def read_native(
     mne_reader = mne.io.read_raw_bdf if header.kind == "BDF" else mne.io.read_raw_edf
     out = {}
     for _fs, group in groups.items():
-        raw = mne_reader(header.path, include=group, preload=False, verbose="error")
-        data = raw.get_data(picks=group)
+        # MNE decodes header text as Latin-1: ask for channels by MNE's names, and undo the
+        # gain MNE chose from its own reading of the unit (UTF-8 "µV" is not µV to MNE)
+        names = [by_label[lab].mne_label or lab for lab in group]
+        raw = mne_reader(header.path, include=names, preload=False, verbose="error")
+        data = raw.get_data(picks=names)
         for lab, row in zip(group, data, strict=True):
-            gain = mne_gain(by_label[lab].physical_dimension)
+            sig = by_label[lab]
+            gain = mne_gain(sig.mne_dimension if sig.mne_label else sig.physical_dimension)
             if gain != 1.0:
                 row *= 1.0 / gain  # in place: get_data returned a fresh array
             out[lab] = row
@@ -182,51 +202,104 @@ def _clip_fraction(x: np.ndarray, sig) -> float:
     return float(np.mean((x <= lo + quantum) | (x >= hi - quantum)))
 
 
+def map_header(header: EDFHeader, ruleset: RuleSet, site: str | None) -> list[Assignment]:
+    """The rules' decision for every data channel of a header (annotation channels excluded)."""
+    signals = header.data_signals
+    return assign_channels(
+        [s.label for s in signals],
+        ruleset,
+        site=site or None,
+        rates=[s.sfreq for s in signals],
+        units=[s.physical_dimension for s in signals],
+    )
+
+
+def mapping_audit(rid: str, header: EDFHeader, ruleset: RuleSet, site: str | None, fs_out):
+    """Audit rows of what the rules decide, before any sample is read (one per channel)."""
+    signals = header.data_signals
+    return [
+        _audit_row(rid, a, signals[a.index], signals, fs_out)
+        for a in map_header(header, ruleset, site)
+    ]
+
+
+def reject_audit(audit: list[dict], reason: str) -> list[dict]:
+    """Mark the audit rows of a rejected recording: nothing is used, each row says why."""
+    for r in audit:
+        if r["role"] in ("signal", "reference") and r["used"] is not False:
+            what = r["canonical"] or r["reason"]  # reference rows: "the reference (M2) for ..."
+            r["reason"] = f"would be {what}, but the recording was rejected: {reason}"
+        r["used"] = False
+    return audit
+
+
 def harmonise_recording(
     row: dict, ruleset: RuleSet, cfg: dict
 ) -> tuple[list[Channel], list[dict], float, EDFHeader]:
-    """Map, scale, resample, re-reference and check the channels of one recording."""
+    """Map, scale, resample, re-reference and check the channels of one recording.
+
+    Raises :class:`RecordingRejected` whose ``audit`` holds the channels' rows whenever the
+    header's signal list could be read.
+    """
     cfg = {**DEFAULTS, **cfg}
     fs_out = float(cfg["target_fs"])
     rid = row["recording_id"]
+    site = row.get("site") or None
     try:
         header = read_header(row["edf"])
     except EDFError as err:
-        raise RecordingRejected(str(err)) from None
+        audit = None
+        if err.header is not None:  # e.g. truncated: the channels are known
+            audit = reject_audit(mapping_audit(rid, err.header, ruleset, site, fs_out), str(err))
+        raise RecordingRejected(str(err), audit) from None
     if header.record_duration <= 0 or header.n_records <= 0:
-        raise RecordingRejected(f"{row['edf']}: the EDF holds no data records.")
+        reason = f"{row['edf']}: the EDF holds no data records."
+        audit = reject_audit(mapping_audit(rid, header, ruleset, site, fs_out), reason)
+        raise RecordingRejected(reason, audit)
     duration = header.duration
     n_out = int(np.floor(duration * fs_out))
     signals = header.data_signals
     labels = [s.label for s in signals]
-    assignments = assign_channels(labels, ruleset, site=row.get("site") or None)
-    audit = {a.index: _audit_row(rid, a, signals[a.index], fs_out) for a in assignments}
+    assignments = map_header(header, ruleset, site)
 
     # minimum native rate per rule
     for a in assignments:
         if a.role == "signal" and signals[a.index].sfreq < a.rule.min_fs:
-            a.role, a.reason = (
-                "dropped",
-                (
-                    f"sample rate {signals[a.index].sfreq:g} Hz is below the minimum "
-                    f"{a.rule.min_fs:g} Hz for {a.modality}"
-                ),
+            a.reason = (
+                f"sample rate {signals[a.index].sfreq:g} Hz is below the minimum "
+                f"{a.rule.min_fs:g} Hz for {a.modality}"
             )
-            audit[a.index].update(role="dropped", reason=a.reason)
+            a.role = "dropped"
+            for j in a.reference_indices:  # its references are not needed for it any more
+                assignments[j].used_by.remove(a.canonical)
+            a.reference_indices = ()
+    for a in assignments:
+        if a.role == "reference" and not a.used_by:
+            a.role = "dropped"
+            a.reason = (
+                f"reference channel ({a.family}): only ever used as a reference, and every "
+                "channel it would serve was dropped"
+            )
+        elif a.role == "reference":
+            a.reason = a.reference_reason()
+    audit = {a.index: _audit_row(rid, a, signals[a.index], signals, fs_out) for a in assignments}
     needed = sorted(
         {a.index for a in assignments if a.role == "signal"}
         | {j for a in assignments if a.role == "signal" for j in a.reference_indices}
     )
     if not needed:
-        raise RecordingRejected(
+        reason = (
             f"{row['edf']}: no usable channel: none of the labels {labels} matches the channel "
-            f"rules ({ruleset.path}) or every match was dropped. Add the labels to the rules "
-            "(or a site rule) and run again."
+            f"rules ({ruleset.path}) or every match was dropped (the audit says why for each). "
+            "Add the labels to the rules (or a site rule) and run again; "
+            "`psgfm validate --explain` shows the mapping."
         )
+        raise RecordingRejected(reason, reject_audit(list(audit.values()), "no usable channel"))
     try:
         native = read_native(header, [signals[i].label for i in needed], cfg["reader"])
     except Exception as err:  # MNE raises many types for corrupt data
-        raise RecordingRejected(f"{row['edf']}: the samples could not be read: {err}") from err
+        reason = f"{row['edf']}: the samples could not be read: {err}"
+        raise RecordingRejected(reason, reject_audit(list(audit.values()), reason)) from err
 
     def to_target(i: int, unit: str | None) -> tuple[np.ndarray, float, float, float]:
         """Native samples -> float32 at fs_out in the output unit (frees or reuses the native)."""
@@ -262,9 +335,26 @@ def harmonise_recording(
         if a.role == "signal":
             for j in (a.index, *a.reference_indices):
                 units.setdefault(j, a.rule.unit)
-    target = {i: to_target(i, unit) for i, unit in units.items()}
+    # channels in parallel with the rule's threads (cfg "threads", set by the rule script):
+    # the polyphase filter (scipy's upfirdn) and the reader's numpy work release the GIL
+    threads = min(int(cfg.get("threads", 1)), len(units))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            done = pool.map(lambda item: to_target(*item), units.items())
+            target = dict(zip(units, done, strict=True))
+    else:
+        target = {i: to_target(i, unit) for i, unit in units.items()}
+    for j in {j for a in assignments for j in a.reference_indices}:
+        y, scale, clipped, nan_frac = target[j]
+        audit[j].update(
+            scale=scale,
+            clipped_fraction=clipped,
+            nan_fraction=nan_frac,
+            unit_out="uV" if units[j] is not None else signals[j].physical_dimension,
+        )
 
     channels: list[Channel] = []
+    kept_refs: set[int] = set()
     for a in assignments:
         if a.role != "signal":
             continue
@@ -288,6 +378,7 @@ def harmonise_recording(
             row_audit.update(role="dropped", used=False, reason=reason)
             continue
         row_audit.update(used=True)
+        kept_refs.update(a.reference_indices)
         channels.append(
             Channel(
                 a.canonical,
@@ -299,6 +390,13 @@ def harmonise_recording(
                 stats,
             )
         )
+    for j in {j for a in assignments for j in a.reference_indices}:
+        audit[j]["used"] = j in kept_refs
+        if j not in kept_refs:
+            audit[j]["reason"] += "; not used: every channel it served was dropped"
+    for r in audit.values():
+        if r["used"] is None:
+            r["used"] = False
     return channels, [audit[i] for i in sorted(audit)], duration, header
 
 
@@ -334,7 +432,15 @@ def _check_channel(
     return ""
 
 
-def _audit_row(rid: str, a: Assignment, sig, fs_out: float) -> dict:
+def _audit_row(rid: str, a: Assignment, sig, signals, fs_out: float) -> dict:
+    reference = ",".join(signals[j].label for j in a.reference_indices) or None
+    reason = a.reason
+    if a.role == "signal" and not reason:
+        reason = f"{a.canonical} ({a.modality}, {a.origin})"
+        if reference:
+            reason += f" = {sig.label} - " + (
+                reference if len(a.reference_indices) == 1 else f"mean({reference})"
+            )
     return {
         "recording_id": rid,
         "source_index": sig.index,
@@ -342,8 +448,8 @@ def _audit_row(rid: str, a: Assignment, sig, fs_out: float) -> dict:
         "canonical": a.canonical,
         "modality": a.modality,
         "role": a.role,
-        "rule": a.rule.origin if a.rule else None,
-        "reference": None,
+        "rule": a.origin,
+        "reference": reference,
         "unit_in": sig.physical_dimension,
         "unit_out": None,
         "scale": None,
@@ -352,8 +458,9 @@ def _audit_row(rid: str, a: Assignment, sig, fs_out: float) -> dict:
         "clipped_fraction": None,
         "nan_fraction": None,
         "robust_std": None,
-        "used": False,
-        "reason": a.reason,
+        "used": None,
+        "reason": reason,
+        "header_encoding": sig.encoding,
     }
 
 
@@ -414,29 +521,29 @@ QC_COLUMNS = [
 ]
 
 
+def check_recording(edf: str, channels: list[Channel], cfg: dict) -> None:
+    """Reject a harmonised recording without channels or without a required modality."""
+    if not channels:
+        raise RecordingRejected(
+            f"{edf}: every mapped channel was dropped (the audit says why for each)."
+        )
+    missing = [m for m in cfg["require_modalities"] if not any(c.modality == m for c in channels)]
+    if missing:
+        raise RecordingRejected(
+            f"{edf}: required modality {missing} absent (harmonise.require_modalities)."
+        )
+
+
 def process_recording(row: dict, ruleset: RuleSet, cfg: dict, out_dir: Path) -> dict:
     """Harmonise one recording into ``out_dir``; return its QC row (never raises)."""
     cfg = {**DEFAULTS, **cfg}
     rid = row["recording_id"]
     qc = {c: None for c in QC_COLUMNS}
     qc.update(recording_id=rid, subject_id=row.get("subject_id"), site=row.get("site") or "")
+    audit: list[dict] | None = None
     try:
         channels, audit, duration, _ = harmonise_recording(row, ruleset, cfg)
-        write_parquet(
-            pa.Table.from_pylist(audit, schema=AUDIT_SCHEMA), out_dir / f"{rid}.audit.parquet"
-        )
-        if not channels:
-            raise RecordingRejected(
-                f"{row['edf']}: every mapped channel was dropped (see {rid}.audit.parquet for "
-                "the reason of each)."
-            )
-        missing = [
-            m for m in cfg["require_modalities"] if not any(c.modality == m for c in channels)
-        ]
-        if missing:
-            raise RecordingRejected(
-                f"{row['edf']}: required modality {missing} absent (harmonise.require_modalities)."
-            )
+        check_recording(row["edf"], channels, cfg)
         stages_reason = ""
         if row.get("hypnogram"):
             try:
@@ -471,6 +578,7 @@ def process_recording(row: dict, ruleset: RuleSet, cfg: dict, out_dir: Path) -> 
     except RecordingRejected as err:
         log.warning("%s rejected: %s", rid, err)
         qc.update(status="rejected", reason=str(err))
+        audit = err.audit if err.audit is not None else audit
     except Exception as err:  # one bad recording never kills the batch
         log.error("%s failed unexpectedly:\n%s", rid, traceback.format_exc())
         qc.update(status="rejected", reason=f"unexpected error ({type(err).__name__}: {err})")
@@ -478,7 +586,28 @@ def process_recording(row: dict, ruleset: RuleSet, cfg: dict, out_dir: Path) -> 
         for m in MODALITIES:
             qc[f"has_{m}"], qc[f"n_{m}"] = False, 0
         qc.update(n_channels=0)
+        if audit is None:
+            audit = _header_audit(row, ruleset, cfg)
+        audit = reject_audit(audit, qc["reason"])
+    # one row per source channel, whatever the status (none when the header is unreadable)
+    write_parquet(
+        pa.Table.from_pylist(audit, schema=AUDIT_SCHEMA), out_dir / f"{rid}.audit.parquet"
+    )
     return qc
+
+
+def _header_audit(row: dict, ruleset: RuleSet, cfg: dict) -> list[dict]:
+    """Best-effort audit rows from the header alone; [] when even the header is unreadable."""
+    try:
+        header = read_header(row["edf"])
+    except EDFError as err:
+        header = err.header
+    except Exception:
+        return []
+    if header is None:
+        return []
+    site = row.get("site") or None
+    return mapping_audit(row["recording_id"], header, ruleset, site, float(cfg["target_fs"]))
 
 
 def harmonise_batch(recordings: list[dict], out_dir: str | Path, cfg: dict) -> pd.DataFrame:
@@ -496,3 +625,34 @@ def harmonise_batch(recordings: list[dict], out_dir: str | Path, cfg: dict) -> p
     write_json(provenance("harmonise", cfg), out_dir / "provenance.json")
     write_parquet(pa.Table.from_pandas(qc, preserve_index=False), out_dir / "qc.parquet")
     return qc
+
+
+def explain_recording(edf: str | Path, cfg: dict, site: str | None = None) -> dict:
+    """What harmonisation would do with one EDF, channel by channel; writes nothing.
+
+    Returns ``status`` (ok / rejected), ``reason``, ``kind``, ``duration_s`` (None when the
+    header is unreadable) and ``audit``: the audit rows the harmonise rule would write.
+    """
+    cfg = {**DEFAULTS, **cfg}
+    ruleset = load_rules(cfg["channel_rules"])
+    row = {"recording_id": Path(edf).stem, "edf": str(edf), "site": site or ""}
+    out = {"status": "ok", "reason": "", "kind": None, "duration_s": None, "audit": []}
+    try:
+        channels, audit, duration, header = harmonise_recording(row, ruleset, cfg)
+        out.update(kind=header.kind, duration_s=duration, audit=audit)
+        check_recording(str(edf), channels, cfg)
+    except RecordingRejected as err:
+        out.update(status="rejected", reason=str(err))
+        if err.audit is not None:
+            out["audit"] = err.audit
+        elif not out["audit"]:
+            out["audit"] = _header_audit(row, ruleset, cfg)
+        out["audit"] = reject_audit(out["audit"], str(err))
+        if out["kind"] is None:
+            try:
+                header = read_header(edf)
+            except EDFError as hdr_err:
+                header = hdr_err.header
+            if header is not None:
+                out.update(kind=header.kind, duration_s=header.duration)
+    return out

@@ -1,0 +1,27 @@
+"""Smoke test of benchmarks/bench_cox.py: its fit comparison and metric timing run on tiny data
+and the coefficients it compares agree."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_cox", ROOT / "benchmarks" / "bench_cox.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_cox_parts_on_tiny_data():
+    bench = _load()
+    d = bench.generate(n=600, dim=6, k=4, seed=2)
+    assert d["X"].shape == (600, 8) and (d["event"] & d["include"]).sum(axis=1).min() > 0
+    fit = bench.bench_fit(d, [1, 4], n_lifelines=1, penalizer=0.01)
+    assert fit["max_coef_diff_converged_lifelines"] < 1e-6
+    assert set(fit["ratio_cpu"]) == {1, 4}
+    met = bench.bench_metrics(d, k=2, bootstrap=5)
+    assert met["phecodes"] == 2 and met["seconds"] > 0

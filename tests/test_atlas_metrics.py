@@ -1,0 +1,140 @@
+"""Held-out metrics against scikit-survival (point estimates and explicitly resampled
+bootstrap replicates), scipy (multiple testing) and planted truth (calibration)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import false_discovery_control
+from sksurv.metrics import (
+    brier_score,
+    concordance_index_censored,
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+)
+from sksurv.nonparametric import kaplan_meier_estimator
+from sksurv.util import Surv
+
+from psgfm.atlas import metrics as M
+
+
+def _data(seed=0, n=600, tie_days=30.0, risk_ties=False):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n)
+    t_ev = rng.exponential(1 / (0.15 * np.exp(0.7 * x)))
+    cens = np.minimum(rng.uniform(0.5, 10, n), 8.0)  # administrative censoring at 8 years
+    time = np.ceil(np.minimum(t_ev, cens) * 365.25 / tie_days) * tie_days
+    event = t_ev < cens
+    time[~event & (cens == 8.0)] = 3000.0  # after every event: G stays positive at events
+    risk = x + rng.normal(0, 0.5, n)
+    if risk_ties:
+        risk = np.round(risk, 1)  # many exactly tied risk scores
+    return time, event, risk, rng.normal(size=n)
+
+
+@pytest.mark.parametrize("risk_ties", [False, True])
+def test_concordance_matches_sksurv(risk_ties):
+    time, event, risk, other = _data(risk_ties=risk_ties)
+    tau = np.quantile(time, 0.8)
+    out = M.concordance(time, event, [risk, other], tau=tau)
+    y = Surv.from_arrays(event, time)
+    for r, row in ((risk, 0), (other, 1)):
+        assert out["harrell"][row, 0] == pytest.approx(
+            concordance_index_censored(event, time, r)[0], abs=1e-12
+        )
+        assert out["uno"][row, 0] == pytest.approx(
+            concordance_index_ipcw(y, y, r, tau=tau)[0], abs=1e-12
+        )
+
+
+def test_bootstrap_replicates_equal_metrics_of_resampled_data():
+    time, event, risk, _ = _data(seed=1, n=400)
+    W = M.bootstrap_weights(len(time), 3, seed=7)
+    assert (W[0] == 1).all() and (W[1:].sum(axis=1) == len(time)).all()
+    tau = np.quantile(time, 0.8)
+    horizons = np.quantile(time, [0.3, 0.6])
+    c = M.concordance(time, event, [risk], W=W, tau=tau)
+    auc = M.cumulative_dynamic_auc(time, event, [risk], horizons, W=W)
+    for b in range(1, 4):
+        idx = np.repeat(np.arange(len(time)), W[b].astype(int))
+        t, e, r = time[idx], event[idx], risk[idx]
+        y = Surv.from_arrays(e, t)
+        assert c["harrell"][0, b] == pytest.approx(concordance_index_censored(e, t, r)[0])
+        assert c["uno"][0, b] == pytest.approx(concordance_index_ipcw(y, y, r, tau=tau)[0])
+        np.testing.assert_allclose(auc[0, b], cumulative_dynamic_auc(y, y, r, horizons)[0])
+
+
+@pytest.mark.parametrize("risk_ties", [False, True])
+def test_cumulative_dynamic_auc_matches_sksurv(risk_ties):
+    time, event, risk, _ = _data(seed=2, risk_ties=risk_ties)
+    y = Surv.from_arrays(event, time)
+    horizons = np.quantile(time, [0.2, 0.5, 0.8])
+    ours = M.cumulative_dynamic_auc(time, event, [risk], horizons)[0, 0]
+    np.testing.assert_allclose(ours, cumulative_dynamic_auc(y, y, risk, horizons)[0], atol=1e-12)
+    with pytest.raises(M.MetricInputError, match="within the follow-up"):
+        M.cumulative_dynamic_auc(time, event, [risk], [time.max()])
+
+
+def test_brier_and_integrated_brier_match_sksurv():
+    time, event, risk, _ = _data(seed=3)
+    y = Surv.from_arrays(event, time)
+    times = np.linspace(np.quantile(time, 0.1), np.quantile(time, 0.9), 7)
+    surv = np.exp(-0.1 * np.exp(0.5 * risk)[:, None] * times[None, :] / 365.25)
+    np.testing.assert_allclose(
+        M.brier_scores(time, event, surv, times), brier_score(y, y, surv, times)[1], atol=1e-12
+    )
+    assert M.integrated_brier_score(time, event, surv, times) == pytest.approx(
+        integrated_brier_score(y, y, surv, times), abs=1e-12
+    )
+
+
+def test_kaplan_meier_matches_sksurv():
+    time, event, _, _ = _data(seed=4)
+    u, s = M.kaplan_meier(time, event)
+    u_ref, s_ref = kaplan_meier_estimator(event, time)
+    np.testing.assert_allclose(u, u_ref)
+    np.testing.assert_allclose(s, s_ref, atol=1e-12)
+
+
+def test_multiple_testing_against_scipy_and_by_hand():
+    p = np.array([0.001, 0.04, np.nan, 0.03, 0.5, 0.0001])
+    ok = np.isfinite(p)
+    np.testing.assert_allclose(M.benjamini_hochberg(p)[ok], false_discovery_control(p[ok]))
+    assert np.isnan(M.benjamini_hochberg(p)[2])
+    np.testing.assert_allclose(M.bonferroni(p)[ok], [0.005, 0.2, 0.15, 1.0, 0.0005])
+
+
+def test_wald_interval_by_hand():
+    lo, hi, p = M.wald(0.5, 0.25)
+    assert (lo, hi) == pytest.approx((0.5 - 1.959964 * 0.25, 0.5 + 1.959964 * 0.25), abs=1e-6)
+    assert p == pytest.approx(0.0455003, abs=1e-6)  # z = 2
+    assert all(np.isnan(M.wald(0.5, 0.0)))
+
+
+def test_calibration_of_the_true_model_is_close():
+    """Risks from the data-generating model itself are calibrated: observed (KM) and mean
+    predicted risk agree in every decile to within sampling error."""
+    rng = np.random.default_rng(5)
+    n, lam, t = 20000, 0.1, 3.0
+    x = rng.standard_normal(n)
+    t_ev = rng.exponential(1 / (lam * np.exp(0.8 * x)))
+    cens = rng.uniform(1, 10, n)
+    time, event = np.minimum(t_ev, cens), t_ev < cens
+    pred = 1 - np.exp(-lam * np.exp(0.8 * x) * t)
+    rows = M.calibration_deciles(time, event, pred, t)
+    assert [r["bin"] for r in rows] == list(range(1, 11))
+    for r in rows:
+        assert abs(r["observed"] - r["mean_predicted"]) < 0.03
+    # and a mis-scaled model is not
+    bad = M.calibration_deciles(time, event, np.minimum(1, 2 * pred), t)
+    assert max(abs(r["observed"] - r["mean_predicted"]) for r in bad) > 0.1
+
+
+def test_metric_inputs_are_checked():
+    with pytest.raises(M.MetricInputError, match="one value per person"):
+        M.concordance(np.arange(3.0), np.ones(3, bool), [np.ones(2)])
+    with pytest.raises(M.MetricInputError, match="all persons are censored"):
+        M.concordance(np.arange(3.0), np.zeros(3, bool), [np.ones(3)])
+    with pytest.raises(M.MetricInputError, match="NaN"):
+        M.concordance(np.arange(3.0), np.ones(3, bool), [np.array([1, np.nan, 2])])

@@ -1,0 +1,1 @@
+"""Survival atlas: per-phecode Cox models on night embeddings, held-out metrics, plots."""

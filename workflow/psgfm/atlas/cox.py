@@ -1,0 +1,884 @@
+"""Batched Cox proportional-hazards fitting: many outcomes on one shared covariate matrix.
+
+``fit_cox(X, time, event, include, penalizer)`` fits one ridge-penalised Cox model per row of
+``time``/``event``/``include`` (one row per phecode) on the columns of ``X`` (persons x
+covariates), with Efron's method for tied event times, by Newton-type iterations on all
+outcomes at once. It maximises exactly what lifelines' ``CoxPHFitter(penalizer=p)`` maximises, so the two
+give the same coefficients:
+
+* lifelines standardises each covariate over the rows it is given (mean and the *sample*
+  standard deviation, ddof=1), fits on that scale with the penalty
+  ``n * sum_j p_j * beta_std_j**2 / 2`` (n = rows of the fit, ``p_j`` the penalizer of column
+  j), and divides the coefficients by the standard deviations. On the original scale the
+  penalty is ``n * sum_j p_j * s_j**2 * b_j**2 / 2`` with ``s_j`` the sample standard
+  deviation of column j over the persons of that outcome: what this module uses, per outcome.
+* standard errors come from the inverse of the penalised information matrix, as in lifelines.
+
+How the batch is fitted (N persons, P covariates, K outcomes):
+
+* every outcome keeps its own time order, but all outcomes are processed together as (K, N)
+  arrays of sorted positions, so risk-set sums are row-wise cumulative sums and Efron's tie
+  terms are computed per event;
+* the gradient is ``X^T (e - v)`` with one person-level weight ``v`` per outcome: one matrix
+  product for all outcomes;
+* Newton-type iterations: the first step uses ``d_k * Cov_k(X)`` (the information matrix at
+  beta = 0 if every risk set were a random draw of the outcome's persons; no N x P^2 work),
+  later steps BFGS updates of its inverse, with step halving whenever the penalised
+  likelihood would fall. The gradient and likelihood are exact (float64), so the fixed point
+  is the exact penalised maximum: what lifelines converges to (tests: < 1e-7 apart when
+  lifelines is run to convergence);
+* with ``compute_se`` (the default), the exact information matrix is computed once at the
+  optimum (its main term ``sum_i v_i x_i x_i^T`` as one matrix product per outcome, in
+  ``hessian_dtype``; the risk-set mean term from risk-set sums at the distinct event times),
+  one Newton step is taken from it, and its inverse gives the standard errors, as lifelines'
+  do. The atlas's cross-validation fits skip it (``compute_se=False``).
+
+Problems never raise: each outcome gets a ``status`` (``ok``, ``no_events``, ``singular``,
+``separation``, ``not_converged``) and a ``message``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg  # noqa: F401 - loads scipy's BLAS before any threadpool_limits
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "no_events", "singular", "separation", "not_converged")
+
+
+class CoxInputError(ValueError):
+    """Inputs that cannot be fitted at all (wrong shapes, non-finite values, bad times)."""
+
+
+@dataclass
+class CoxResult:
+    """Fitted models, one per outcome (row). Coefficients are on the scale of ``X``."""
+
+    coef: np.ndarray  # (K, P); NaN for a column not in that outcome's model
+    se: np.ndarray  # (K, P)
+    loglik: np.ndarray  # (K,) partial log-likelihood (Efron), without the penalty
+    loglik_penalized: np.ndarray  # (K,) what lifelines reports as log_likelihood_
+    n: np.ndarray  # (K,) persons in the fit
+    n_events: np.ndarray  # (K,)
+    n_iter: np.ndarray  # (K,)
+    converged: np.ndarray  # (K,) bool
+    status: list[str]
+    message: list[str]
+    used: np.ndarray  # (K, P) bool: columns in the model
+    # baseline cumulative hazard (Breslow), per outcome: event times and H0 at them, for the
+    # linear predictor X @ coef - offset
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (K,)
+    baseline_times: list[np.ndarray] = field(default_factory=list)
+    baseline_cumhaz: list[np.ndarray] = field(default_factory=list)
+    backend: str = "fast"
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([s == "ok" for s in self.status])
+
+    def linear_predictor(self, X: np.ndarray) -> np.ndarray:
+        """(K, M) ``X @ coef`` per outcome (columns not in a model count 0)."""
+        X = np.asarray(X, dtype=np.float64)
+        return np.nan_to_num(self.coef, nan=0.0) @ X.T
+
+    def cumulative_hazard(self, times) -> np.ndarray:
+        """(K, T) baseline cumulative hazard at ``times`` (for ``X @ coef - offset``)."""
+        times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+        out = np.full((len(self.status), len(times)), np.nan)
+        for k, (t, h) in enumerate(zip(self.baseline_times, self.baseline_cumhaz, strict=True)):
+            if t is None:
+                continue
+            idx = np.searchsorted(t, times, side="right") - 1
+            out[k] = np.where(idx >= 0, h[np.maximum(idx, 0)], 0.0)
+        return out
+
+    def survival(self, X: np.ndarray, times) -> np.ndarray:
+        """(K, M, T) predicted survival S(t | x) = exp(-H0(t) exp(x b - offset))."""
+        lp = self.linear_predictor(X) - self.offset[:, None]
+        h0 = self.cumulative_hazard(times)
+        return np.exp(-h0[:, None, :] * np.exp(lp)[:, :, None])
+
+
+# ---------------------------------------------------------------------------------------------
+# Input validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_rows(a, name: str, n: int, dtype) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != n:
+        raise CoxInputError(
+            f"{name} must have shape (n_outcomes, n_persons) or (n_persons,) with n_persons = "
+            f"{n} (rows of X); got shape {np.shape(a)}."
+        )
+    return arr.astype(dtype, copy=False)
+
+
+def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
+    """Check and normalise the arguments of :func:`fit_cox`; raise CoxInputError if unusable."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise CoxInputError(f"X must be a 2-D array (persons x covariates); got {X.ndim}-D.")
+    n, p = X.shape
+    if p == 0:
+        raise CoxInputError("X has no covariate columns; a Cox model needs at least one.")
+    if not np.isfinite(X).all():
+        rows = np.flatnonzero(~np.isfinite(X).all(axis=1))[:5].tolist()
+        raise CoxInputError(
+            f"X contains NaN or infinite values (rows {rows}...); impute or drop those persons."
+        )
+    time = _as_rows(time, "time", n, np.float64)
+    k = time.shape[0]
+    event_raw = _as_rows(event, "event", n, np.float64)
+    if event_raw.shape[0] != k:
+        raise CoxInputError(f"event has {event_raw.shape[0]} rows but time has {k}.")
+    include = (
+        np.ones((k, n), dtype=bool)
+        if include is None
+        else _as_rows(include, "include", n, bool).copy()
+    )
+    if include.shape[0] != k:
+        raise CoxInputError(f"include has {include.shape[0]} rows but time has {k}.")
+    ev_in = np.where(include, event_raw, 0.0)
+    if np.isnan(ev_in).any() or not np.isin(ev_in, (0.0, 1.0)).all():
+        raise CoxInputError(
+            "event must be 0/1 (or boolean) for every included person; "
+            f"found {np.unique(ev_in[~np.isin(ev_in, (0.0, 1.0))])[:5].tolist()}."
+        )
+    t_in = time[include]
+    if not np.isfinite(t_in).all():
+        raise CoxInputError("time must be finite for every included person (NaN/inf found).")
+    if (t_in < 0).any():
+        raise CoxInputError(
+            f"time must be >= 0 for every included person; found {t_in[t_in < 0][:5].tolist()}."
+        )
+    pen = np.asarray(penalizer, dtype=np.float64)
+    if pen.ndim == 0:
+        pen = np.full(p, float(pen))
+    if pen.shape != (p,) or not np.isfinite(pen).all() or (pen < 0).any():
+        raise CoxInputError(
+            f"penalizer must be a non-negative number or an array of {p} non-negative numbers "
+            f"(one per column of X); got {penalizer!r}."
+        )
+    if columns is None:
+        columns = np.ones((k, p), dtype=bool)
+    else:
+        columns = np.asarray(columns, dtype=bool)
+        if columns.shape == (p,):
+            columns = np.broadcast_to(columns, (k, p))
+        if columns.shape != (k, p):
+            raise CoxInputError(
+                f"columns must have shape ({p},) or ({k}, {p}); got {np.shape(columns)}."
+            )
+        columns = columns.copy()
+    return X, time, ev_in.astype(bool), include, pen, columns
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-outcome sorted structure
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sorted:
+    """Each outcome's persons in time-descending order, its tie groups and its events.
+
+    Dense arrays are (K, N) over sorted positions (excluded persons last); event arrays are
+    flat over all events of all outcomes; group arrays are (K, Gmax) over distinct event
+    times, in descending time order.
+    """
+
+    order: np.ndarray  # (K, N) person index at each sorted position
+    rank: np.ndarray  # (K, N) sorted position of each person (inverse of order)
+    valid: np.ndarray  # (K, N) bool
+    neg: np.ndarray  # (K, N) 0 for included persons, -inf for the others
+    times_sorted: np.ndarray  # (K, N)
+    jbin: np.ndarray  # (K, N) first event group whose risk set holds the row (G_k: none)
+    ev_k: np.ndarray  # (E,) outcome of each event
+    ev_q: np.ndarray  # (E,) sorted position of each event
+    ev_g: np.ndarray  # (E,) event group of each event
+    ev_frac: np.ndarray  # (E,) l/d: the l-th of d tied events (Efron)
+    n_groups: np.ndarray  # (K,)
+    grp_end: np.ndarray  # (K, Gmax) last sorted position of each event group
+    grp_d: np.ndarray  # (K, Gmax) events in each group (0 = padding)
+    _flat: tuple | None = None
+
+    @property
+    def gmax(self) -> int:
+        return self.grp_end.shape[1]
+
+    @property
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat indices for row-wise gathers: order, rank, and jbin into (K, Gmax + 1)."""
+        if self._flat is None:
+            k, n = self.order.shape
+            rows = np.arange(k)[:, None]
+            self._flat = (
+                (self.order + rows * n).ravel(),
+                (self.rank + rows * n).ravel(),
+                (self.jbin + rows * (self.gmax + 1)).ravel(),
+            )
+        return self._flat
+
+    def take(self, rows: np.ndarray) -> _Sorted:
+        remap = np.full(self.order.shape[0], -1)
+        remap[rows] = np.arange(len(rows))
+        sel = remap[self.ev_k] >= 0
+        new_k = remap[self.ev_k[sel]]
+        # events are ordered by outcome; with rows ascending the order is kept
+        o = slice(None) if np.all(np.diff(rows) > 0) else np.argsort(new_k, kind="stable")
+        return _Sorted(
+            order=self.order[rows],
+            rank=self.rank[rows],
+            valid=self.valid[rows],
+            neg=self.neg[rows],
+            times_sorted=self.times_sorted[rows],
+            jbin=self.jbin[rows],
+            ev_k=new_k[o],
+            ev_q=self.ev_q[sel][o],
+            ev_g=self.ev_g[sel][o],
+            ev_frac=self.ev_frac[sel][o],
+            n_groups=self.n_groups[rows],
+            grp_end=self.grp_end[rows],
+            grp_d=self.grp_d[rows],
+        )
+
+
+def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) -> _Sorted:
+    k, n = time.shape
+    key = np.where(include, time, -np.inf)
+    order = np.argsort(-key, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(n), (k, n)), axis=1)
+    ts = np.take_along_axis(key, order, axis=1)
+    valid = np.take_along_axis(include, order, axis=1)
+    es = np.take_along_axis(event, order, axis=1) & valid
+    pos = np.broadcast_to(np.arange(n), (k, n))
+    new = np.ones((k, n), dtype=bool)
+    new[:, 1:] = ts[:, 1:] != ts[:, :-1]
+    gstart = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
+    last = np.ones((k, n), dtype=bool)
+    last[:, :-1] = ts[:, :-1] != ts[:, 1:]
+    gend = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    ecount = np.cumsum(es, axis=1)
+    ecount_excl = ecount - es
+    before = np.take_along_axis(ecount_excl, gstart, axis=1)
+    d = np.take_along_axis(ecount, gend, axis=1) - before
+    is_grp_end = last & (d > 0) & valid
+    cum_end = np.cumsum(is_grp_end, axis=1)
+    jbin = cum_end - is_grp_end  # event groups ending strictly before the row
+    n_groups = cum_end[:, -1].astype(np.int64)
+    gmax = max(int(n_groups.max(initial=0)), 1)
+    jbin = np.where(valid, jbin, gmax)
+    ev_k, ev_q = np.nonzero(es)
+    ev_g = jbin[ev_k, ev_q]
+    ev_frac = (ecount_excl - before)[ev_k, ev_q] / d[ev_k, ev_q]
+    gk, gq = np.nonzero(is_grp_end)
+    grp_end = np.zeros((k, gmax), dtype=np.int64)
+    grp_d = np.zeros((k, gmax), dtype=np.int64)
+    grp_end[gk, jbin[gk, gq]] = gq
+    grp_d[gk, jbin[gk, gq]] = d[gk, gq]
+    return _Sorted(
+        order=order,
+        rank=rank,
+        valid=valid,
+        neg=np.where(valid, 0.0, -np.inf),
+        times_sorted=ts,
+        jbin=jbin,
+        ev_k=ev_k,
+        ev_q=ev_q,
+        ev_g=ev_g,
+        ev_frac=ev_frac,
+        n_groups=n_groups,
+        grp_end=grp_end,
+        grp_d=grp_d,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Likelihood, gradient and Hessian for a batch of outcomes
+# ---------------------------------------------------------------------------------------------
+
+
+def _weighted_gram(Xs: np.ndarray, V: np.ndarray, dtype):
+    """(K, P, P) ``sum_i V[k, i] x_i x_i^T`` (V >= 0) as ``(sqrt(v) X)^T (sqrt(v) X)`` per
+    outcome, in ``dtype``, over the persons with v > 0 (one matrix product each: per outcome
+    products beat one product with the covariate-pair matrix on one core)."""
+    k = V.shape[0]
+    p = Xs.shape[1]
+    Xd = Xs.astype(dtype, copy=False)
+    out = np.empty((k, p, p))
+    for j in range(k):
+        idx = np.flatnonzero(V[j] > 0)
+        a = Xd[idx] * np.sqrt(V[j, idx]).astype(dtype)[:, None]
+        out[j] = a.T @ a
+    return out
+
+
+def _segment_cumsum(a: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Cumulative sum along axis 0 restarted at every segment (segment lengths given)."""
+    cs = np.cumsum(a, axis=0)
+    ends = np.cumsum(lengths)
+    base = np.zeros((len(lengths),) + a.shape[1:])
+    has_prev = ends - lengths > 0
+    base[has_prev] = cs[(ends - lengths)[has_prev] - 1]
+    return cs - np.repeat(base, lengths, axis=0)
+
+
+@dataclass
+class _Eval:
+    ll: np.ndarray  # (K,)
+    grad: np.ndarray  # (K, P)
+    w: np.ndarray  # (K, N) exp(eta - c) in sorted order
+    c: np.ndarray  # (K,)
+    s0_grp: np.ndarray  # (K, Gmax) risk-set sums at the event groups (scaled by exp(-c))
+    v: np.ndarray | None = None  # (K, N) sorted
+    phi: np.ndarray | None = None  # (E,)
+
+
+def _evaluate(S: _Sorted, Xs: np.ndarray, beta: np.ndarray) -> _Eval:
+    """Efron partial log-likelihood and its gradient for every outcome of ``S``."""
+    k, n = S.order.shape
+    gm = S.gmax
+    f_order, f_rank, f_jbin = S.flat
+    eta = (beta @ Xs.T).ravel()[f_order].reshape(k, n)
+    eta += S.neg
+    c = eta.max(axis=1)
+    c = np.where(np.isfinite(c), c, 0.0)
+    w = eta - c[:, None]
+    np.exp(w, out=w)
+    cs = np.cumsum(w, axis=1)
+    s0_grp = np.take_along_axis(cs, S.grp_end, axis=1)  # (K, Gmax)
+    ek, eg = S.ev_k, S.ev_g
+    w_ev = w[ek, S.ev_q]
+    s0d = np.zeros((k, gm))
+    np.add.at(s0d, (ek, eg), w_ev)
+    phi = s0_grp[ek, eg] - S.ev_frac * s0d[ek, eg]
+    ll = np.bincount(ek, weights=eta[ek, S.ev_q] - c[ek] - np.log(phi), minlength=k)
+    inv = 1.0 / phi
+    a_grp = np.zeros((k, gm + 1))
+    np.add.at(a_grp, (ek, eg), inv)
+    b_grp = np.zeros((k, gm))
+    np.add.at(b_grp, (ek, eg), S.ev_frac * inv)
+    rc = np.cumsum(a_grp[:, ::-1], axis=1)[:, ::-1]  # sum over groups >= j
+    v = rc.ravel()[f_jbin].reshape(k, n)
+    v *= w
+    v[ek, S.ev_q] -= w_ev * b_grp[ek, eg]
+    resid = -v
+    resid[ek, S.ev_q] += 1.0
+    r = resid.ravel()[f_rank].reshape(k, n)  # back to person order
+    return _Eval(ll=ll, grad=r @ Xs, w=w, c=c, s0_grp=s0_grp, v=v, phi=phi)
+
+
+def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
+    """(K, P, P) information matrix (minus the Hessian of the Efron log-likelihood)."""
+    k, n = S.order.shape
+    V = np.maximum(ev.v, 0.0).ravel()[S.flat[1]].reshape(k, n)
+    H = _weighted_gram(Xs, V, dtype)
+    # risk-set mean term at the event groups: per outcome, risk-set sums of w x at each
+    # distinct event time (a sparse groups x persons product, column-major so that X is read
+    # in order, then a cumulative sum over the groups), and Efron's corrections for ties
+    Xf = Xs.astype(dtype, copy=False)
+    f_rank = S.flat[1]
+    jb = S.jbin.ravel()[f_rank].reshape(k, n)  # event group of each person, person order
+    wp = ev.w.ravel()[f_rank].reshape(k, n)
+    inv2 = 1.0 / ev.phi**2
+    fr = S.ev_frac
+    ev_bounds = np.searchsorted(S.ev_k, np.arange(k + 1))
+    cols = np.arange(n + 1)
+    for j in np.flatnonzero(S.n_groups):
+        g = int(S.n_groups[j])
+        inside = jb[j] < g
+        M = sp.csc_matrix(
+            (np.where(inside, wp[j], 0.0).astype(dtype), np.minimum(jb[j], g - 1), cols),
+            shape=(g, n),
+        )
+        s1 = np.cumsum((M @ Xf).astype(np.float64), axis=0)
+        e = slice(ev_bounds[j], ev_bounds[j + 1])
+        eg = S.ev_g[e]
+        c0 = np.bincount(eg, weights=inv2[e], minlength=g)
+        A = (s1 * np.sqrt(c0)[:, None]).astype(dtype)
+        H[j] -= A.T @ A
+        tied_ev = fr[e] > 0
+        if tied_ev.any():  # groups with tied events: Efron's correction terms
+            tg = np.unique(eg[tied_ev])
+            c1 = np.bincount(eg, weights=fr[e] * inv2[e], minlength=g)[tg]
+            c2 = np.bincount(eg, weights=fr[e] ** 2 * inv2[e], minlength=g)[tg]
+            in_t = np.isin(eg, tg)
+            pos = np.searchsorted(tg, eg[in_t])
+            q = S.ev_q[e][in_t]
+            wx = ev.w[j, q][:, None] * Xs[S.order[j, q]]
+            B = np.zeros((len(tg), Xs.shape[1]))
+            np.add.at(B, pos, wx)
+            At = s1[tg]
+            AtB = At.T @ (c1[:, None] * B)
+            H[j] += AtB + AtB.T - B.T @ (c2[:, None] * B)
+    return H
+
+
+def _breslow(S: _Sorted, ev: _Eval):
+    """Breslow baseline cumulative hazard of each outcome at its distinct event times."""
+    times, cumhaz = [], []
+    for j in range(S.order.shape[0]):
+        g = S.n_groups[j]
+        inc = S.grp_d[j, :g] / ev.s0_grp[j, :g] * np.exp(-ev.c[j])
+        times.append(S.times_sorted[j, S.grp_end[j, :g]][::-1].copy())
+        cumhaz.append(np.cumsum(inc[::-1]))
+    return times, cumhaz
+
+
+def _information(H: np.ndarray, lam: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Penalised information with unused columns replaced by identity rows/columns."""
+    p = H.shape[1]
+    eye = np.eye(p)
+    J = H + lam[:, :, None] * eye
+    both = used[:, :, None] & used[:, None, :]
+    return np.where(both, J, 0.0) + (~used).astype(np.float64)[:, :, None] * eye
+
+
+def _inverse(J: np.ndarray):
+    """Batched inverse; ``ok`` is False where J is not (numerically) positive definite."""
+    k = J.shape[0]
+    ok = np.ones(k, dtype=bool)
+    try:
+        np.linalg.cholesky(J)
+    except np.linalg.LinAlgError:
+        for j in range(k):
+            try:
+                np.linalg.cholesky(J[j])
+            except np.linalg.LinAlgError:
+                ok[j] = False
+    eig = np.linalg.eigvalsh(J)
+    ok &= eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300)
+    inv = np.full_like(J, np.nan)
+    if ok.any():
+        inv[ok] = np.linalg.inv(J[ok])
+    return inv, ok
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast back-end
+# ---------------------------------------------------------------------------------------------
+
+
+def _fit_chunk(
+    S: _Sorted,
+    Xs: np.ndarray,
+    lam: np.ndarray,
+    used: np.ndarray,
+    beta0: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+    hessian_dtype,
+    separation_threshold: float,
+    compute_se: bool,
+    start: np.ndarray | None = None,
+):
+    """Quasi-Newton from ``beta0``: the information matrix at the start (exact, or the
+    approximation ``start``), then BFGS updates of its inverse. The gradient and likelihood
+    are always exact, so the fixed point is the exact penalised maximum. Step halving when
+    the likelihood falls; with ``compute_se``, a final exact information matrix, one Newton
+    step from it, and the covariance."""
+    k, p = beta0.shape
+    beta = beta0 * used
+    status = np.array([""] * k, dtype=object)
+    n_iter = np.zeros(k, dtype=np.int64)
+    ev = _evaluate(S, Xs, beta)
+    if start is None:
+        H = _hessian(S, Xs, ev, hessian_dtype)
+    else:
+        H = start
+    Hinv, ok = _inverse(_information(H, lam, used))
+    if start is not None and not ok.all():  # an approximate matrix must not decide this
+        bad = np.flatnonzero(~ok)
+        H_bad = _hessian(S.take(bad), Xs, _evaluate(S.take(bad), Xs, beta[bad]), hessian_dtype)
+        Hinv[bad], ok[bad] = _inverse(_information(H_bad, lam[bad], used[bad]))
+    status[~ok] = "singular"
+    llp = ev.ll - 0.5 * (lam * beta**2).sum(axis=1)
+    grad = (ev.grad - lam * beta) * used  # ascent direction of the penalised likelihood
+    active = ok.copy()
+    converged = np.zeros(k, dtype=bool)
+    for _ in range(max_iter):
+        a = np.flatnonzero(active)
+        if len(a) == 0:
+            break
+        n_iter[a] += 1
+        delta = np.einsum("kpq,kq->kp", Hinv[a], grad[a])
+        # with standard errors an exact Newton step follows: BFGS can stop earlier
+        small = np.abs(delta).max(axis=1) < (max(tol, 1e-6) if compute_se else tol)
+        converged[a[small]] = True
+        active[a[small]] = False
+        a, delta = a[~small], delta[~small]
+        if len(a) == 0:
+            break
+        step = np.ones(len(a))
+        todo = np.arange(len(a))
+        new_beta = beta[a] + delta
+        new_llp = np.full(len(a), -np.inf)
+        new_ev = None
+        for _h in range(40):  # step halving until the penalised likelihood does not fall
+            Sa = S.take(a[todo])
+            e = _evaluate(Sa, Xs, new_beta[todo])
+            lp = e.ll - 0.5 * (lam[a[todo]] * new_beta[todo] ** 2).sum(axis=1)
+            if new_ev is None:
+                new_ev = e
+            else:
+                new_ev.grad[todo] = e.grad
+            new_llp[todo] = lp
+            fell = ~(lp >= llp[a[todo]] - 1e-12 * np.abs(llp[a[todo]]))
+            if not fell.any():
+                break
+            todo = todo[fell]
+            step[todo] *= 0.5
+            new_beta[todo] = beta[a[todo]] + step[todo, None] * delta[todo]
+        else:
+            status[a[todo]] = "not_converged"
+            active[a[todo]] = False
+        new_grad = (new_ev.grad - lam[a] * new_beta) * used[a]
+        s_vec = new_beta - beta[a]
+        y_vec = grad[a] - new_grad  # change of the gradient of the negative likelihood
+        sy = np.einsum("kp,kp->k", s_vec, y_vec)
+        upd = sy > 1e-300
+        hi = Hinv[a]
+        hy = np.einsum("kpq,kq->kp", hi, y_vec)
+        rho = np.where(upd, 1.0 / np.where(upd, sy, 1.0), 0.0)
+        yhy = np.einsum("kp,kp->k", y_vec, hy)
+        hi = (
+            hi
+            - rho[:, None, None] * (hy[:, :, None] * s_vec[:, None, :])
+            - rho[:, None, None] * (s_vec[:, :, None] * hy[:, None, :])
+            + ((rho**2 * yhy + rho)[:, None, None]) * (s_vec[:, :, None] * s_vec[:, None, :])
+        )
+        Hinv[a] = hi
+        beta[a] = new_beta
+        grad[a] = new_grad
+        llp[a] = new_llp
+        big = np.abs(beta[a]).max(axis=1) > 4 * separation_threshold
+        status[a[big]] = "separation"
+        active[a[big]] = False
+    runaway = np.abs(beta).max(axis=1) > separation_threshold
+    status[active & runaway] = "separation"
+    status[active & ~runaway] = "not_converged"
+    cov = None
+    if compute_se:
+        fit = status == ""
+        ev = _evaluate(S, Xs, beta)
+        H = _hessian(S, Xs, ev, hessian_dtype)
+        inv, ok = _inverse(_information(H, lam, used))
+        status[fit & ~ok] = "singular"
+        # Newton steps with this exact matrix; after a step of size s the error is of order
+        # s**2, so a step below sqrt(tol) is the last one needed (one, usually)
+        todo = np.flatnonzero(fit & ok)
+        for _ in range(4):
+            g = (ev.grad - lam * beta) * used
+            delta = np.einsum("kpq,kq->kp", inv[todo], g[todo])
+            beta[todo] += delta
+            ev = _evaluate(S, Xs, beta)
+            todo = todo[np.abs(delta).max(axis=1) >= np.sqrt(tol)]
+            if len(todo) == 0:
+                break
+        else:
+            converged[todo] = False
+        cov = inv
+    else:
+        ev = _evaluate(S, Xs, beta)
+    for j in range(k):
+        if status[j] == "" and np.abs(beta[j]).max() > separation_threshold:
+            status[j] = "separation"
+        elif status[j] == "" and not converged[j]:
+            status[j] = "not_converged"
+    status[status == ""] = "ok"
+    return beta, ev, cov, status, n_iter
+
+
+def _fit_fast(
+    X,
+    time,
+    event,
+    include,
+    pen,
+    columns,
+    *,
+    max_iter: int,
+    tol: float,
+    hessian_dtype: str,
+    separation_threshold: float,
+    chunk: int,
+    init=None,
+    compute_se: bool = True,
+) -> CoxResult:
+    n, p = X.shape
+    k = time.shape[0]
+    mu = X.mean(axis=0)
+    sd = X.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    Xs = (X - mu) / sd
+    n_k = include.sum(axis=1)
+    n_ev = (event & include).sum(axis=1)
+    # per-outcome sample variance (ddof=1) over its own persons, on the internal scale
+    M = include.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_k = (M @ Xs) / np.maximum(n_k, 1)[:, None]
+        var_k = ((M @ (Xs * Xs)) - n_k[:, None] * mean_k**2) / np.maximum(n_k - 1, 1)[:, None]
+    var_k = np.maximum(var_k, 0.0)
+    # (a column whose variance over the outcome's persons is 1e-10 of its variance over all
+    # persons is constant there, up to the rounding of this one-pass formula)
+    constant = var_k <= 1e-10
+    messages: list[list[str]] = [[] for _ in range(k)]
+    dropped = columns & constant
+    for j in np.flatnonzero(dropped.any(axis=1)):
+        messages[j].append(f"constant column(s) {np.flatnonzero(dropped[j]).tolist()} dropped")
+    used = columns & ~constant
+    lam = n_k[:, None] * pen[None, :] * var_k  # (K, P) internal ridge weights
+    corr = np.corrcoef(Xs, rowvar=False).reshape(p, p)
+    corr = np.where(np.isfinite(corr), corr, 0.0)
+
+    coef = np.full((k, p), np.nan)
+    se = np.full((k, p), np.nan)
+    ll_out = np.full(k, np.nan)
+    llp_out = np.full(k, np.nan)
+    n_iter = np.zeros(k, dtype=np.int64)
+    status = ["no_events"] * k
+    offset = np.zeros(k)
+    bt: list = [None] * k
+    bh: list = [None] * k
+    fit_rows = np.flatnonzero((n_ev > 0) & (n_k >= 2) & used.any(axis=1))
+    for j in np.setdiff1d(np.arange(k), fit_rows):
+        messages[j].append(
+            "no events among the included persons"
+            if n_ev[j] == 0
+            else "fewer than 2 persons or no usable column"
+        )
+    init_int = None
+    if init is not None:
+        init_int = np.nan_to_num(np.asarray(init, dtype=np.float64), nan=0.0) * sd[None, :]
+    dtype = np.float32 if hessian_dtype == "float32" else np.float64
+    for s in range(0, len(fit_rows), chunk):
+        rows = fit_rows[s : s + chunk]
+        S = _sorted_structure(time[rows], event[rows], include[rows])
+        b0 = np.zeros((len(rows), p)) if init_int is None else init_int[rows]
+        # start from d_k * Cov_k(X) (the information at beta = 0 if every risk set were a
+        # random draw of the outcome's persons): no N x P^2 work before the BFGS iterations
+        sdk = np.sqrt(var_k[rows])
+        start = n_ev[rows][:, None, None] * (sdk[:, :, None] * corr[None] * sdk[:, None, :])
+        beta, ev, cov, st, it = _fit_chunk(
+            S,
+            Xs,
+            lam[rows],
+            used[rows],
+            b0,
+            max_iter=max_iter,
+            tol=tol,
+            hessian_dtype=dtype,
+            separation_threshold=separation_threshold,
+            compute_se=compute_se,
+            start=start,
+        )
+        times_b, ch = _breslow(S, ev)
+        for i, j in enumerate(rows):
+            status[j] = st[i]
+            n_iter[j] = it[i]
+            u = used[j]
+            ll_out[j] = ev.ll[i]
+            llp_out[j] = ev.ll[i] - 0.5 * (lam[j] * beta[i] ** 2).sum()
+            if st[i] == "singular":
+                messages[j].append(
+                    "information matrix not positive definite (collinear or constant "
+                    "covariates without a penalty)"
+                )
+                continue
+            coef[j] = np.where(u, beta[i], np.nan) / sd
+            if cov is not None:
+                se[j] = np.where(u, np.sqrt(np.clip(np.diag(cov[i]), 0, None)), np.nan) / sd
+            offset[j] = float(mu @ np.nan_to_num(coef[j], nan=0.0))
+            bt[j], bh[j] = times_b[i], ch[i]
+            if st[i] == "separation":
+                messages[j].append(
+                    f"a coefficient exceeds {separation_threshold} log-hazard per SD: monotone "
+                    "likelihood (separation); add a penalizer"
+                )
+            elif st[i] == "not_converged":
+                messages[j].append(f"no convergence in {it[i]} iterations")
+    return CoxResult(
+        coef=coef,
+        se=se,
+        loglik=ll_out,
+        loglik_penalized=llp_out,
+        n=n_k,
+        n_events=n_ev,
+        n_iter=n_iter,
+        converged=np.array([s == "ok" for s in status]),
+        status=status,
+        message=["; ".join(m) for m in messages],
+        used=used,
+        offset=offset,
+        baseline_times=bt,
+        baseline_cumhaz=bh,
+        backend="fast",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The lifelines back-end (reference and fallback)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fit_lifelines(X, time, event, include, pen, columns) -> CoxResult:
+    import pandas as pd
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError, ConvergenceWarning
+
+    k = time.shape[0]
+    p = X.shape[1]
+    coef = np.full((k, p), np.nan)
+    se = np.full((k, p), np.nan)
+    ll = np.full(k, np.nan)
+    llp = np.full(k, np.nan)
+    status, messages = [], []
+    n_k = include.sum(axis=1)
+    n_ev = (event & include).sum(axis=1)
+    used = columns.copy()
+    offset = np.zeros(k)
+    bt: list = [None] * k
+    bh: list = [None] * k
+    for j in range(k):
+        inc = include[j]
+        cols = np.flatnonzero(columns[j])
+        Xj = X[inc][:, cols]
+        const = Xj.std(axis=0) == 0
+        msg = []
+        if const.any():
+            msg.append(f"constant column(s) {cols[const].tolist()} dropped")
+            cols = cols[~const]
+            Xj = Xj[:, ~const]
+        used[j] = False
+        used[j, cols] = True
+        if n_ev[j] == 0 or len(cols) == 0:
+            status.append("no_events")
+            messages.append("; ".join(msg + ["no events among the included persons"]))
+            continue
+        df = pd.DataFrame(Xj, columns=[f"x{c}" for c in cols])
+        df["_T"] = time[j, inc]
+        df["_E"] = event[j, inc].astype(int)
+        pj = pen[cols]
+        cph = CoxPHFitter(penalizer=pj if np.ptp(pj) > 0 else float(pj[0]))
+        st = "ok"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            try:
+                cph.fit(df, duration_col="_T", event_col="_E")
+            except (ConvergenceError, np.linalg.LinAlgError) as e:
+                st = "singular" if "matrix" in str(e).lower() else "not_converged"
+                msg.append(f"lifelines: {str(e).splitlines()[0]}")
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                text = str(w.message)
+                if "separation" in text or "non-unique" in text:
+                    st = "separation" if st == "ok" else st
+                elif "failed to converge" in text:
+                    st = "not_converged" if st == "ok" else st
+                msg.append(f"lifelines: {text.splitlines()[0][:160]}")
+        if st != "singular" and hasattr(cph, "params_"):
+            coef[j, cols] = cph.params_.values
+            se[j, cols] = cph.standard_errors_.values
+            llp[j] = cph.log_likelihood_
+            b = cph.params_.values
+            ll[j] = cph.log_likelihood_ + 0.5 * n_k[j] * np.sum(pj * (b * Xj.std(0, ddof=1)) ** 2)
+            offset[j] = float(cph._norm_mean.values @ b)
+            bch = cph.baseline_cumulative_hazard_
+            bt[j] = bch.index.values.astype(np.float64)
+            bh[j] = bch.values[:, 0]
+        status.append(st)
+        messages.append("; ".join(msg))
+    return CoxResult(
+        coef=coef,
+        se=se,
+        loglik=ll,
+        loglik_penalized=llp,
+        n=n_k,
+        n_events=n_ev,
+        n_iter=np.zeros(k, dtype=np.int64),
+        converged=np.array([s == "ok" for s in status]),
+        status=status,
+        message=messages,
+        used=used,
+        offset=offset,
+        baseline_times=bt,
+        baseline_cumhaz=bh,
+        backend="lifelines",
+    )
+
+
+def fit_cox(
+    X,
+    time,
+    event,
+    include=None,
+    penalizer=0.0,
+    columns=None,
+    *,
+    backend: str = "fast",
+    max_iter: int = 50,
+    tol: float = 1e-9,
+    hessian_dtype: str = "float32",
+    separation_threshold: float = 15.0,
+    chunk: int = 128,
+    init=None,
+    compute_se: bool = True,
+    threads: int | None = None,
+) -> CoxResult:
+    """Fit one ridge-penalised Efron Cox model per outcome on the shared matrix ``X``.
+
+    Parameters
+    ----------
+    X : (N, P) covariates (no intercept).
+    time, event : (K, N) or (N,) follow-up time (>= 0) and event indicator per outcome.
+    include : (K, N) bool, persons in each outcome's fit (default: all).
+    penalizer : float or (P,) lifelines-style ridge penalizer (see the module docstring).
+    columns : (P,) or (K, P) bool, columns in each outcome's model (default: all).
+    backend : ``fast`` (batched Newton-Raphson) or ``lifelines`` (CoxPHFitter per outcome).
+    tol : convergence when the largest Newton step, in per-SD units, is below this.
+    hessian_dtype : ``float32`` (faster) or ``float64`` accumulation of the Hessian's main term.
+    separation_threshold : a per-SD log-hazard ratio above this flags separation.
+    init : optional (K, P) starting coefficients (warm start, e.g. from another fold).
+    compute_se : standard errors (one more information matrix per outcome); off for models
+        used only for prediction.
+    threads : BLAS threads during the fit (None: leave as configured). Multithreaded BLAS
+        on an oversubscribed machine can be many times slower than one thread.
+    """
+    X, time, event, include, pen, columns = validate_inputs(
+        X, time, event, include, penalizer, columns
+    )
+    if backend == "lifelines":
+        with threadpool_limits(limits=threads):
+            return _fit_lifelines(X, time, event, include, pen, columns)
+    if backend != "fast":
+        raise ValueError(f"backend must be 'fast' or 'lifelines', not {backend!r}")
+    if hessian_dtype not in ("float32", "float64"):
+        raise ValueError(f"hessian_dtype must be float32 or float64, not {hessian_dtype!r}")
+    with threadpool_limits(limits=threads):
+        return _fit_fast(
+            X,
+            time,
+            event,
+            include,
+            pen,
+            columns,
+            max_iter=max_iter,
+            tol=tol,
+            hessian_dtype=hessian_dtype,
+            separation_threshold=separation_threshold,
+            chunk=chunk,
+            init=init,
+            compute_se=compute_se,
+        )

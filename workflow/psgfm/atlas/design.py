@@ -1,0 +1,361 @@
+"""The atlas cohort and its covariates: night embeddings, age, sex, site, folds.
+
+* **Cohort.** Persons of the phenome stage's labels who have a night embedding for their PSG
+  night. The night is the one the phenome stage uses as time zero: the earliest ``psg_date``
+  of the subject in the sample sheet (several recordings on that date: the first by
+  ``recording_id`` that has an embedding). A person whose earliest night has no embedding is
+  left out (a later night would not match time zero); reasons go to ``qc/persons.tsv``.
+* **Embedding features.** Per modality (``BAS``, ``RESP``, ``EKG``, ``EMG``) a D-vector or
+  null (modality missing). ``combine: mean``: the mean over the modalities present (D
+  features). ``combine: concat``: the modality vectors side by side (4 x D features); a missing
+  modality is filled with the mean of that modality over the training fold's persons who have
+  it, and one 0/1 "missing" indicator per modality that is missing for anyone in the cohort is
+  added. A person with no modality at all is left out. Optional PCA (``pca_components``) is
+  fitted on the training fold only and applied to its held-out fold.
+* **Demographics.** Age at the PSG night in years (``(psg_date - birth_date) / 365.25``), sex
+  (1 = male), and configured extra covariates (numeric columns of ``covariates.table``;
+  persons with a missing value are left out with a reason).
+* **Folds.** Subject-level: ``kfold`` assigns persons (sorted by id) to ``folds`` folds by a
+  seeded permutation; ``file`` reads ``person_id`` and ``fold`` (integers; every fold is
+  held out once) or ``set`` (``train``/``test``: one declared split).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MODALITIES = ("BAS", "RESP", "EKG", "EMG")
+TRAIN_ONLY = -1  # fold label of persons that are never held out (declared train set)
+
+
+class AtlasInputError(ValueError):
+    """An atlas input is malformed; the message names the file, the column and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Night embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NightEmbeddings:
+    recording_id: np.ndarray  # (R,) str
+    subject_id: np.ndarray  # (R,) str
+    blocks: dict[str, np.ndarray]  # modality -> (R, D) float64, NaN rows where missing
+    present: dict[str, np.ndarray]  # modality -> (R,) bool
+
+    @property
+    def dim(self) -> int:
+        return next(iter(self.blocks.values())).shape[1]
+
+
+def read_night_embeddings(path, modalities=MODALITIES) -> NightEmbeddings:
+    """Read and check ``night.parquet`` (one row per recording, one list column per modality)."""
+    path = Path(path)
+    if not path.exists():
+        raise AtlasInputError(
+            f"{path}: night embeddings not found. They are written by the model stage "
+            "(results/embeddings/night.parquet) or set atlas.embeddings."
+        )
+    table = pq.read_table(path)
+    need = ["recording_id", "subject_id", *modalities]
+    missing = [c for c in need if c not in table.column_names]
+    if missing:
+        raise AtlasInputError(
+            f"{path}: column(s) {missing} missing (it has {table.column_names}); expected "
+            f"recording_id, subject_id and one list<float> column per modality {list(modalities)}."
+        )
+    rec = np.asarray(table["recording_id"].to_pylist(), dtype=object)
+    if pd.Series(rec).duplicated().any():
+        dup = pd.Series(rec)[pd.Series(rec).duplicated()].head(3).tolist()
+        raise AtlasInputError(f"{path}: recording_id repeats ({dup}); one row per recording.")
+    subj = np.asarray(table["subject_id"].to_pylist(), dtype=object)
+    blocks, present = {}, {}
+    dim = None
+    for m in modalities:
+        col = table[m].combine_chunks()
+        if not (pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+            raise AtlasInputError(
+                f"{path}: column {m} must be a list of floats per recording, not {col.type}."
+            )
+        mask = ~np.asarray(col.is_null().to_pylist(), dtype=bool)
+        lengths = np.array([len(v) if v is not None else 0 for v in col.to_pylist()])
+        if mask.any():
+            d = set(lengths[mask].tolist())
+            if len(d) != 1 or (dim is not None and d != {dim}):
+                raise AtlasInputError(
+                    f"{path}: column {m} has vectors of length(s) {sorted(d)}; every modality "
+                    f"of every recording must have the same dimension (seen {dim})."
+                )
+            dim = d.pop()
+        values = np.full((len(rec), dim or 0), np.nan)
+        if mask.any():
+            flat = np.asarray(col.filter(pa.array(mask)).flatten(), dtype=np.float64)
+            values[mask] = flat.reshape(int(mask.sum()), dim)
+        bad = mask & ~np.isfinite(values).all(axis=1) if dim else np.zeros(len(rec), bool)
+        if bad.any():
+            raise AtlasInputError(
+                f"{path}: column {m} has NaN/inf values for recording(s) "
+                f"{rec[bad][:3].tolist()}; a missing modality must be null, not NaN."
+            )
+        blocks[m], present[m] = values, mask
+    if dim is None:
+        raise AtlasInputError(f"{path}: every modality is null for every recording.")
+    for m in modalities:  # modalities that were null everywhere get the common dimension
+        if blocks[m].shape[1] != dim:
+            blocks[m] = np.full((len(rec), dim), np.nan)
+    return NightEmbeddings(rec, subj, blocks, present)
+
+
+# ---------------------------------------------------------------------------------------------
+# Persons: cohort, demographics, sites
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cohort:
+    person_id: np.ndarray  # (N,) str, sorted
+    recording_id: np.ndarray  # (N,)
+    age: np.ndarray  # (N,) years at the PSG night
+    male: np.ndarray  # (N,) 0/1
+    site: np.ndarray  # (N,) str ("" if unknown)
+    extra: np.ndarray  # (N, C) configured covariates
+    extra_names: list[str]
+    blocks: dict[str, np.ndarray]  # modality -> (N, D)
+    present: dict[str, np.ndarray]  # modality -> (N,)
+    dropped: pd.DataFrame  # person_id, reason, detail
+
+    @property
+    def n(self) -> int:
+        return len(self.person_id)
+
+
+def _read_any(path) -> pd.DataFrame:
+    path = str(path)
+    if path.endswith(".parquet"):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, sep="\t" if path.endswith((".tsv", ".txt")) else ",")
+
+
+def read_sheet_nights(path) -> pd.DataFrame:
+    """recording_id, subject_id, psg_date (date), site of the sample sheet."""
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in ("recording_id", "subject_id", "psg_date") if c not in df.columns]
+    if missing:
+        raise AtlasInputError(f"{path}: the sample sheet lacks column(s) {missing}.")
+    if "site" not in df.columns:
+        df["site"] = ""
+    df = df[["recording_id", "subject_id", "psg_date", "site"]].apply(lambda s: s.str.strip())
+    dates = pd.to_datetime(df["psg_date"], format="%Y-%m-%d", errors="coerce")
+    if dates.isna().any():
+        bad = df.loc[dates.isna(), "recording_id"].head(3).tolist()
+        raise AtlasInputError(f"{path}: psg_date is not YYYY-MM-DD for recording(s) {bad}.")
+    df["psg_date"] = dates.dt.date
+    return df
+
+
+def build_cohort(
+    night: NightEmbeddings,
+    label_persons,
+    persons_path,
+    sheet_path,
+    covariates: dict | None = None,
+) -> Cohort:
+    """The atlas cohort: label persons with an embedding of their first PSG night."""
+    from psgfm.phenome.build import read_persons
+
+    persons = read_persons(persons_path).to_pandas().set_index("person_id")
+    sheet = read_sheet_nights(sheet_path)
+    sheet = sheet.sort_values(["subject_id", "psg_date", "recording_id"])
+    first_date = sheet.groupby("subject_id")["psg_date"].transform("min")
+    first = sheet[sheet["psg_date"] == first_date]
+    emb_row = {r: i for i, r in enumerate(night.recording_id)}
+    any_mod = np.zeros(len(night.recording_id), dtype=bool)
+    for m in night.present:
+        any_mod |= night.present[m]
+    dropped = []
+    rows = []
+    cov_cfg = covariates or {}
+    cov_cols = list(cov_cfg.get("columns") or [])
+    cov_table = None
+    if cov_cols:
+        if not cov_cfg.get("table"):
+            raise AtlasInputError(
+                "atlas.covariates.columns is set but atlas.covariates.table is not."
+            )
+        cov_table = _read_any(cov_cfg["table"])
+        miss = [c for c in ["person_id", *cov_cols] if c not in cov_table.columns]
+        if miss:
+            raise AtlasInputError(
+                f"{cov_cfg['table']}: column(s) {miss} missing (it has {list(cov_table.columns)})."
+            )
+        cov_table["person_id"] = cov_table["person_id"].astype(str).str.strip()
+        cov_table = cov_table.set_index("person_id")[cov_cols]
+        for c in cov_cols:
+            vals = pd.to_numeric(cov_table[c], errors="coerce")
+            nonnum = vals.isna() & cov_table[c].notna()
+            if nonnum.any():
+                raise AtlasInputError(
+                    f"{cov_cfg['table']}: covariate {c} is not numeric for person(s) "
+                    f"{cov_table.index[nonnum][:3].tolist()}; code it as a number."
+                )
+            cov_table[c] = vals
+    by_subject = {s: g for s, g in first.groupby("subject_id", sort=False)}
+    for pid in sorted({str(p) for p in label_persons}):
+        g = by_subject.get(pid)
+        if g is None:
+            dropped.append((pid, "not_in_sheet", "no recording in the sample sheet"))
+            continue
+        if pid not in persons.index:
+            dropped.append((pid, "not_in_persons", "not in the persons table"))
+            continue
+        rec = next(
+            (r for r in g["recording_id"] if r in emb_row and any_mod[emb_row[r]]),
+            None,
+        )
+        if rec is None:
+            dropped.append(
+                (
+                    pid,
+                    "no_embedding",
+                    f"no night embedding for the first PSG night ({g['psg_date'].iloc[0]}: "
+                    f"{', '.join(g['recording_id'])})",
+                )
+            )
+            continue
+        extra = []
+        if cov_table is not None:
+            if pid not in cov_table.index or cov_table.loc[pid].isna().any():
+                dropped.append((pid, "missing_covariate", f"a value of {cov_cols} is missing"))
+                continue
+            extra = cov_table.loc[pid].to_numpy(dtype=np.float64).tolist()
+        psg = g.loc[g["recording_id"] == rec, "psg_date"].iloc[0]
+        birth = persons.loc[pid, "birth_date"]
+        birth = pd.Timestamp(birth).date()
+        rows.append(
+            (
+                pid,
+                rec,
+                (psg - birth).days / 365.25,
+                1.0 if persons.loc[pid, "sex"] == "M" else 0.0,
+                g.loc[g["recording_id"] == rec, "site"].iloc[0],
+                extra,
+            )
+        )
+    if not rows:
+        raise AtlasInputError(
+            "no person of the phenome labels has a night embedding of the first PSG night; "
+            "check that night.parquet and the sample sheet use the same recording_id values."
+        )
+    idx = np.array([emb_row[r[1]] for r in rows])
+    return Cohort(
+        person_id=np.array([r[0] for r in rows], dtype=object),
+        recording_id=np.array([r[1] for r in rows], dtype=object),
+        age=np.array([r[2] for r in rows]),
+        male=np.array([r[3] for r in rows]),
+        site=np.array([r[4] for r in rows], dtype=object),
+        extra=np.array([r[5] for r in rows], dtype=np.float64).reshape(len(rows), len(cov_cols)),
+        extra_names=cov_cols,
+        blocks={m: b[idx] for m, b in night.blocks.items()},
+        present={m: p[idx] for m, p in night.present.items()},
+        dropped=pd.DataFrame(dropped, columns=["person_id", "reason", "detail"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Folds and fold-specific features
+# ---------------------------------------------------------------------------------------------
+
+
+def assign_folds(person_id: np.ndarray, split: dict, seed: int) -> np.ndarray:
+    """Fold of every person (``TRAIN_ONLY`` for a declared training set)."""
+    method = split.get("method", "kfold")
+    n = len(person_id)
+    if method == "kfold":
+        k = int(split.get("folds", 5))
+        if k < 2 or k > n:
+            raise AtlasInputError(f"atlas.split.folds must be between 2 and {n}; got {k}.")
+        order = np.argsort(person_id.astype(str), kind="stable")
+        perm = np.random.default_rng(np.random.SeedSequence([seed, 0xF01D])).permutation(n)
+        folds = np.empty(n, dtype=np.int64)
+        folds[order[perm]] = np.arange(n) % k
+        return folds
+    if method != "file":
+        raise AtlasInputError(f"atlas.split.method must be kfold or file, not {method!r}.")
+    path = split.get("file")
+    if not path or not Path(path).exists():
+        raise AtlasInputError(f"atlas.split.file {path!r} not found (split.method: file).")
+    df = _read_any(path)
+    df["person_id"] = df["person_id"].astype(str).str.strip()
+    df = df.set_index("person_id")
+    missing = [p for p in person_id if p not in df.index]
+    if missing:
+        raise AtlasInputError(
+            f"{path}: {len(missing)} cohort person(s) have no fold (e.g. {missing[:3]}); "
+            "every person of the atlas cohort needs a row."
+        )
+    if "fold" in df.columns:
+        folds = df.loc[list(person_id), "fold"].to_numpy()
+        if not np.issubdtype(np.asarray(folds).dtype, np.integer) or (folds < 0).any():
+            raise AtlasInputError(f"{path}: column fold must hold non-negative integers.")
+        if len(np.unique(folds)) < 2:
+            raise AtlasInputError(f"{path}: at least two folds are needed.")
+        return folds.astype(np.int64)
+    if "set" in df.columns:
+        s = df.loc[list(person_id), "set"].astype(str).str.strip().str.lower()
+        if not s.isin(["train", "test"]).all():
+            raise AtlasInputError(f"{path}: column set must be train or test.")
+        if (s == "test").sum() == 0 or (s == "train").sum() == 0:
+            raise AtlasInputError(f"{path}: the split needs both train and test persons.")
+        return np.where(s.to_numpy() == "test", 0, TRAIN_ONLY)
+    raise AtlasInputError(f"{path}: needs a column fold (integers) or set (train/test).")
+
+
+def embedding_features(
+    cohort: Cohort, train: np.ndarray, combine: str, pca_components: int | None
+) -> tuple[np.ndarray, list[str]]:
+    """(N, F) embedding features for every person, using statistics of ``train`` only."""
+    mods = list(cohort.blocks)
+    if combine == "mean":
+        stack = np.stack([cohort.blocks[m] for m in mods])  # (M, N, D)
+        pres = np.stack([cohort.present[m] for m in mods])  # (M, N)
+        with np.errstate(invalid="ignore"):
+            feats = (
+                np.nansum(np.where(pres[:, :, None], stack, 0.0), axis=0)
+                / pres.sum(axis=0)[:, None]
+            )
+        names = [f"emb{j}" for j in range(feats.shape[1])]
+    elif combine == "concat":
+        parts, names = [], []
+        for m in mods:
+            b = cohort.blocks[m].copy()
+            p = cohort.present[m]
+            tr = train & p
+            fill = b[tr].mean(axis=0) if tr.any() else np.zeros(b.shape[1])
+            b[~p] = fill
+            parts.append(b)
+            names += [f"{m}_{j}" for j in range(b.shape[1])]
+        for m in mods:
+            if not cohort.present[m].all():
+                parts.append((~cohort.present[m]).astype(np.float64)[:, None])
+                names.append(f"{m}_missing")
+        feats = np.hstack(parts)
+    else:
+        raise AtlasInputError(f"atlas.combine must be mean or concat, not {combine!r}.")
+    if pca_components:
+        k = int(pca_components)
+        mu = feats[train].mean(axis=0)
+        _, _, vt = np.linalg.svd(feats[train] - mu, full_matrices=False)
+        k = min(k, vt.shape[0])
+        # deterministic signs: the largest loading of each component is positive
+        sign = np.sign(vt[np.arange(k), np.abs(vt[:k]).argmax(axis=1)])
+        feats = (feats - mu) @ (vt[:k].T * sign)
+        names = [f"pc{j + 1}" for j in range(k)]
+    return feats, names

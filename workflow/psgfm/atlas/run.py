@@ -1,0 +1,624 @@
+"""The atlas stage: per-phecode Cox models on night embeddings, evaluated held out.
+
+``run_batch`` fits and evaluates one batch of phecodes (one Snakemake job); ``gather`` joins
+the batches, corrects for multiple testing across all phecodes and writes the atlas table.
+
+For every phecode and every held-out fold f the model (embedding features + age + sex +
+configured covariates) and the baseline (age + sex + configured covariates) are fitted on the
+persons of the other folds that the phenome stage did not exclude for that phecode; sex is
+left out of both for sex-restricted phecodes. The held-out linear predictors of all folds are
+pooled (every person is held out once) and evaluated per phecode: Harrell's and Uno's C,
+cumulative/dynamic AUC at the horizons, each with a percentile bootstrap CI (persons
+resampled, model and baseline on the same replicates: paired differences), the hazard ratio
+per SD of the held-out risk score (alone and adjusted for the baseline's score), the
+integrated Brier score, decile calibration at the horizons, and C in subgroups.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as _time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+from threadpoolctl import threadpool_limits
+
+from psgfm.atlas import metrics as M
+from psgfm.atlas.cox import fit_cox
+from psgfm.atlas.design import (
+    TRAIN_ONLY,
+    AtlasInputError,
+    Cohort,
+    assign_folds,
+    build_cohort,
+    embedding_features,
+    read_night_embeddings,
+)
+from psgfm.io import provenance, write_json, write_parquet, write_text
+
+log = logging.getLogger(__name__)
+DAYS_PER_YEAR = 365.25
+
+DEFAULTS = {
+    "modalities": ["BAS", "RESP", "EKG", "EMG"],
+    "combine": "mean",
+    "pca_components": None,
+    "covariates": {"table": None, "columns": []},
+    "penalizer": 0.01,
+    "penalizer_demographics": 0.0,
+    "backend": "fast",
+    "hessian_dtype": "float32",
+    "max_iter": 50,
+    "split": {"method": "kfold", "folds": 5, "file": None},
+    "seed": 20261124,
+    "n_batches": 4,
+    "min_events": 5,
+    "horizons_years": [1, 2, 5],
+    "truncation_years": 5,
+    "ibs_years": [0.5, 5],
+    "ibs_points": 10,
+    "bootstrap": 200,
+    "ci_level": 0.95,
+    "alpha": 0.05,
+    "age_bands": [50, 60, 70],
+    "subgroup_min_events": 10,
+    "subgroup_drop": 0.05,
+}
+
+
+def _cfg(config: dict | None) -> dict:
+    cfg = {**DEFAULTS, **(config or {})}
+    cfg["split"] = {**DEFAULTS["split"], **(cfg.get("split") or {})}
+    cfg["covariates"] = {**DEFAULTS["covariates"], **(cfg.get("covariates") or {})}
+    return cfg
+
+
+def horizon_name(years: float) -> str:
+    return f"{years:g}y"
+
+
+# ---------------------------------------------------------------------------------------------
+# Phecode batches and labels
+# ---------------------------------------------------------------------------------------------
+
+
+def read_summary(path) -> pd.DataFrame:
+    s = pl.read_parquet(path).to_pandas()
+    need = ["phecode", "phecode_string", "category", "sex", "fit"]
+    miss = [c for c in need if c not in s.columns]
+    if miss:
+        raise AtlasInputError(f"{path}: phenome summary lacks column(s) {miss}.")
+    return s
+
+
+def batch_phecodes(summary: pd.DataFrame, n_batches: int) -> list[list[str]]:
+    """Fitted phecodes (``fit``), in the summary's order, dealt round-robin to the batches."""
+    codes = summary.loc[summary["fit"].astype(bool), "phecode"].astype(str).tolist()
+    return [codes[i::n_batches] for i in range(n_batches)]
+
+
+def batch_name(i: int) -> str:
+    return f"a{i:04d}"
+
+
+def label_persons(labels_path) -> list[str]:
+    return (
+        pl.scan_parquet(labels_path).select("person_id").unique().collect()["person_id"].to_list()
+    )
+
+
+def load_labels(labels_path, phecodes: list[str], person_id: np.ndarray):
+    """(K, N) time (days), event, included, status code for the phecodes and cohort persons.
+
+    Status codes: 1 case, 0 control, -1 excluded (or absent from the labels).
+    """
+    df = (
+        pl.scan_parquet(labels_path)
+        .filter(pl.col("phecode").is_in(phecodes))
+        .select("person_id", "phecode", "status", "event", "time_days")
+        .collect()
+    )
+    k, n = len(phecodes), len(person_id)
+    pidx = {p: i for i, p in enumerate(person_id)}
+    kidx = {p: i for i, p in enumerate(phecodes)}
+    pi = np.array([pidx.get(p, -1) for p in df["person_id"].to_list()], dtype=np.int64)
+    ki = np.array([kidx[p] for p in df["phecode"].to_list()], dtype=np.int64)
+    keep = pi >= 0
+    status = np.full((k, n), -1, dtype=np.int8)
+    code = np.where(
+        df["status"].to_numpy() == "case", 1, np.where(df["status"].to_numpy() == "control", 0, -1)
+    )
+    status[ki[keep], pi[keep]] = code[keep]
+    time = np.full((k, n), np.nan)
+    t = df["time_days"].fill_null(-1).to_numpy().astype(np.float64)
+    time[ki[keep], pi[keep]] = t[keep]
+    include = status >= 0
+    bad = include & ~(time > 0)
+    if bad.any():
+        j, i = np.argwhere(bad)[0]
+        raise AtlasInputError(
+            f"{labels_path}: time_days must be > 0 for cases and controls; phecode "
+            f"{phecodes[j]}, person {person_id[i]} has {time[j, i]}."
+        )
+    return np.where(include, time, 0.0), status == 1, include, status
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FoldFits:
+    lp: np.ndarray  # (K, N) held-out linear predictor (internal scale; NaN: not held out)
+    fold: np.ndarray  # (N,)
+    cumhaz: np.ndarray  # (K, n_folds, T) baseline cumulative hazard at the evaluation times
+    fold_ids: np.ndarray
+    status: list[str]  # worst status over folds per phecode
+    message: list[str]
+
+
+def _demographics(cohort: Cohort) -> tuple[np.ndarray, list[str]]:
+    X = np.column_stack([cohort.age, cohort.male, cohort.extra])
+    return X, ["age", "male", *cohort.extra_names]
+
+
+def _worst(statuses: list[str]) -> str:
+    for s in ("singular", "separation", "no_events", "not_converged"):
+        if s in statuses:
+            return s
+    return "ok"
+
+
+def fit_folds(
+    cohort: Cohort,
+    folds: np.ndarray,
+    time,
+    event,
+    include,
+    sex_restricted: np.ndarray,
+    cfg: dict,
+    eval_days: np.ndarray,
+    with_embedding: bool,
+) -> FoldFits:
+    """Fit the model (or the baseline) per held-out fold; pool the held-out predictions."""
+    k, n = time.shape
+    D, dnames = _demographics(cohort)
+    fold_ids = np.unique(folds[folds != TRAIN_ONLY])
+    lp = np.full((k, n), np.nan)
+    cumhaz = np.full((k, len(fold_ids), len(eval_days)), np.nan)
+    statuses = [[] for _ in range(k)]
+    messages = [[] for _ in range(k)]
+    init = None
+    for fi, f in enumerate(fold_ids):
+        train, test = folds != f, folds == f
+        if with_embedding:
+            E, _ = embedding_features(cohort, train, cfg["combine"], cfg["pca_components"])
+            X = np.hstack([E, D])
+            pen = np.r_[np.full(E.shape[1], cfg["penalizer"]), np.full(D.shape[1], 0.0)]
+        else:
+            X = D
+            pen = np.zeros(D.shape[1])
+        pen[X.shape[1] - D.shape[1] :] = cfg["penalizer_demographics"]
+        cols = np.ones((k, X.shape[1]), dtype=bool)
+        cols[sex_restricted, X.shape[1] - D.shape[1] + dnames.index("male")] = False
+        warm = (
+            init if (init is not None and not (with_embedding and cfg["pca_components"])) else None
+        )
+        res = fit_cox(
+            X[train],
+            time[:, train],
+            event[:, train],
+            include[:, train],
+            penalizer=pen,
+            columns=cols,
+            backend=cfg["backend"],
+            max_iter=cfg["max_iter"],
+            hessian_dtype=cfg["hessian_dtype"],
+            compute_se=False,
+            init=warm,
+        )
+        init = np.nan_to_num(res.coef, nan=0.0)
+        lp_test = res.linear_predictor(X[test]) - res.offset[:, None]
+        ok = np.array([s in ("ok", "not_converged") for s in res.status], dtype=bool)
+        lp[:, test] = np.where(ok[:, None] & include[:, test], lp_test, np.nan)
+        cumhaz[:, fi] = res.cumulative_hazard(eval_days)
+        for j in range(k):
+            statuses[j].append(res.status[j])
+            if res.message[j]:
+                messages[j].append(f"fold {f}: {res.message[j]}")
+    return FoldFits(
+        lp=lp,
+        fold=folds,
+        cumhaz=cumhaz,
+        fold_ids=fold_ids,
+        status=[_worst(s) for s in statuses],
+        message=["; ".join(m) for m in messages],
+    )
+
+
+def _phecode_seed(seed: int, phecode: str) -> np.random.SeedSequence:
+    return np.random.SeedSequence([seed, zlib.crc32(phecode.encode())])
+
+
+def _hr_per_sd(z: np.ndarray, t, e, level) -> dict:
+    """Hazard ratio per SD of a held-out risk score (first column of z): Wald CI and the
+    one-sided p-value of HR > 1 (a held-out score that ranks the wrong way, e.g. from
+    over-fitting a rare phecode, is a failure of the model, not a finding)."""
+    res = fit_cox(z if z.ndim == 2 else z[:, None], t, e)
+    if res.status[0] not in ("ok",):
+        return {"coef": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan}
+    lo, hi, _ = M.wald(res.coef[0, 0], res.se[0, 0], level)
+    p = float(M.stats.norm.sf(res.coef[0, 0] / res.se[0, 0]))
+    return {"coef": res.coef[0, 0], "lo": lo, "hi": hi, "p": p}
+
+
+def _ci(prefix: str, reps: np.ndarray, level: float) -> dict:
+    lo, hi = M.percentile_ci(reps[1:], level)
+    return {prefix: float(reps[0]), f"{prefix}_lo": lo, f"{prefix}_hi": hi}
+
+
+def _age_band(age: np.ndarray, edges: list[float]) -> np.ndarray:
+    edges = sorted(edges)
+    labels = [f"<{edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:])]
+    labels.append(f">={edges[-1]:g}")
+    return np.array(labels, dtype=object)[np.searchsorted(edges, age, side="right")]
+
+
+def evaluate_phecode(
+    j: int,
+    phecode: str,
+    cohort: Cohort,
+    model: FoldFits,
+    base: FoldFits,
+    time,
+    event,
+    include,
+    cfg: dict,
+    horizons_days: np.ndarray,
+    grid_days: np.ndarray,
+    W_all: np.ndarray | None = None,
+):
+    """Metrics of one phecode from the pooled held-out predictions.
+
+    ``W_all`` (B + 1, N): bootstrap draw counts of the cohort's persons (row 0: all ones),
+    shared by all phecodes; a phecode's replicate is the drawn persons it includes.
+    """
+    level = cfg["ci_level"]
+    row: dict = {}
+    sub_rows, cal_rows = [], []
+    sel = include[j] & (model.fold != TRAIN_ONLY)
+    sel &= np.isfinite(model.lp[j]) | np.isfinite(base.lp[j])
+    t, e = time[j, sel], event[j, sel]
+    row["n_heldout"] = int(sel.sum())
+    row["n_events_heldout"] = int(e.sum())
+    have_m = np.isfinite(model.lp[j, sel]).all() and model.status[j] in ("ok", "not_converged")
+    have_b = np.isfinite(base.lp[j, sel]).all() and base.status[j] in ("ok", "not_converged")
+    reasons = []
+    if e.sum() < cfg["min_events"]:
+        reasons.append(f"{int(e.sum())} held-out events < min_events {cfg['min_events']}")
+    if not have_m:
+        reasons.append(f"model: {model.status[j]}")
+    if not have_b:
+        reasons.append(f"baseline: {base.status[j]}")
+    if reasons and (e.sum() < cfg["min_events"] or not have_m):
+        row["failure_reason"] = "; ".join(reasons)
+        return row, sub_rows, cal_rows
+    rm = model.lp[j, sel]
+    rb = base.lp[j, sel] if have_b else np.zeros_like(rm)
+    if W_all is None:
+        W = M.bootstrap_weights(len(t), cfg["bootstrap"], _phecode_seed(cfg["seed"], phecode))
+    else:
+        W = W_all[:, sel]
+    tau = cfg["truncation_years"] * DAYS_PER_YEAR
+    ti = M.TimeIndex(t, e)
+    conc = M.concordance(t, e, [rm, rb], W=W, tau=tau, index=ti)
+    for name in ("harrell", "uno"):
+        row.update(_ci(f"c_{name}", conc[name][0], level))
+        if have_b:
+            row.update(_ci(f"base_c_{name}", conc[name][1], level))
+            row.update(_ci(f"delta_c_{name}", conc[name][0] - conc[name][1], level))
+    hv = [(h, d) for h, d in zip(cfg["horizons_years"], horizons_days) if t.min() <= d < t.max()]
+    if hv:
+        auc = M.cumulative_dynamic_auc(t, e, [rm, rb], [d for _, d in hv], W=W, index=ti)
+        for i, (h, _) in enumerate(hv):
+            hn = horizon_name(h)
+            row.update(_ci(f"auc_{hn}", auc[0, :, i], level))
+            if have_b:
+                row.update(_ci(f"base_auc_{hn}", auc[1, :, i], level))
+                row.update(_ci(f"delta_auc_{hn}", auc[0, :, i] - auc[1, :, i], level))
+    zm = (rm - rm.mean()) / (rm.std() or 1.0)
+    hr = _hr_per_sd(zm, t, e, level)
+    row.update(
+        hr_per_sd=np.exp(hr["coef"]),
+        hr_per_sd_lo=np.exp(hr["lo"]),
+        hr_per_sd_hi=np.exp(hr["hi"]),
+        p_value=hr["p"],
+    )
+    if have_b and rb.std() > 0:
+        zb = (rb - rb.mean()) / rb.std()
+        hra = _hr_per_sd(np.c_[zm, zb], t, e, level)
+        row.update(
+            hr_per_sd_adj=np.exp(hra["coef"]),
+            hr_per_sd_adj_lo=np.exp(hra["lo"]),
+            hr_per_sd_adj_hi=np.exp(hra["hi"]),
+            p_value_adj=hra["p"],
+        )
+    # survival predictions from each fold's baseline hazard
+    fold_pos = np.searchsorted(model.fold_ids, model.fold[sel])
+
+    def surv(fits: FoldFits, r):
+        h0 = fits.cumhaz[j][fold_pos]  # (n, T)
+        return np.exp(-h0 * np.exp(r)[:, None])
+
+    sm = surv(model, rm)
+    sb = surv(base, rb) if have_b else None
+    grid = grid_days[grid_days < t.max()]
+    gi = len(horizons_days) + np.flatnonzero(grid_days < t.max())
+    if len(grid) >= 2:
+        row["ibs"] = M.integrated_brier_score(t, e, sm[:, gi], grid)
+        if have_b:
+            row["base_ibs"] = M.integrated_brier_score(t, e, sb[:, gi], grid)
+        km = M.km_at(t, e, grid)
+        row["ibs_km"] = M.integrated_brier_score(t, e, np.tile(km, (len(t), 1)), grid)
+    for i, (h, d) in enumerate(zip(cfg["horizons_years"], horizons_days)):
+        if not d < t.max():
+            continue
+        obs = 1.0 - M.km_at(t, e, d)[0]
+        for name, s in (("model", sm), ("baseline", sb)):
+            if s is None:
+                continue
+            risk = 1.0 - s[:, i]
+            for r in M.calibration_deciles(t, e, risk, d):
+                cal_rows.append({"phecode": phecode, "model": name, "horizon_years": h, **r})
+            prefix = "" if name == "model" else "base_"
+            row[f"{prefix}eo_{horizon_name(h)}"] = risk.mean() / obs if obs > 0 else np.nan
+    # subgroups
+    groups = {
+        "sex": np.where(cohort.male[sel] == 1, "M", "F"),
+        "age_band": _age_band(cohort.age[sel], cfg["age_bands"]),
+    }
+    if (cohort.site != "").any():
+        groups["site"] = cohort.site[sel].astype(object)
+    flags = []
+    c_all = row["c_harrell"]
+    for gname, labels in groups.items():
+        for lab in sorted(set(labels.tolist())):
+            m = labels == lab
+            ne = int(e[m].sum())
+            rec = {
+                "phecode": phecode,
+                "subgroup": gname,
+                "level": str(lab),
+                "n": int(m.sum()),
+                "n_events": ne,
+            }
+            if ne >= 1 and m.sum() >= 2:
+                c = M.concordance(t[m], e[m], [rm[m], rb[m]])["harrell"][:, 0]
+                rec["c_harrell"], rec["base_c_harrell"] = float(c[0]), float(c[1])
+            else:
+                rec["c_harrell"] = rec["base_c_harrell"] = np.nan
+            rec["flag"] = bool(
+                ne >= cfg["subgroup_min_events"]
+                and np.isfinite(rec["c_harrell"])
+                and rec["c_harrell"] < c_all - cfg["subgroup_drop"]
+            )
+            if rec["flag"]:
+                flags.append(f"{gname}={lab} C {rec['c_harrell']:.3f}")
+            sub_rows.append(rec)
+    row["subgroup_flags"] = "; ".join(flags)
+    if reasons:
+        row["failure_reason"] = "; ".join(reasons)
+    return row, sub_rows, cal_rows
+
+
+def run_batch(
+    phecodes: list[str],
+    *,
+    embeddings,
+    labels,
+    summary,
+    persons,
+    sheet,
+    config: dict,
+    out: dict | None = None,
+    threads: int | None = 1,
+) -> dict[str, pd.DataFrame]:
+    """Fit and evaluate one batch of phecodes; write the batch files if ``out`` is given.
+
+    ``out`` keys: table, subgroups, calibration, risk (Parquet paths). ``threads`` limits the
+    BLAS threads (default 1: batches run as parallel jobs; a multithreaded BLAS on a busy
+    machine can be far slower than one thread).
+    """
+    with threadpool_limits(limits=threads):
+        return _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, out)
+
+
+def _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, out):
+    cfg = _cfg(config)
+    t0 = _time.perf_counter()
+    night = read_night_embeddings(embeddings, cfg["modalities"])
+    cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
+    folds = assign_folds(cohort.person_id, cfg["split"], cfg["seed"])
+    summ = read_summary(summary).set_index("phecode").loc[phecodes]
+    time, event, include, status = load_labels(labels, phecodes, cohort.person_id)
+    sex_restricted = summ["sex"].isin(["Female", "Male"]).to_numpy()
+    horizons_days = np.asarray(cfg["horizons_years"], dtype=np.float64) * DAYS_PER_YEAR
+    lo, hi = cfg["ibs_years"]
+    grid_days = np.linspace(lo, hi, cfg["ibs_points"]) * DAYS_PER_YEAR
+    eval_days = np.r_[horizons_days, grid_days]
+    log.info(
+        "batch of %d phecodes, %d persons, folds %s", len(phecodes), cohort.n, np.unique(folds)
+    )
+    model = fit_folds(
+        cohort, folds, time, event, include, sex_restricted, cfg, eval_days, with_embedding=True
+    )
+    base = fit_folds(
+        cohort, folds, time, event, include, sex_restricted, cfg, eval_days, with_embedding=False
+    )
+    t_fit = _time.perf_counter() - t0
+    # persons of the cohort resampled with replacement, the same replicates for every phecode
+    W_all = M.bootstrap_weights(
+        cohort.n, cfg["bootstrap"], np.random.SeedSequence([cfg["seed"], 0xB0075])
+    )
+    rows, subs, cals = [], [], []
+    for j, code in enumerate(phecodes):
+        row = {
+            "phecode": code,
+            "description": summ.loc[code, "phecode_string"],
+            "category": summ.loc[code, "category"],
+            "sex": summ.loc[code, "sex"],
+            "n_case": int((status[j] == 1).sum()),
+            "n_control": int((status[j] == 0).sum()),
+            "n_excluded": int((status[j] == -1).sum()),
+            "status_model": model.status[j],
+            "status_baseline": base.status[j],
+            "converged": model.status[j] == "ok" and base.status[j] == "ok",
+            "fit_messages": "; ".join(m for m in (model.message[j], base.message[j]) if m),
+        }
+        try:
+            r, s, c = evaluate_phecode(
+                j,
+                code,
+                cohort,
+                model,
+                base,
+                time,
+                event,
+                include,
+                cfg,
+                horizons_days,
+                grid_days,
+                W_all,
+            )
+        except M.MetricInputError as exc:  # a bad phecode is a row, never a failed job
+            r, s, c = {"failure_reason": f"metrics: {exc}"}, [], []
+        row.update(r)
+        rows.append(row)
+        subs += s
+        cals += c
+    table = pd.DataFrame(rows)
+    for col in ("failure_reason", "subgroup_flags"):
+        if col not in table:
+            table[col] = ""
+        table[col] = table[col].fillna("")
+    log.info("fit %.1f s, metrics %.1f s", t_fit, _time.perf_counter() - t0 - t_fit)
+    # held-out risk scores, long format
+    kk, ii = np.nonzero(include & (folds != TRAIN_ONLY)[None, :])
+    risk = pd.DataFrame(
+        {
+            "person_id": cohort.person_id[ii].astype(str),
+            "phecode": np.asarray(phecodes, dtype=object)[kk].astype(str),
+            "fold": folds[ii].astype(np.int16),
+            "event": event[kk, ii],
+            "time_days": time[kk, ii].astype(np.int32),
+            "lp_model": model.lp[kk, ii].astype(np.float32),
+            "lp_baseline": base.lp[kk, ii].astype(np.float32),
+        }
+    )
+    result = {
+        "table": table,
+        "subgroups": pd.DataFrame(
+            subs,
+            columns=[
+                "phecode",
+                "subgroup",
+                "level",
+                "n",
+                "n_events",
+                "c_harrell",
+                "base_c_harrell",
+                "flag",
+            ],
+        ),
+        "calibration": pd.DataFrame(
+            cals,
+            columns=["phecode", "model", "horizon_years", "bin", "n", "mean_predicted", "observed"],
+        ),
+        "risk": risk,
+        "persons": cohort.dropped,
+        "cohort": cohort,
+    }
+    if out:
+        for key in ("table", "subgroups", "calibration", "risk"):
+            write_parquet(pa.Table.from_pandas(result[key], preserve_index=False), out[key])
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Gather
+# ---------------------------------------------------------------------------------------------
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate the non-empty frames; an empty frame (first frame's columns) if none."""
+    full = [f for f in frames if len(f)]
+    if full:
+        return pd.concat(full, ignore_index=True)
+    return frames[0].iloc[:0] if frames else pd.DataFrame()
+
+
+def gather(
+    tables: list,
+    subgroups: list,
+    calibration: list,
+    *,
+    config: dict,
+    out: dict,
+    embeddings=None,
+    labels=None,
+    persons=None,
+    sheet=None,
+    summary=None,
+) -> pd.DataFrame:
+    """Join the batch outputs, add multiple-testing corrections, write the atlas files.
+
+    ``out`` keys: table (Parquet), tsv, subgroups (TSV), calibration (Parquet), persons (TSV,
+    the cohort's dropped persons), provenance (JSON).
+    """
+    cfg = _cfg(config)
+    table = _concat([pd.read_parquet(p) for p in tables])
+    if table.empty:  # e.g. no phecode reaches phenome.min_cases in a small cohort
+        log.warning("no phecode was fitted: the atlas tables are empty")
+        table = pd.DataFrame(columns=["phecode", "failure_reason"])
+    for p, prefix in (("p_value", ""), ("p_value_adj", "adj_")):
+        if p not in table:
+            table[p] = np.nan
+        table[f"{prefix}p_bonferroni"] = M.bonferroni(table[p].to_numpy(float))
+        table[f"{prefix}q_bh"] = M.benjamini_hochberg(table[p].to_numpy(float))
+    table["significant"] = table["p_bonferroni"] < cfg["alpha"]
+    table["significant_adj"] = table["adj_p_bonferroni"] < cfg["alpha"]
+    if summary is not None:  # the phenome stage's (numeric) phecode order
+        order = {c: i for i, c in enumerate(read_summary(summary)["phecode"].astype(str))}
+        table = table.iloc[
+            np.argsort([order.get(c, len(order)) for c in table["phecode"]], kind="stable")
+        ]
+    write_parquet(pa.Table.from_pandas(table, preserve_index=False), out["table"])
+    write_text(table.to_csv(sep="\t", index=False, float_format="%.6g"), out["tsv"])
+    subs = _concat([pd.read_parquet(p) for p in subgroups])
+    write_text(subs.to_csv(sep="\t", index=False, float_format="%.6g"), out["subgroups"])
+    cal = _concat([pd.read_parquet(p) for p in calibration])
+    write_parquet(pa.Table.from_pandas(cal, preserve_index=False), out["calibration"])
+    dropped = pd.DataFrame(columns=["person_id", "reason", "detail"])
+    n_cohort = None
+    if embeddings is not None:
+        night = read_night_embeddings(embeddings, cfg["modalities"])
+        cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
+        dropped, n_cohort = cohort.dropped, cohort.n
+    write_text(dropped.to_csv(sep="\t", index=False), out["persons"])
+    prov = provenance("atlas", cfg)
+    prov["counts"] = {
+        "phecodes": int(len(table)),
+        "evaluated": int(table.get("c_harrell", pd.Series(dtype=float)).notna().sum()),
+        "failed": int((table["failure_reason"].fillna("") != "").sum()),
+        "significant_bonferroni": int(table["significant"].sum()),
+        "significant_adj_bonferroni": int(table["significant_adj"].sum()),
+        "cohort": n_cohort,
+        "dropped_persons": int(len(dropped)),
+    }
+    write_json(prov, out["provenance"])
+    return table

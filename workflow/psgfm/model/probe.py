@@ -1,0 +1,244 @@
+"""Does pretraining learn? Linear probes of embeddings against a generated cohort's truth.
+
+On held-out subjects (the ``test`` split; probes are fitted on every other subject, none of
+whom the probe sees at test time), scikit-learn linear models predict:
+
+- **sleep stage per 30-s epoch** from token embeddings (the mean of the epoch's six 5-s
+  tokens, modalities concatenated, a missing modality as zeros plus an indicator):
+  ``LogisticRegression`` on standardised features; macro-F1, Cohen's kappa, accuracy and
+  per-class F1 against the scored stage labels in the tensor files (unscored epochs and
+  epochs in padded patches are left out);
+- **night traits** (realised AHI, mean heart rate, N3 fraction, from ``truth.json``) from
+  night embeddings: ``RidgeCV``; R^2 and Spearman's rho;
+- **cross-modal retrieval**: for each modality, chunk embeddings of test subjects (chunks
+  with all four modalities) retrieve the mean of the other modalities' embeddings of the same
+  chunk among ``group`` chunks drawn at random (seeded); top-1 accuracy against chance
+  ``1 / group``.
+
+The same probes run on the embeddings of the pretrained encoder and of a randomly
+initialised encoder of the same architecture (same data, same code path); the difference is
+what pretraining adds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from scipy.stats import spearmanr
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, r2_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from psgfm import MODALITIES
+from psgfm.signals.export import read_tensors
+
+log = logging.getLogger(__name__)
+
+STAGES = ("W", "N1", "N2", "N3", "REM")
+TRAITS = {"ahi": "ahi_realised", "heart_rate": "heart_rate", "n3_fraction": "n3_fraction_realised"}
+
+
+def _matrix(frame: pd.DataFrame, modalities=MODALITIES) -> np.ndarray:
+    """Concatenate per-modality vector columns; a null vector becomes zeros + indicator 1."""
+    blocks = []
+    for m in modalities:
+        col = frame[m]
+        present = col.notna().to_numpy()
+        d = len(next(v for v in col if v is not None))
+        arr = np.zeros((len(frame), d), dtype=np.float32)
+        if present.any():
+            arr[present] = np.stack(col[present].to_numpy())
+        blocks += [arr, (~present).astype(np.float32)[:, None]]
+    return np.concatenate(blocks, axis=1)
+
+
+def epoch_table(emb_dir: Path, rid: str, tensor_path: Path, epoch_tokens: int = 6) -> pd.DataFrame:
+    """Per 30-s epoch of one recording: mean token embedding per modality and its stage."""
+    tok = pq.read_table(emb_dir / f"{rid}.tokens.parquet")
+    table, _ = read_tensors(tensor_path)
+    stages = np.stack(table.column("stages").to_numpy(zero_copy_only=False)).ravel()
+    n_ep = tok.num_rows // epoch_tokens  # tokens are stored chunk by chunk, in time order
+    real = tok.column("real").to_numpy(zero_copy_only=False)[: n_ep * epoch_tokens]
+    keep = real.reshape(n_ep, epoch_tokens).all(1) & (stages[:n_ep] >= 0)
+    frame = pd.DataFrame(
+        {"recording_id": rid, "epoch": np.arange(n_ep)[keep], "stage": stages[:n_ep][keep]}
+    )
+    for m in MODALITIES:
+        col = tok.column(m).combine_chunks()
+        if col.null_count == len(col):
+            frame[m] = None
+            continue
+        width = col.type.list_size
+        arr = col.flatten().to_numpy().reshape(-1, width)[: n_ep * epoch_tokens]
+        means = arr.reshape(n_ep, epoch_tokens, width).mean(1)[keep]
+        frame[m] = list(means)
+    return frame
+
+
+def stage_probe(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict:
+    x_tr, x_te = _matrix(train), _matrix(test)
+    clf = make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=3000, C=1.0, random_state=seed)
+    )
+    clf.fit(x_tr, train["stage"].to_numpy())
+    pred = clf.predict(x_te)
+    y = test["stage"].to_numpy()
+    per_class = f1_score(y, pred, labels=range(5), average=None, zero_division=0)
+    return {
+        "stage_macro_f1": f1_score(y, pred, labels=range(5), average="macro", zero_division=0),
+        "stage_kappa": cohen_kappa_score(y, pred),
+        "stage_accuracy": accuracy_score(y, pred),
+        **{f"stage_f1_{s}": float(v) for s, v in zip(STAGES, per_class)},
+        "stage_n_train": len(train),
+        "stage_n_test": len(test),
+    }
+
+
+def trait_probe(train: pd.DataFrame, test: pd.DataFrame) -> dict:
+    out = {}
+    x_tr, x_te = _matrix(train), _matrix(test)
+    for name, col in TRAITS.items():
+        y_tr, y_te = train[col].to_numpy(float), test[col].to_numpy(float)
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25)))
+        model.fit(x_tr, y_tr)
+        pred = model.predict(x_te)
+        out[f"{name}_r2"] = float(r2_score(y_te, pred))
+        out[f"{name}_spearman"] = float(spearmanr(y_te, pred).statistic)
+    out["night_n_train"], out["night_n_test"] = len(train), len(test)
+    return out
+
+
+def retrieval_probe(chunks: pd.DataFrame, group: int, seed: int) -> dict:
+    full = chunks.dropna(subset=list(MODALITIES)).reset_index(drop=True)
+    out = {"retrieval_chance": 1.0 / group, "retrieval_n_chunks": len(full)}
+    if len(full) < group:
+        return out
+    emb = np.stack([np.stack(full[m].to_numpy()) for m in MODALITIES], axis=1)  # (N, M, D)
+    emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True).clip(1e-12)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(full))
+    groups = [order[k : k + group] for k in range(0, len(order) - group + 1, group)]
+    for mi, m in enumerate(MODALITIES):
+        hits = total = 0
+        for g in groups:
+            e = emb[g]
+            other = (e.sum(1) - e[:, mi]) / (len(MODALITIES) - 1)
+            sims = e[:, mi] @ other.T
+            hits += int((sims.argmax(1) == np.arange(len(g))).sum())
+            total += len(g)
+        out[f"retrieval_top1_{m}"] = hits / total
+    out["retrieval_top1_mean"] = float(np.mean([out[f"retrieval_top1_{m}"] for m in MODALITIES]))
+    return out
+
+
+def probe_embeddings(
+    emb_dirs: list[Path],
+    manifest: pd.DataFrame,
+    splits: pd.DataFrame,
+    truth: dict,
+    seed: int = 0,
+    group: int = 32,
+) -> dict:
+    """All probes for one set of embeddings (batch folders of the embed rule)."""
+    split = splits.set_index("recording_id")["split"]
+    paths = manifest.set_index("recording_id")["path"]
+    by_rec = {}
+    for d in emb_dirs:
+        for f in sorted(Path(d).glob("*.chunks.parquet")):
+            by_rec[f.name.removesuffix(".chunks.parquet")] = Path(d)
+    epochs, chunks, nights = [], [], []
+    subj = {s["recording_id"]: s for s in truth["subjects"]}
+    for rid, d in sorted(by_rec.items()):
+        if rid not in split.index:
+            continue
+        tp = Path(paths[rid])
+        if not tp.exists():
+            tp = Path(str(d).replace("embeddings", "tensors")) / f"{rid}.arrow"
+        ep = epoch_table(d, rid, tp)
+        ep["test"] = split[rid] == "test"
+        epochs.append(ep)
+        ch = pq.read_table(d / f"{rid}.chunks.parquet").to_pandas()
+        ch["test"] = split[rid] == "test"
+        chunks.append(ch)
+    night = pd.concat([pq.read_table(Path(d) / "night.parquet").to_pandas() for d in emb_dirs])
+    night = night[night["recording_id"].isin(split.index)].copy()
+    night["test"] = night["recording_id"].map(split).eq("test")
+    for col in TRAITS.values():
+        night[col] = night["recording_id"].map(lambda r, c=col: subj[r][c])
+    nights = night.reset_index(drop=True)
+    ep = pd.concat(epochs, ignore_index=True)
+    ch = pd.concat(chunks, ignore_index=True)
+    return {
+        **stage_probe(ep[~ep["test"]], ep[ep["test"]], seed),
+        **trait_probe(nights[~nights["test"]], nights[nights["test"]]),
+        **retrieval_probe(ch[ch["test"]], group, seed),
+    }
+
+
+def run_probe(
+    pretrained_dirs: list[str],
+    random_dirs: list[str],
+    manifest: str,
+    splits: str,
+    truth: str,
+    out_tsv: str,
+    out_png: str | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Probe both encoders; write a long table (encoder, metric, value) and a bar chart."""
+    from psgfm.io import atomic_path
+
+    man = pd.read_parquet(manifest)
+    sp = pd.read_csv(splits, sep="\t", dtype=str)
+    tr = json.loads(Path(truth).read_text())
+    rows = []
+    for name, dirs in (("pretrained", pretrained_dirs), ("random_init", random_dirs)):
+        res = probe_embeddings([Path(d) for d in dirs], man, sp, tr, seed)
+        log.info("%s: %s", name, json.dumps(res, default=float))
+        rows += [{"encoder": name, "metric": k, "value": float(v)} for k, v in res.items()]
+    table = pd.DataFrame(rows)
+    with atomic_path(out_tsv) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    if out_png:
+        _probe_png(table, out_png)
+    return table
+
+
+def _probe_png(table: pd.DataFrame, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from psgfm.io import atomic_path
+
+    metrics = [
+        "stage_macro_f1",
+        "stage_kappa",
+        "ahi_r2",
+        "heart_rate_r2",
+        "n3_fraction_r2",
+        "retrieval_top1_mean",
+    ]
+    wide = table.pivot(index="metric", columns="encoder", values="value").reindex(metrics)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(len(metrics))
+    for k, enc in enumerate(["random_init", "pretrained"]):
+        if enc in wide:
+            ax.bar(x + (k - 0.5) * 0.38, wide[enc].to_numpy(), 0.38, label=enc)
+    chance = table.loc[table["metric"] == "retrieval_chance", "value"]
+    if len(chance):
+        ax.axhline(float(chance.iloc[0]), color="grey", ls=":", lw=1, label="retrieval chance")
+    ax.set_xticks(x, metrics, rotation=20, fontsize=8)
+    ax.set_ylabel("held-out score")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

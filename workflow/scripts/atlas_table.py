@@ -1,0 +1,18 @@
+from psgfm.logutil import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from psgfm.atlas.run import gather  # noqa: E402
+
+gather(
+    snakemake.input.tables,
+    snakemake.input.subgroups,
+    snakemake.input.calibration,
+    config=snakemake.params.atlas,
+    out=dict(snakemake.output.items()),
+    embeddings=snakemake.input.embeddings,
+    labels=snakemake.input.labels,
+    persons=snakemake.input.persons,
+    sheet=snakemake.input.sheet,
+    summary=snakemake.input.summary,
+)
