@@ -45,6 +45,8 @@ if not MODEL["checkpoint"]:
             f"{RESULTS}/logs/pretrain.log",
         benchmark:
             f"{RESULTS}/benchmarks/pretrain.tsv"
+        resources:
+            **GPU_SITE,
         conda:
             "../../envs/torch.yaml"
         params:
@@ -64,6 +66,8 @@ rule embed:
         f"{RESULTS}/logs/embed/{{batch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed/{{batch}}.tsv"
+    resources:
+        **GPU_SITE,
     conda:
         "../../envs/torch.yaml"
     params:
