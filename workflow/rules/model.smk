@@ -45,10 +45,10 @@ if not MODEL["checkpoint"]:
             f"{RESULTS}/logs/pretrain.log",
         benchmark:
             f"{RESULTS}/benchmarks/pretrain.tsv"
-        resources:
-            **GPU_SITE,
         conda:
             "../../envs/torch.yaml"
+        resources:
+            **GPU_SITE,
         params:
             model=MODEL,
             pretrain=config["pretrain"],
@@ -66,10 +66,10 @@ rule embed:
         f"{RESULTS}/logs/embed/{{batch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed/{{batch}}.tsv"
-    resources:
-        **GPU_SITE,
     conda:
         "../../envs/torch.yaml"
+    resources:
+        **GPU_SITE,
     params:
         model=MODEL,
         embed=config["embed"],
