@@ -6,6 +6,11 @@
 #   .ci/slurm.sh down    stop the daemons this script started, newest first, by their pid files
 #   .ci/slurm.sh status  what is running
 #
+# Several checkouts on one machine share the one cluster: `up` while a cluster this script
+# started is running joins it (a user count under /run, updated under a lock) and `down`
+# stops the daemons only when its last user leaves (`down --force`: now). `up` exits 2,
+# touching nothing, when a SLURM this script did not start is running: use it, never stop it.
+#
 # Environment: SLURM_WITH_DBD=1 (default) also starts mariadb + slurmdbd so that `sacct`
 # works (the executor plugin's default status command); SLURM_WITH_DBD=0 starts only munge,
 # slurmctld and slurmd (the profile then needs `slurm-status-command: squeue`).
@@ -21,6 +26,8 @@ CONF=/etc/slurm
 LOGS=/var/log/slurm
 STATE=/var/lib/slurm
 PIDS=(/run/slurmd.pid /run/slurmctld.pid /run/slurmdbd.pid /run/mysqld/mysqld.pid /run/munge/munged.pid)
+USERS=/run/psgfm-slurm.users # how many `up`s share the running cluster
+LOCK=/run/psgfm-slurm.lock
 
 die() { echo "slurm.sh: $*" >&2; exit 1; }
 log() { echo "slurm.sh: $*"; }
@@ -57,7 +64,7 @@ start_munge() {
   chown munge:munge /etc/munge/munge.key
   chmod 0400 /etc/munge/munge.key
   install -d -o munge -g munge -m 0755 /run/munge
-  munge_ok >/dev/null 2>&1 || runuser -u munge -- /usr/sbin/munged
+  munge_ok >/dev/null 2>&1 || runuser -u munge -- /usr/sbin/munged 9>&-
   wait_for 10 munge_ok || die "munged did not start"
 }
 
@@ -124,7 +131,7 @@ start_dbd() {
     # mariadbd does not daemonise: detach it, with a pid file for `down`
     setsid /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 \
       --pid-file=/run/mysqld/mysqld.pid --socket=/run/mysqld/mysqld.sock \
-      >"$LOGS/mariadbd.log" 2>&1 </dev/null &
+      >"$LOGS/mariadbd.log" 2>&1 </dev/null 9>&- &
   fi
   wait_for 30 mariadb-admin --silent ping || die "mariadbd did not start ($LOGS/mariadbd.log)"
   mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'psgfm-ci';
@@ -146,29 +153,43 @@ StoragePass=psgfm-ci
 StorageLoc=slurm_acct_db
 EOF
   chmod 600 "$CONF/slurmdbd.conf" # slurmdbd refuses a group- or world-readable file
-  /usr/sbin/slurmdbd
+  /usr/sbin/slurmdbd 9>&-
   wait_for 30 sacctmgr -n show cluster || die "slurmdbd did not answer ($LOGS/slurmdbd.log)"
 }
 
 node_idle() { sinfo -h -n "$NODE" -o %T | grep -qx idle; }
+node_usable() { sinfo -h -n "$NODE" -o %T | grep -Eqx 'idle|mixed|allocated'; }
 ctld_up() { scontrol ping | grep -q 'is UP'; }
+
+ctld_running() { [ -s /run/slurmctld.pid ] && kill -0 "$(cat /run/slurmctld.pid)" 2>/dev/null; }
+users() { cat "$USERS" 2>/dev/null || echo 0; }
 
 up() {
   [ "$(id -u)" = 0 ] || die "needs root (installs packages and starts daemons)"
-  [ -s /run/slurmctld.pid ] && kill -0 "$(cat /run/slurmctld.pid)" 2>/dev/null &&
-    die "slurmctld already runs (pid $(cat /run/slurmctld.pid)); run '$0 down' first"
+  exec 9>"$LOCK" # (daemons are started with 9>&- so they do not inherit the lock)
+  flock 9
+  if ctld_running || pgrep -x slurmctld >/dev/null; then
+    if [ "$(users)" -gt 0 ] && ctld_running && node_usable; then
+      echo $(($(users) + 1)) >"$USERS"
+      log "joined the running cluster ($(users) users): $(sinfo -h -o '%P %a %D %T %N %G')"
+      return 0
+    fi
+    echo "slurm.sh: a SLURM not started by this script is running; using it as it is" >&2
+    exit 2
+  fi
   install_packages
   start_munge
   write_slurm_conf
   [ "$WITH_DBD" = 1 ] && start_dbd
-  /usr/sbin/slurmctld
+  /usr/sbin/slurmctld 9>&-
   wait_for 30 ctld_up || die "slurmctld did not come up ($LOGS/slurmctld.log)"
-  /usr/sbin/slurmd
+  /usr/sbin/slurmd 9>&-
   if ! wait_for 30 node_idle; then
     sinfo -R >&2 || true
     tail -20 "$LOGS/slurmd.log" >&2 || true
     die "node $NODE did not become idle"
   fi
+  echo 1 >"$USERS"
   log "up: $(sinfo -h -o '%P %a %D %T %N %G')"
 }
 
@@ -188,6 +209,15 @@ stop_pidfile() {
 }
 
 down() {
+  exec 9>"$LOCK"
+  flock 9
+  local left=$(($(users) - 1))
+  if [ "${1:-}" != "--force" ] && [ "$left" -gt 0 ]; then
+    echo "$left" >"$USERS"
+    log "left the cluster; $left user(s) remain, daemons kept"
+    return 0
+  fi
+  rm -f "$USERS"
   for f in "${PIDS[@]}"; do stop_pidfile "$f"; done
   # a fresh cluster next time: job ids restart at 1 (accounting rows stay in the database)
   rm -rf "${STATE:?}/slurmctld/"*
@@ -195,6 +225,7 @@ down() {
 }
 
 status() {
+  echo "users: $(users)"
   for f in "${PIDS[@]}"; do
     if [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
       echo "$f: $(cat "$f") running"
@@ -207,7 +238,7 @@ status() {
 
 case "${1:-}" in
   up) up ;;
-  down) down ;;
+  down) down "${2:-}" ;;
   status) status ;;
-  *) die "usage: $0 up|down|status" ;;
+  *) die "usage: $0 up | down [--force] | status" ;;
 esac

@@ -63,3 +63,24 @@ def test_the_workflow_profile_reaches_the_jobs(tmp_path):
     block = out.split("rule harmonise:")[1].split("\n\n")[0]
     assert re.search(r"threads: 2\b", block), block
     assert "mem_mb=4000" in block and "runtime=120" in block, block
+
+
+def test_site_gpu_values_reach_only_the_gpu_rules(tmp_path):
+    """The site profile's `config: cluster:` values become the GPU rules' partition and GPU
+    model (sbatch -p / --gpus=<model>:N); CPU rules keep the default partition."""
+    wf = copy_workflow(tmp_path / "wf")
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["cluster"] = {"gpu_partition": "gpuq", "gpu_model": "a100"}
+    (wf / "site.yaml").write_text(yaml.safe_dump(cfg))
+    out = run_snakemake(wf, "-n", "--cores", "2", "--configfile", wf / "site.yaml").stdout
+    blocks = {  # rule -> its resources line (the last job of the rule wins)
+        m.group(1): m.group(2)
+        for m in re.finditer(
+            r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", out, re.M
+        )
+    }
+    assert "pretrain" in blocks and "harmonise" in blocks, sorted(blocks)
+    for rule in GPU_RULES & set(blocks):
+        assert "slurm_partition=gpuq" in blocks[rule] and "gpu_model=a100" in blocks[rule], rule
+    for rule in set(blocks) - GPU_RULES:
+        assert "gpuq" not in blocks[rule] and "a100" not in blocks[rule], rule

@@ -47,6 +47,8 @@ if not MODEL["checkpoint"]:
             f"{RESULTS}/benchmarks/pretrain.tsv"
         conda:
             "../../envs/torch.yaml"
+        resources:
+            **GPU_SITE,
         params:
             model=MODEL,
             pretrain=config["pretrain"],
@@ -66,6 +68,8 @@ rule embed:
         f"{RESULTS}/benchmarks/embed/{{batch}}.tsv"
     conda:
         "../../envs/torch.yaml"
+    resources:
+        **GPU_SITE,
     params:
         model=MODEL,
         embed=config["embed"],
