@@ -31,6 +31,8 @@ import pyarrow.parquet as pq
 from psgfm.io import atomic_path, provenance, write_json, write_text
 from psgfm.phenome.engine import (
     DEFAULT_PARTITION_CELLS,
+    REASONS,
+    RECORD_STATUSES,
     Background,
     Exclusions,
     RecordPass,
@@ -52,16 +54,7 @@ from psgfm.phenome.maps import (
 DIAGNOSES_COLUMNS = ("person_id", "code", "code_system", "date")
 PERSONS_COLUMNS = ("person_id", "sex", "birth_date", "end_of_followup", "death")
 SHEET_COLUMNS = ("subject_id", "psg_date")
-STATUSES = ("case", "control", "excluded")
-EXCLUSION_REASONS = ("prevalent", "single_record", "too_few_records", "exclusion_range", "sex")
-RECORD_STATUSES = (
-    "used",
-    "person_not_in_cohort",
-    "missing_date",
-    "unparseable_date",
-    "before_birth",
-    "after_end_of_followup",
-)
+EXCLUSION_REASONS = REASONS  # one vocabulary, defined with the engine that encodes it
 LABEL_SCHEMA = {
     "person_id": pl.String,
     "phecode": pl.String,
