@@ -34,7 +34,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 # Model validation (docs/model.md): a larger generated cohort, pretraining, probes.
-VALIDATION_N ?= 120
+VALIDATION_N ?= 300
 validate: install
 	$(BIN)/psgfm demo --out resources/validation --n-subjects $(VALIDATION_N) --hours 1 --seed 20261125
 	$(BIN)/snakemake --cores $(CORES) --configfile config/validation.yaml --rerun-incomplete

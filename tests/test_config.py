@@ -21,6 +21,24 @@ def test_shipped_config_is_valid_and_defaults_fill():
     assert validate_config(partial)["harmonise"]["flat_std_uv"] == 0.1
 
 
+def _reversed_keys(value):
+    if isinstance(value, dict):
+        return {k: _reversed_keys(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reversed_keys(v) for v in value]
+    return value
+
+
+def test_key_order_does_not_change_what_rules_receive():
+    """Snakemake compares params by repr: reordered config keys must give identical blocks."""
+    before = validate_config(CONFIG)
+    after = validate_config(_reversed_keys(CONFIG))
+    assert list(CONFIG["harmonise"]) != list(_reversed_keys(CONFIG)["harmonise"])
+    for block in before:
+        assert repr(before[block]) == repr(after[block]), block
+    assert before == validate_config(CONFIG)  # same content, defaults included
+
+
 @pytest.mark.parametrize(
     "mutate,match",
     [

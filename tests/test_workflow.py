@@ -100,6 +100,11 @@ def test_end_to_end_on_a_tiny_cohort(tiny_run):
 def test_changing_one_block_reruns_only_its_rules(tiny_run):
     tmp, cfg, cfg_path, targets = tiny_run
     assert _jobs(run_snakemake(tmp, "--configfile", cfg_path, "-n", *targets).stdout) == {}
+    # the same config with every block's keys in reverse order re-runs nothing
+    reordered = tmp / "reordered.yaml"
+    rev = {k: dict(reversed(list(v.items()))) if isinstance(v, dict) else v for k, v in cfg.items()}
+    reordered.write_text(yaml.safe_dump(rev, sort_keys=False))
+    assert _jobs(run_snakemake(tmp, "--configfile", reordered, "-n", *targets).stdout) == {}
     cfg["export"]["dtype"] = "float16"
     changed = tmp / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))

@@ -76,7 +76,21 @@ def validate_config(config: dict, source: str = "config/config.yaml") -> dict:
             f"{source}: export.chunk_seconds ({exp['chunk_seconds']}) must be a multiple of "
             f"export.epoch_seconds ({exp['epoch_seconds']})."
         )
-    return cfg
+    return sorted_keys(cfg)
+
+
+def sorted_keys(value):
+    """``value`` with the keys of every mapping in it sorted (lists keep their order).
+
+    Snakemake decides whether a rule's params changed by comparing their ``repr``; a dict's
+    repr follows key order, so reordering keys in config.yaml would re-run rules whose config
+    did not change. Every rule receives its config blocks with sorted keys, so it does not.
+    """
+    if isinstance(value, dict):
+        return {key: sorted_keys(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [sorted_keys(item) for item in value]
+    return value
 
 
 def load_config(path: str | Path) -> dict:
