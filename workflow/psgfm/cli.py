@@ -114,7 +114,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from psgfm.demo.cohort import generate_demo_cohort
 
     sheet = generate_demo_cohort(
-        args.out, n_subjects=args.n_subjects, hours=args.hours, seed=args.seed
+        args.out, n_subjects=args.n_subjects, hours=args.hours, seed=args.seed, layout=args.layout
     )
     print(f"wrote {len(sheet)} recordings to {args.out}")
     return 0
@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-subjects", type=int, default=24)
     d.add_argument("--hours", type=float, default=1.0)
     d.add_argument("--seed", type=int, default=20261124)
+    d.add_argument(
+        "--layout",
+        choices=("sites", "nsrr"),
+        default="sites",
+        help="sites: the multi-site demo (default); nsrr: an SHHS-like cohort in an NSRR "
+        "folder tree with XML annotations (docs/demo.md)",
+    )
     d.set_defaults(func=_cmd_demo)
     return p
 

@@ -11,6 +11,10 @@ synthetic EHR with planted physiology -> disease links (the ground truth of the 
     {out_dir}/truth.json                               latent traits, planted links, defects
     {out_dir}/recordings.tsv                           the sample sheet
 
+With ``layout="nsrr"`` (``--layout nsrr``) an SHHS-like cohort instead: EDFs under
+``polysomnography/edfs/shhs2/``, NSRR XML annotations under
+``polysomnography/annotations-events-nsrr/shhs2/`` (:mod:`psgfm.demo.nsrr`).
+
 The same arguments give byte-identical files. Sites, channels, the planted links and the
 deliberate defects are documented in docs/demo.md. The signal simulator is
 :mod:`psgfm.demo.physiology`.
@@ -28,14 +32,16 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from edfio import Edf, EdfAnnotation, EdfSignal, Patient, Recording
-from scipy.signal import butter, sosfilt
+from scipy.signal import butter, resample_poly, sosfilt
 
+from psgfm.demo.nsrr import nsrr_xml
 from psgfm.demo.physiology import (
     EPOCH_S,
     KEY_EHR,
@@ -174,7 +180,40 @@ SITES: dict[str, Site] = {
             Channel("Resp oro-nasal", "resp:flow", "", 1000, "resp", "Thermistor"),
         ),
     ),
+    # SHHS-like (NSRR distribution, visit 2): opt-in with layout "nsrr", never in the
+    # round-robin. Its own rates per channel kind: electrophysiology is simulated at 250 Hz
+    # (the ECG's rate) and decimated to 125 Hz (EEG, chin) and 50 Hz (EOG); plain EDF, NSRR
+    # XML annotations, the header date is NSRR's de-identification placeholder 1985-01-01.
+    "shhs": Site(
+        "shhs",
+        edf_plus=False,
+        hypnogram="nsrr-xml",
+        fs={"ep": 250, "eeg": 125, "eog": 50, "resp": 10, "spo2": 1, "aux": 1},
+        channels=(
+            Channel("SaO2", "spo2", "%", 100, "spo2", "Oximeter"),
+            Channel("H.R.", "hr", "bpm", 250, "aux", "Oximeter"),
+            Channel("EEG(sec)", "eeg:C3-M2", "uV", 500, "eeg", "EEG electrode", "HP:0.15Hz"),
+            Channel("ECG", "ecg", "mV", 5000, "ep", "ECG electrode", "HP:0.3Hz"),
+            Channel("EMG", "chin", "uV", 500, "eeg", "EMG electrode", "HP:10Hz"),
+            Channel("EOG(L)", "eog:E1-M2", "uV", 500, "eog", "EOG electrode", "HP:0.15Hz"),
+            Channel("EOG(R)", "eog:E2-M1", "uV", 500, "eog", "EOG electrode", "HP:0.15Hz"),
+            Channel("EEG", "eeg:C4-M1", "uV", 500, "eeg", "EEG electrode", "HP:0.15Hz"),
+            Channel("THOR RES", "resp:thor", "", 2000, "resp", "Inductance band"),
+            Channel("ABDO RES", "resp:abdo", "", 2000, "resp", "Inductance band"),
+            Channel("POSITION", "position", "", 3, "aux", "Position sensor"),
+            Channel("LIGHT", "light", "", 1, "aux", "Light sensor"),
+            Channel("NEW AIR", "resp:pressure", "", 10, "resp", "Nasal cannula"),
+            Channel("AIRFLOW", "resp:flow", "", 1000, "resp", "Thermocouple"),
+            Channel("OX stat", "oxstat", "", 3, "aux", "Oximeter"),
+        ),
+    ),
 }
+LAYOUTS = ("sites", "nsrr")
+"""``sites``: the default multi-site demo (round-robin over SITE_ORDER); ``nsrr``: an
+SHHS-like cohort in an NSRR folder tree (site ``shhs``)."""
+NSRR_VISIT = "shhs2"
+NSRR_PLACEHOLDER_DATE = datetime.date(1985, 1, 1)
+"""The start date NSRR writes into de-identified EDF headers; the real date is in the sheet."""
 
 
 def site_of(index: int) -> str:
@@ -206,6 +245,47 @@ def _prefilter(x: np.ndarray, prefilter: str, fs: float) -> np.ndarray:
     return sosfilt(np.vstack(sections), x)
 
 
+def _device_heart_rate(night: Night, fs: int) -> np.ndarray:
+    """The oximeter's heart rate (bpm): 60 / the RR interval around each sample."""
+    beats, _ = night.beats
+    t = np.arange(night.n(fs)) / fs
+    k = np.clip(np.searchsorted(beats, t, side="right"), 1, len(beats) - 1)
+    return np.round(60.0 / (beats[k] - beats[k - 1]))
+
+
+def _oximeter_status(night: Night, fs: int) -> np.ndarray:
+    """0 while the oximeter reads, 1 in its dropouts (probe off or motion)."""
+    x = np.zeros(night.n(fs))
+    for o, d, _ in night.oximeter_dropouts.itertuples(index=False):
+        x[int(o * fs) : int((o + d) * fs)] = 1.0
+    return x
+
+
+def _body_position(night: Night, fs: int) -> np.ndarray:
+    """A position code (0-3) that changes a few times in the night."""
+    rng = night.rng("position")
+    n = night.n(fs)
+    cuts = np.sort(rng.integers(0, n, int(rng.integers(1, 5))))
+    codes = rng.integers(0, 4, cuts.size + 1)
+    return codes[np.searchsorted(cuts, np.arange(n), side="right")].astype(float)
+
+
+def _lights(night: Night, fs: int) -> np.ndarray:
+    """1 (lights on) for the first minute, then 0."""
+    x = np.zeros(night.n(fs))
+    x[: 60 * fs] = 1.0
+    return x
+
+
+AUX_SOURCES = {
+    "hr": _device_heart_rate,
+    "oxstat": _oximeter_status,
+    "position": _body_position,
+    "light": _lights,
+}
+"""Channels that are not model inputs, generated at the site's ``aux`` rate."""
+
+
 def site_signals(night: Night, site: str) -> list[tuple[Channel, int, np.ndarray]]:
     """(channel, sample rate, data in the file unit, clipped to the physical range), after the
     site's hardware filters."""
@@ -232,6 +312,7 @@ def site_signals(night: Night, site: str) -> list[tuple[Channel, int, np.ndarray
     out = []
     for ch in spec.channels:
         src = ch.source
+        native = fs
         if src.startswith("eeg:"):
             x = eeg[src[4:]]
         elif src.startswith("eog:"):
@@ -248,14 +329,19 @@ def site_signals(night: Night, site: str) -> list[tuple[Channel, int, np.ndarray
         elif src == "ecg":
             x = ecg
         elif src.startswith("resp:"):
-            x = resp[src[5:]]
+            x, native = resp[src[5:]], spec.fs["resp"]
         elif src == "spo2":
-            x = night.spo2(spec.fs["spo2"])
+            x, native = night.spo2(spec.fs["spo2"]), spec.fs["spo2"]
         elif src == "spo2-int":
-            x = np.round(night.spo2(spec.fs["spo2"]))
+            x, native = np.round(night.spo2(spec.fs["spo2"])), spec.fs["spo2"]
+        elif src in AUX_SOURCES:
+            x, native = AUX_SOURCES[src](night, spec.fs["aux"]), spec.fs["aux"]
         else:  # pragma: no cover - guarded by the SITES table
             raise ValueError(f"unknown source {src}")
         rate = spec.channel_rate(ch)
+        if rate != native:  # the amplifier's anti-aliased decimation (site shhs)
+            ratio = Fraction(rate, native)
+            x = resample_poly(x, ratio.numerator, ratio.denominator)[: night.n(rate)]
         x = _prefilter(x, ch.prefilter, rate)
         lo, hi = physical_range(ch)
         if ch.unit in UNIT_FACTOR and not src.startswith("spo2"):
@@ -273,9 +359,21 @@ def n_epochs_for(hours: float) -> int:
     return max(1, int(round(hours * 3600 / EPOCH_S)))
 
 
-def simulate_subject(seed: int, index: int, hours: float) -> Night:
-    """Traits, stages and events of subject ``index`` (0-based), ready to make signals."""
-    traits = draw_traits(seed, index, site_of(index))
+def nsrr_recording_id(index: int) -> str:
+    """SHHS-style recording id of subject ``index`` (0-based) in the NSRR layout."""
+    return f"{NSRR_VISIT}-{200001 + index}"
+
+
+def simulate_subject(seed: int, index: int, hours: float, layout: str = "sites") -> Night:
+    """Traits, stages and events of subject ``index`` (0-based), ready to make signals.
+
+    The traits do not depend on the layout: subject *i* of the ``nsrr`` layout has the same
+    physiology as subject *i* of the default cohort, recorded at site ``shhs``.
+    """
+    if layout == "nsrr":
+        traits = replace(draw_traits(seed, index, "shhs"), recording_id=nsrr_recording_id(index))
+    else:
+        traits = draw_traits(seed, index, site_of(index))
     stages = simulate_stages(seed, traits, n_epochs_for(hours), hours)
     events = simulate_events(seed, traits, stages)
     night = Night(seed, traits, stages, events)
@@ -289,10 +387,12 @@ def simulate_subject(seed: int, index: int, hours: float) -> Night:
 
 
 def _recording_header(traits: Traits) -> dict:
-    """Anonymised EDF/EDF+ header fields: only the PSG date and start time are real."""
+    """Anonymised EDF/EDF+ header fields: only the PSG date and start time are real (site
+    shhs: NSRR's placeholder date 1985-01-01 instead of the PSG date)."""
+    date = NSRR_PLACEHOLDER_DATE if SITES[traits.site].hypnogram == "nsrr-xml" else traits.psg_date
     return dict(
         patient=Patient(),  # 'X X X X'
-        recording=Recording(startdate=traits.psg_date),  # 'Startdate dd-MMM-yyyy X X X'
+        recording=Recording(startdate=date),  # 'Startdate dd-MMM-yyyy X X X'
         starttime=traits.start_time,
     )
 
@@ -377,6 +477,9 @@ def write_hypnogram(night: Night, path: str, n_epochs: int) -> None:
     with their disagreements; the clean ones are in truth.json) in its site's format."""
     site = SITES[night.traits.site]
     stages = night.scored[:n_epochs]
+    if site.hypnogram == "nsrr-xml":
+        _write_bytes(nsrr_xml(night, n_epochs), path)
+        return
     if site.hypnogram.startswith("csv"):
         labels = [STAGES[int(s)] for s in stages]
         if site.hypnogram == "csv-epochs":
@@ -690,7 +793,7 @@ def ehr_truth() -> dict:
     }
 
 
-def sites_truth() -> dict:
+def sites_truth(names=SITE_ORDER) -> dict:
     return {
         name: {
             "format": "EDF+C" if s.edf_plus else "EDF",
@@ -706,7 +809,7 @@ def sites_truth() -> dict:
                 for c in s.channels
             ],
         }
-        for name, s in SITES.items()
+        for name, s in ((n, SITES[n]) for n in names)
     }
 
 
@@ -719,11 +822,33 @@ def _round(x):
     return round(float(x), 4) if isinstance(x, float | np.floating) else x
 
 
-def generate_demo_cohort(out_dir, n_subjects=24, hours=1.0, seed=20261124) -> pd.DataFrame:
+def _paths(out_dir: str, rid: str, layout: str, site: Site) -> tuple[str, str]:
+    """(EDF, hypnogram) paths of one recording."""
+    if layout == "nsrr":
+        psg = os.path.join(out_dir, "polysomnography")
+        return (
+            os.path.join(psg, "edfs", NSRR_VISIT, f"{rid}.edf"),
+            os.path.join(psg, "annotations-events-nsrr", NSRR_VISIT, f"{rid}-nsrr.xml"),
+        )
+    ext = ".csv" if site.hypnogram.startswith("csv") else "-Hypnogram.edf"
+    return (
+        os.path.join(out_dir, "edf", f"{rid}.edf"),
+        os.path.join(out_dir, "hypnograms", f"{rid}{ext}"),
+    )
+
+
+def generate_demo_cohort(
+    out_dir, n_subjects=24, hours=1.0, seed=20261124, layout="sites"
+) -> pd.DataFrame:
     """Write the demo cohort into ``out_dir``; return the sample sheet (see module docstring).
 
     The last subject's EDF is truncated (``broken_recordings`` in truth.json) and the second
     recording's hypnogram covers only the first half of the night (``hypnogram_mismatch``).
+
+    ``layout="nsrr"`` writes an SHHS-like cohort instead (every subject at site ``shhs``, the
+    NSRR folder tree ``polysomnography/edfs/shhs2/`` and ``polysomnography/
+    annotations-events-nsrr/shhs2/``, XML annotations, EDF header date 1985-01-01) without
+    the deliberate defects; the events CSV, EHR, truth.json and sample sheet as usual.
     """
     out_dir = str(out_dir)
     n_subjects, hours, seed = int(n_subjects), float(hours), int(seed)
@@ -731,17 +856,22 @@ def generate_demo_cohort(out_dir, n_subjects=24, hours=1.0, seed=20261124) -> pd
         raise ValueError("n_subjects must be at least 1")
     if hours <= 0:
         raise ValueError("hours must be positive")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown demo layout {layout!r}; use one of {list(LAYOUTS)}")
     n_epochs = n_epochs_for(hours)
-    broken_index = n_subjects - 1
+    defects = layout == "sites"
+    broken_index = n_subjects - 1 if defects else None
     mismatch_index = 1 if n_subjects >= 3 else (0 if n_subjects == 2 else None)
+    mismatch_index = mismatch_index if defects else None
     rows, subjects, traits_all = [], [], []
     broken, mismatch = [], []
     for i in range(n_subjects):
-        night = simulate_subject(seed, i, hours)
+        night = simulate_subject(seed, i, hours, layout)
         t = night.traits
         traits_all.append(t)
         rid = t.recording_id
-        edf_path = os.path.join(out_dir, "edf", f"{rid}.edf")
+        site = SITES[t.site]
+        edf_path, hyp_path = _paths(out_dir, rid, layout, site)
         data = edf_bytes(night)
         if i == broken_index:
             cut = int(len(data) * BROKEN_FRACTION)
@@ -756,9 +886,6 @@ def generate_demo_cohort(out_dir, n_subjects=24, hours=1.0, seed=20261124) -> pd
             data = data[:cut]
         _write_bytes(data, edf_path)
         del data
-        site = SITES[t.site]
-        ext = ".csv" if site.hypnogram.startswith("csv") else "-Hypnogram.edf"
-        hyp_path = os.path.join(out_dir, "hypnograms", f"{rid}{ext}")
         hyp_epochs = n_epochs
         if i == mismatch_index:
             hyp_epochs = max(1, n_epochs // 2)
@@ -814,6 +941,13 @@ def generate_demo_cohort(out_dir, n_subjects=24, hours=1.0, seed=20261124) -> pd
         "broken_recordings": broken,
         "hypnogram_mismatch": mismatch,
     }
+    if layout == "nsrr":
+        truth["generator"] |= {
+            "layout": "nsrr",
+            "site_assignment": "every subject at site shhs",
+            "edf_header_startdate": NSRR_PLACEHOLDER_DATE.isoformat(),
+        }
+        truth["sites"] = sites_truth(["shhs"])
     write_json(truth, os.path.join(out_dir, "truth.json"))
     sheet = pd.DataFrame(rows, columns=list(SHEET_COLUMNS))
     lines = ["\t".join(SHEET_COLUMNS)] + ["\t".join(r[c] for c in SHEET_COLUMNS) for r in rows]
@@ -830,9 +964,16 @@ def main(argv=None) -> int:
     ap.add_argument("--n-subjects", type=int, default=24, help="subjects = recordings")
     ap.add_argument("--hours", type=float, default=1.0, help="recording length per subject")
     ap.add_argument("--seed", type=int, default=20261124)
+    ap.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="sites",
+        help="sites: the multi-site demo (default); nsrr: an SHHS-like cohort in an NSRR "
+        "folder tree with XML annotations",
+    )
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    sheet = generate_demo_cohort(args.out, args.n_subjects, args.hours, args.seed)
+    sheet = generate_demo_cohort(args.out, args.n_subjects, args.hours, args.seed, args.layout)
     print(
         f"demo cohort: {len(sheet)} recordings x {args.hours:g} h written to {args.out} "
         f"in {time.perf_counter() - t0:.1f} s",

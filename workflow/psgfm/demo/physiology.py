@@ -381,6 +381,7 @@ SITE_CONDITIONS = {
     "bravo": {"mains_hz": 50.0, "noise": 1.5},
     "charlie": {"mains_hz": 60.0, "noise": 1.2},
     "delta": {"mains_hz": 50.0, "noise": 1.0},
+    "shhs": {"mains_hz": 60.0, "noise": 1.3},
 }
 
 
