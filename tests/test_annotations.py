@@ -258,3 +258,51 @@ def test_harmonise_takes_stages_from_nsrr_xml(tmp_path, harmonise_cfg):
     stages = pd.read_parquet(tmp_path / "out" / "r1.stages.parquet")
     assert stages["stage_code"].tolist() == EXPECTED_CODES
     assert stages["stage"].tolist() == EXPECTED_STAGES
+
+
+def test_events_rules_write_the_cohort_table(tmp_path):
+    """The events and events_table rules on a sheet of NSRR XML and CSV annotations: one
+    job per batch, every recording a QC row, the bad file recorded without failing the run."""
+    import yaml
+    from conftest import ROOT, copy_workflow, run_snakemake
+
+    wf = copy_workflow(tmp_path / "wf")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a-nsrr.xml").write_text(nsrr(*STAGE_EVENTS, *EVENTS))
+    (data / "bad-nsrr.xml").write_text(nsrr(*STAGE_EVENTS)[:200])
+    (data / "c.events.csv").write_text("onset,duration,type,scored\n5,12,central_apnea,1\n")
+    sheet = "recording_id\tsubject_id\tedf\thypnogram\tpsg_date\tsite\tevents\n"
+    sheet += f"a\tA\t{data}/a.edf\t{data}/a-nsrr.xml\t2019-01-02\t\t\n"
+    sheet += f"bad\tB\t{data}/bad.edf\t{data}/bad-nsrr.xml\t2019-01-02\t\t\n"
+    sheet += f"c\tC\t{data}/c.edf\t\t2019-01-02\t\t{data}/c.events.csv\n"
+    sheet += f"d\tD\t{data}/d.edf\t\t2019-01-02\t\t\n"
+    (wf / "samples.tsv").write_text(sheet)
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["samples"] = "samples.tsv"
+    cfg["demo"]["enabled"] = False
+    cfg["harmonise"]["batch_size"] = 2
+    (wf / "c.yaml").write_text(yaml.safe_dump(cfg))
+    targets = ["results/events/events.parquet", "results/qc/events_qc.tsv"]
+    run_snakemake(wf, "--configfile", wf / "c.yaml", "--cores", "1", *targets)
+    assert sorted(p.name for p in (wf / "results" / "benchmarks" / "events").iterdir()) == [
+        "b0000.tsv",
+        "b0001.tsv",
+    ]
+    qc = pd.read_csv(wf / "results" / "qc" / "events_qc.tsv", sep="\t", keep_default_na=False)
+    assert qc[["recording_id", "status", "n_events"]].values.tolist() == [
+        ["a", "ok", len(EXPECTED_EVENTS)],
+        ["bad", "failed", 0],
+        ["c", "ok", 1],
+        ["d", "none", 0],
+    ]
+    assert "bad-nsrr.xml: not well-formed XML" in qc.loc[1, "reason"]
+    events = pd.read_parquet(wf / "results" / "events" / "events.parquet")
+    want = pd.concat(
+        [
+            expected_frame("a", EXPECTED_EVENTS, "nsrr-xml"),
+            expected_frame("c", [(5.0, 12.0, "central_apnea", "central_apnea", NAN, NAN)], "csv"),
+        ],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(events, want)
