@@ -227,3 +227,15 @@ def test_bad_input_errors(tmp_path, monkeypatch, capsys):
     result = build_sheet(["d"], id_regex=r"^(?P<id>.+)$")
     assert [p.kind for p in result.problems] == ["id", "unpaired"]
     assert "recording id 'bad id' has characters other than" in result.problems[0].message
+
+
+def test_subject_regex_that_does_not_match_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    edf("d/r1.edf")
+    text("d/r1-nsrr.xml", NSRR_XML)
+    result = build_sheet(["d"], subject_regex=r"^x(\d+)")
+    assert result.sheet.empty
+    assert [p.message for p in result.problems] == [
+        "d/r1.edf: recording id r1 does not match --subject-regex '^x(\\\\d+)'; fix the regular "
+        "expression"
+    ]

@@ -227,7 +227,8 @@ def build_sheet(
         subject = rid
         if subject_re is not None:
             m = subject_re.search(rid)
-            if not m:
+            subject = _group(m, "subject") if m else None
+            if not subject:
                 problems.append(
                     Problem(
                         "id",
@@ -236,7 +237,6 @@ def build_sheet(
                     )
                 )
                 continue
-            subject = _group(m, "subject")
         if not files["hypnogram"] and not files["events"]:
             no_annotation.append(edf)
         if dates:
