@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_edf
+from conftest import SHARED, requires_shared, write_edf
 
 from psgfm.cli import main
 from psgfm.config import load_recordings
@@ -59,6 +59,15 @@ def test_start_date_field():
 def test_header_start_date_read_from_written_edf(tmp_path):
     path = edf(tmp_path / "a.edf", dt.date(2019, 7, 12))
     assert read_header(path).start_date == dt.date(2019, 7, 12)
+
+
+@requires_shared
+def test_header_date_of_a_real_recording_matches_mne():
+    import mne
+
+    path = SHARED / "sleep-edf-crop" / "short_psg.edf"
+    raw = mne.io.read_raw_edf(path, preload=False, verbose="error")
+    assert read_header(path).start_date == raw.info["meas_date"].date()
 
 
 def test_nsrr_layout_with_separate_annotation_tree(nsrr_tree):
