@@ -85,7 +85,9 @@ def pypi_reachable() -> bool:
         return False
 
 
-def write_edf(path, signals, record_duration=1.0, patient_name=PATIENT_NAME):
+def write_edf(
+    path, signals, record_duration=1.0, patient_name=PATIENT_NAME, startdate=dt.date(2017, 3, 4)
+):
     """Write an EDF+ file. ``signals``: dicts with label, data, fs, unit, range (min, max)."""
     sigs = [
         edfio.EdfSignal(
@@ -102,9 +104,7 @@ def write_edf(path, signals, record_duration=1.0, patient_name=PATIENT_NAME):
         patient=edfio.Patient(
             code="MCH-0234567", sex="F", birthdate=dt.date(1951, 5, 2), name=patient_name
         ),
-        recording=edfio.Recording(
-            startdate=dt.date(2017, 3, 4), hospital_administration_code="HOSP-998877"
-        ),
+        recording=edfio.Recording(startdate=startdate, hospital_administration_code="HOSP-998877"),
         starttime=dt.time(22, 30),
         data_record_duration=record_duration,
     )

@@ -110,6 +110,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sheet(args: argparse.Namespace) -> int:
+    from psgfm.io import write_text
+    from psgfm.signals.sheet import UNPAIRED_KINDS, build_sheet, sheet_tsv
+
+    result = build_sheet(
+        args.dirs,
+        id_regex=args.id_regex,
+        subject_regex=args.subject_regex,
+        site=args.site or "",
+        dates=args.dates,
+    )
+    for message in result.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    for p in result.problems:
+        level = "warning" if args.allow_unpaired and p.kind in UNPAIRED_KINDS else "error"
+        print(f"{level}: {p.message}", file=sys.stderr)
+    text = sheet_tsv(result.sheet)
+    if args.out:
+        write_text(text, args.out)
+    else:
+        sys.stdout.write(text)
+    print(f"{len(result.sheet)} recordings", file=sys.stderr)
+    return 1 if result.failed(args.allow_unpaired) else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from psgfm.demo.cohort import generate_demo_cohort
 
@@ -181,6 +206,42 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--config", default="config/config.yaml")
     em.add_argument("--out", required=True)
     em.set_defaults(func=_cmd_embed)
+
+    from psgfm.signals.sheet import DEFAULT_ID_REGEX
+
+    s = sub.add_parser(
+        "sheet",
+        help="write a sample sheet (TSV) of the EDFs and annotation files under folders",
+        description="Pair each EDF/BDF under the folders with its hypnogram (<id>-nsrr.xml, "
+        "<id>-Hypnogram.edf, <id>.csv) and events (<id>.events.csv) by recording id; see "
+        "docs/cohorts.md. Exit status 1 when files are unpaired (unless --allow-unpaired), "
+        "when two files claim one id, or when a date is missing.",
+    )
+    s.add_argument("dirs", nargs="+", metavar="DIR", help="folders searched recursively")
+    s.add_argument(
+        "--id-regex",
+        default=DEFAULT_ID_REGEX,
+        help="applied to each file name without its last suffix; group `id` (or group 1) is "
+        "the recording id. Sleep-EDF: '^(?P<id>S[CT]\\d{4})' pairs SC4001E0-PSG.edf with "
+        "SC4001EC-Hypnogram.edf (default: %(default)s)",
+    )
+    s.add_argument(
+        "--subject-regex",
+        help="applied to the recording id; group `subject` (or group 1) is the subject_id, "
+        "e.g. 'shhs\\d-(?P<subject>\\d+)' (default: subject_id = recording_id)",
+    )
+    s.add_argument("--site", help="value of the site column (selects site channel rules)")
+    s.add_argument(
+        "--dates",
+        help="CSV/TSV with psg_date and recording_id (or subject_id); default: EDF header dates",
+    )
+    s.add_argument(
+        "--allow-unpaired",
+        action="store_true",
+        help="report EDFs without annotation and annotations without EDF as warnings",
+    )
+    s.add_argument("-o", "--out", help="write the sheet here (default: standard output)")
+    s.set_defaults(func=_cmd_sheet)
 
     d = sub.add_parser("demo", help="generate the seeded demo cohort")
     d.add_argument("--out", default="resources/demo")

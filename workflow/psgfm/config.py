@@ -16,7 +16,8 @@ import yaml
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
 RECORDINGS_SCHEMA = SCHEMA_DIR / "recordings.schema.yaml"
-SHEET_COLUMNS = ("recording_id", "subject_id", "edf", "hypnogram", "psg_date", "site")
+SHEET_COLUMNS = ("recording_id", "subject_id", "edf", "hypnogram", "psg_date", "site", "events")
+OPTIONAL_COLUMNS = ("hypnogram", "site", "events")
 
 
 class ConfigError(ValueError):
@@ -105,13 +106,20 @@ def load_recordings(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise ConfigError(f"sample sheet {path} does not exist; set `samples:` in the config.")
     df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    return validate_recordings(df, path)
+
+
+def validate_recordings(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """Validate a sample sheet read as strings (``path`` names it in errors); return it with
+    the optional columns filled in and values stripped."""
+    df = df.copy()
     df.columns = [c.strip() for c in df.columns]
     unknown = [c for c in df.columns if c not in SHEET_COLUMNS]
     if unknown:
         raise ConfigError(
             f"{path}: unknown column(s) {unknown}; allowed: {', '.join(SHEET_COLUMNS)}."
         )
-    for col in ("hypnogram", "site"):
+    for col in OPTIONAL_COLUMNS:
         if col not in df.columns:
             df[col] = ""
     schema = _load_schema(RECORDINGS_SCHEMA)

@@ -14,6 +14,7 @@ os.environ.update(
 )
 
 from psgfm.config import batches, load_recordings, validate_config  # noqa: E402
+from psgfm.signals.annotations import events_source  # noqa: E402
 from snakemake.logging import logger  # noqa: E402
 
 config.update(validate_config(config))
@@ -48,9 +49,10 @@ def _is_demo_file(path):
 
 
 def recording_files():
-    """Every EDF and hypnogram the sample sheet names."""
+    """Every EDF, hypnogram and events file the sample sheet names."""
     files = list(RECORDINGS["edf"])
     files += [h for h in RECORDINGS["hypnogram"] if h]
+    files += [e for e in RECORDINGS["events"] if e]
     return files
 
 
@@ -71,6 +73,13 @@ def harmonise_inputs(wildcards):
         "signals": [p for p in paths if Path(p).exists() or _is_demo_file(p)],
         "channel_rules": config["harmonise"]["channel_rules"],
     }
+
+
+def events_inputs(wildcards):
+    """Events files of one batch (the `events` column, else an NSRR XML hypnogram) that
+    exist or that a rule makes; a missing one becomes a QC row of the events table."""
+    paths = [events_source(r) for r in batch_rows(wildcards.batch)]
+    return [p for p in paths if p and (Path(p).exists() or _is_demo_file(p))]
 
 
 _missing = [
@@ -96,6 +105,7 @@ def checksum_files():
         "sample_sheet": [config["samples"]],
         "edf": list(RECORDINGS["edf"]),
         "hypnogram": [h for h in RECORDINGS["hypnogram"] if h],
+        "events": [e for e in RECORDINGS["events"] if e],
         "ehr": ehr,
         "map": [
             PHECODE_MAP,
@@ -110,6 +120,8 @@ def all_targets():
         f"{RESULTS}/tensors/manifest.parquet",
         f"{RESULTS}/qc/recordings_qc.tsv",
         f"{RESULTS}/qc/channel_audit.parquet",
+        f"{RESULTS}/events/events.parquet",
+        f"{RESULTS}/qc/events_qc.tsv",
     ]
     return (
         targets

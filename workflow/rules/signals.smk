@@ -1,6 +1,7 @@
 # Signals: montage harmonisation (EDF -> canonical channels in µV at the target rate) and
 # windowed tensor export (Arrow IPC files of 5-min chunks), per batch, then one cohort
-# manifest and QC tables. Logic: workflow/psgfm/signals/.
+# manifest and QC tables; scored events (NSRR XML, events CSV) per batch, then one cohort
+# events table. Logic: workflow/psgfm/signals/.
 rule harmonise:
     input:
         unpack(harmonise_inputs),
@@ -57,3 +58,36 @@ rule cohort_manifest:
         "../../envs/cpu.yaml"
     script:
         "../scripts/cohort_manifest.py"
+
+
+rule events:
+    input:
+        events_inputs,
+    output:
+        directory(f"{RESULTS}/events/{{batch}}"),
+    log:
+        f"{RESULTS}/logs/events/{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/events/{{batch}}.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        recordings=lambda wildcards: batch_rows(wildcards.batch),
+    script:
+        "../scripts/events.py"
+
+
+rule events_table:
+    input:
+        expand(f"{RESULTS}/events/{{batch}}", batch=BATCHES),
+    output:
+        events=f"{RESULTS}/events/events.parquet",
+        qc=f"{RESULTS}/qc/events_qc.tsv",
+    log:
+        f"{RESULTS}/logs/events_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/events_table.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/events_table.py"

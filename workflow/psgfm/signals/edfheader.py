@@ -3,8 +3,9 @@
 The header reader exists for what MNE hides or changes: the raw signal labels (MNE renames
 duplicates and strips type prefixes), physical dimensions, digital and physical ranges (for
 clipping checks), samples per record (native rates) and a size check that tells a truncated
-file from a good one before any sample is read. Patient and recording identification fields
-are skipped, never returned, so they cannot leak into outputs.
+file from a good one before any sample is read, and the start date (the sample-sheet builder's
+``psg_date``). Patient and recording identification fields are skipped, never returned, so they
+cannot leak into outputs.
 
 EDF requires ASCII header text, but some systems write UTF-8 (``Impédance``, ``°``) and older
 ones Latin-1 (``µV``). Each label and physical dimension is decoded as ASCII, then UTF-8, then
@@ -20,6 +21,7 @@ sample for sample. Discontinuous EDF+D files are left to MNE.
 from __future__ import annotations
 
 import codecs
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +99,7 @@ class EDFHeader:
     n_records: int
     record_duration: float
     signals: list[SignalHeader] = field(default_factory=list)
+    start_date: dt.date | None = None  # the header's dd.mm.yy field; None when malformed
 
     @property
     def header_bytes(self) -> int:
@@ -125,6 +128,20 @@ def _number(raw: bytes, path: str, what: str, kind=float):
             "EDF/BDF (corrupt header, or not an EDF file at all). Re-export it from the "
             "acquisition software."
         ) from None
+
+
+def parse_start_date(raw: bytes) -> dt.date | None:
+    """The EDF start date field ``dd.mm.yy``: years 85-99 are 1985-1999, 00-84 are 2000-2084
+    (the EDF specification's clipping date); None when the field is not a date."""
+    text = raw.decode("latin-1").strip()
+    parts = text.split(".")
+    if len(parts) != 3 or not all(len(p) == 2 and p.isdigit() for p in parts):
+        return None
+    day, month, yy = (int(p) for p in parts)
+    try:
+        return dt.date(1900 + yy if yy >= 85 else 2000 + yy, month, day)
+    except ValueError:
+        return None
 
 
 def _looks_like(head: bytes) -> str:
@@ -234,6 +251,7 @@ def read_header(path: str | os.PathLike) -> EDFHeader:
         n_records=n_records,
         record_duration=record_duration,
         signals=signals,
+        start_date=parse_start_date(fixed[168:176]),
     )
     if n_records == -1:
         header.n_records = available

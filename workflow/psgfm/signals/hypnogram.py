@@ -1,4 +1,5 @@
-"""Hypnograms (EDF+ annotation files, Sleep-EDF style, or CSV) -> one row per 30-s epoch."""
+"""Hypnograms (EDF+ annotation files, Sleep-EDF style, CSV, or NSRR XML) -> one row per 30-s
+epoch."""
 
 from __future__ import annotations
 
@@ -37,8 +38,12 @@ def parse_stage(label: str) -> str | None:
     return None
 
 
-def _read_annotations(path: Path) -> pd.DataFrame:
+def _read_annotations(path: Path, epoch_seconds: float = 30.0) -> pd.DataFrame:
     suffix = path.suffix.lower()
+    if suffix == ".xml":
+        from psgfm.signals.annotations import read_nsrr_stages
+
+        return read_nsrr_stages(path, epoch_seconds)
     if suffix == ".csv" or suffix == ".tsv":
         sep = "\t" if suffix == ".tsv" else ","
         df = pd.read_csv(path, sep=sep)
@@ -61,8 +66,8 @@ def _read_annotations(path: Path) -> pd.DataFrame:
             {"onset": ann.onset, "duration": ann.duration, "description": ann.description}
         )
     raise HypnogramError(
-        f"{path}: unknown hypnogram format {suffix!r}; use an EDF+ annotation file or a CSV "
-        "with onset,duration,stage."
+        f"{path}: unknown hypnogram format {suffix!r}; use an EDF+ annotation file, an NSRR "
+        "XML export (<id>-nsrr.xml) or a CSV with onset,duration,stage."
     )
 
 
@@ -82,7 +87,7 @@ def read_hypnogram(
     path = Path(path)
     if not path.exists():
         raise HypnogramError(f"{path}: hypnogram file not found; fix the `hypnogram` column.")
-    ann = _read_annotations(path)
+    ann = _read_annotations(path, epoch_seconds)
     stages = ann["description"].map(parse_stage)
     unknown = sorted(set(ann.loc[stages.isna(), "description"].astype(str)))
     ann = ann.assign(stage=stages).dropna(subset=["stage"])

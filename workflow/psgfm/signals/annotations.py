@@ -1,0 +1,337 @@
+"""Scored annotations: NSRR XML exports and the demo's events CSV -> stages and the events table.
+
+NSRR XML (``<id>-nsrr.xml``, docs/cohorts.md) holds ``PSGAnnotation/ScoredEvents/ScoredEvent``
+elements, each with ``EventType``, ``EventConcept``, ``Start`` and ``Duration`` (seconds from
+the recording start). Sleep stages are runs of ``Stages|Stages`` events; respiratory events
+and arousals are read into one table per recording with the columns of :data:`EVENT_COLUMNS`.
+Other event types (limb movements, technician notes, the recording start time) are skipped.
+
+The demo's events CSV (``onset,duration,type,...,scored``) maps to the same table: only rows
+with ``scored == 1`` (what a scorer counts, as in the NSRR exports) are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from psgfm.io import provenance, write_json, write_parquet
+from psgfm.signals.hypnogram import HypnogramError
+
+log = logging.getLogger(__name__)
+
+EVENT_KINDS = (
+    "obstructive_apnea",
+    "central_apnea",
+    "mixed_apnea",
+    "hypopnea",
+    "desaturation",
+    "arousal",
+    "other_respiratory",
+)
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("onset_s", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("kind", pa.string()),
+        ("concept", pa.string()),
+        ("spo2_nadir", pa.float64()),
+        ("spo2_baseline", pa.float64()),
+        ("source", pa.string()),
+    ]
+)
+EVENT_COLUMNS = tuple(EVENTS_SCHEMA.names)
+
+# EventConcept "Name|Code": stages are keyed by their numeric code.
+NSRR_STAGE_CODES = {
+    "0": "W",
+    "1": "N1",
+    "2": "N2",
+    "3": "N3",
+    "4": "N3",  # R&K stage 4 merged into N3
+    "5": "REM",
+    "6": "movement",  # masked (UNSCORED)
+    "9": "unscored",  # masked (UNSCORED)
+}
+# Respiratory concepts, keyed by the lower-case name before '|'; other respiratory
+# concepts (Unsure, Periodic breathing, ...) are `other_respiratory`.
+NSRR_RESPIRATORY = {
+    "obstructive apnea": "obstructive_apnea",
+    "central apnea": "central_apnea",
+    "mixed apnea": "mixed_apnea",
+    "hypopnea": "hypopnea",
+    "spo2 desaturation": "desaturation",
+}
+CSV_KINDS = {k: k for k in EVENT_KINDS} | {
+    k.replace(" ", "_"): v for k, v in NSRR_RESPIRATORY.items()
+}
+
+
+class AnnotationError(HypnogramError):
+    """An annotation file (NSRR XML or events CSV) that cannot be used; names the file and fix."""
+
+
+def _head(field: str | None) -> str:
+    """The part of an NSRR ``Name|Code`` field before '|', lower case, single-spaced."""
+    return " ".join((field or "").split("|")[0].lower().split())
+
+
+def _float(element: ET.Element, tag: str, path: Path, i: int, required: bool) -> float:
+    text = element.findtext(tag)
+    if text is None or not text.strip():
+        if required:
+            raise AnnotationError(
+                f"{path}: ScoredEvent #{i + 1} has no <{tag}>; every event needs Start and "
+                "Duration in seconds. Export the annotations again from the NSRR archive."
+            )
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        raise AnnotationError(
+            f"{path}: ScoredEvent #{i + 1} has <{tag}>{text.strip()!r}</{tag}>, not a number of "
+            "seconds; the file is corrupt. Export the annotations again from the NSRR archive."
+        ) from None
+
+
+def _scored_events(path: str | Path) -> tuple[Path, list[ET.Element], float | None]:
+    """The ScoredEvent elements of an NSRR XML file and its EpochLength (None when absent)."""
+    path = Path(path)
+    if not path.exists():
+        raise AnnotationError(f"{path}: annotation file not found; fix the sample sheet.")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise AnnotationError(
+            f"{path}: not well-formed XML ({err}); the file is truncated or not an NSRR "
+            "annotation export. Download or export it again."
+        ) from err
+    if root.tag != "PSGAnnotation":
+        raise AnnotationError(
+            f"{path}: the XML root element is <{root.tag}>, not <PSGAnnotation>; this is not an "
+            "NSRR XML annotation export (use the `annotations-events-nsrr` files, "
+            "<id>-nsrr.xml)."
+        )
+    epoch = root.findtext("EpochLength")
+    try:
+        epoch_length = float(epoch) if epoch and epoch.strip() else None
+    except ValueError:
+        raise AnnotationError(f"{path}: <EpochLength>{epoch!r} is not a number.") from None
+    return path, root.findall("./ScoredEvents/ScoredEvent"), epoch_length
+
+
+def read_nsrr_stages(path: str | Path, epoch_seconds: float = 30.0) -> pd.DataFrame:
+    """Stage runs of an NSRR XML file: onset, duration, description (a label that
+    :func:`psgfm.signals.hypnogram.parse_stage` maps: W/N1/N2/N3/REM, movement, unscored)."""
+    path, events, epoch_length = _scored_events(path)
+    if epoch_length is not None and epoch_length != epoch_seconds:
+        raise AnnotationError(
+            f"{path}: <EpochLength> is {epoch_length:g} s but stages are read in "
+            f"{epoch_seconds:g}-s epochs; rescore or convert the hypnogram to "
+            f"{epoch_seconds:g}-s epochs."
+        )
+    rows = []
+    for i, ev in enumerate(events):
+        if _head(ev.findtext("EventType")) != "stages":
+            continue
+        concept = ev.findtext("EventConcept") or ""
+        code = concept.split("|")[-1].strip()
+        stage = NSRR_STAGE_CODES.get(code)
+        if stage is None:
+            log.warning("%s: unknown stage concept %r, epochs masked", path, concept)
+            stage = "unscored"
+        rows.append(
+            (
+                _float(ev, "Start", path, i, True),
+                _float(ev, "Duration", path, i, True),
+                stage,
+            )
+        )
+    if not rows:
+        raise AnnotationError(
+            f"{path}: no sleep-stage events (ScoredEvent with EventType 'Stages|Stages'); the "
+            "file holds no hypnogram. Leave the `hypnogram` column empty for this recording "
+            "or give its scored stages."
+        )
+    return pd.DataFrame(rows, columns=["onset", "duration", "description"])
+
+
+def _frame(rows: list[tuple], recording_id: str, source: str) -> pd.DataFrame:
+    cols = ["onset_s", "duration_s", "kind", "concept", "spo2_nadir", "spo2_baseline"]
+    df = pd.DataFrame(rows, columns=cols).astype(
+        {
+            "onset_s": "float64",
+            "duration_s": "float64",
+            "kind": "str",
+            "concept": "str",
+            "spo2_nadir": "float64",
+            "spo2_baseline": "float64",
+        }
+    )
+    df.insert(0, "recording_id", recording_id)
+    df["source"] = source
+    df = df.sort_values("onset_s", kind="stable").reset_index(drop=True)
+    return df[list(EVENT_COLUMNS)]
+
+
+def read_nsrr_events(path: str | Path, recording_id: str) -> pd.DataFrame:
+    """Respiratory events and arousals of an NSRR XML file, in the events schema."""
+    path, events, _ = _scored_events(path)
+    rows, skipped = [], set()
+    for i, ev in enumerate(events):
+        etype = _head(ev.findtext("EventType"))
+        concept = (ev.findtext("EventConcept") or "").strip()
+        if etype == "respiratory":
+            kind = NSRR_RESPIRATORY.get(_head(concept), "other_respiratory")
+        elif etype == "arousals":
+            kind = "arousal"
+        else:
+            if etype != "stages":
+                skipped.add(concept or etype or "(empty)")
+            continue
+        rows.append(
+            (
+                _float(ev, "Start", path, i, True),
+                _float(ev, "Duration", path, i, True),
+                kind,
+                concept,
+                _float(ev, "SpO2Nadir", path, i, False),
+                _float(ev, "SpO2Baseline", path, i, False),
+            )
+        )
+    if skipped:
+        log.info(
+            "%s: skipped event concepts %s (not respiratory or arousal)", path, sorted(skipped)
+        )
+    df = _frame(rows, recording_id, "nsrr-xml")
+    if (df["duration_s"] < 0).any():
+        raise AnnotationError(f"{path}: negative event Duration; the file is corrupt.")
+    return df
+
+
+def read_events_csv(path: str | Path, recording_id: str) -> pd.DataFrame:
+    """The demo's events CSV (onset, duration, type[, scored]) in the events schema.
+
+    Only rows with ``scored == 1`` are kept when the column exists. ``type`` is an event
+    kind (``obstructive_apnea``, ...) or an NSRR respiratory name (``Obstructive apnea``);
+    other types are skipped with a log line. SpO2 nadir and baseline are null.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AnnotationError(f"{path}: events file not found; fix the `events` column.")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise AnnotationError(f"{path}: not a readable CSV ({err}).") from err
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    missing = {"onset", "duration", "type"} - set(df.columns)
+    if missing:
+        raise AnnotationError(
+            f"{path}: events CSV lacks column(s) {sorted(missing)}; expected columns "
+            "onset,duration,type (seconds from recording start; type e.g. hypopnea)."
+        )
+    if "scored" in df.columns:
+        df = df[pd.to_numeric(df["scored"], errors="coerce").fillna(0).astype(int) == 1]
+    onset = pd.to_numeric(df["onset"], errors="coerce")
+    duration = pd.to_numeric(df["duration"], errors="coerce")
+    if onset.isna().any() or duration.isna().any() or (duration < 0).any():
+        raise AnnotationError(
+            f"{path}: missing, non-numeric or negative onset/duration values; fix the file."
+        )
+    concept = df["type"].astype(str).str.strip()
+    kind = concept.str.lower().str.replace(r"\s+", "_", regex=True).map(CSV_KINDS)
+    if kind.isna().any():
+        log.info("%s: skipped event types %s", path, sorted(set(concept[kind.isna()])))
+    keep = kind.notna().to_numpy()
+    rows = list(
+        zip(
+            onset[keep],
+            duration[keep],
+            kind[keep],
+            concept[keep],
+            np.full(keep.sum(), np.nan),
+            np.full(keep.sum(), np.nan),
+            strict=True,
+        )
+    )
+    return _frame(rows, recording_id, "csv")
+
+
+def events_source(row: dict) -> str:
+    """The events file of a sample-sheet row: its `events` column, else an NSRR XML
+    hypnogram (stages and events share the file), else ''."""
+    if row.get("events"):
+        return row["events"]
+    hyp = row.get("hypnogram") or ""
+    return hyp if hyp.lower().endswith(".xml") else ""
+
+
+def read_events(path: str | Path, recording_id: str) -> pd.DataFrame:
+    """Events of one recording from an NSRR XML file or an events CSV."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".xml":
+        return read_nsrr_events(path, recording_id)
+    if suffix == ".csv":
+        return read_events_csv(path, recording_id)
+    raise AnnotationError(
+        f"{path}: unknown events format {suffix!r}; use an NSRR XML export (<id>-nsrr.xml) or "
+        "a CSV with onset,duration,type."
+    )
+
+
+EVENTS_QC_COLUMNS = ["recording_id", "events_file", "status", "n_events", "reason"]
+
+
+def events_batch(recordings: list[dict], out_dir: str | Path) -> pd.DataFrame:
+    """Write ``{id}.events.parquet`` for each recording of a batch that has an events file,
+    and ``qc.parquet``: one row per recording (status ok, failed or none; never raises)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    qc = []
+    for row in recordings:
+        rid, source = row["recording_id"], events_source(row)
+        entry = {"recording_id": rid, "events_file": source, "n_events": 0, "reason": ""}
+        if not source:
+            entry.update(status="none", reason="no events file (events column, NSRR XML)")
+        else:
+            try:
+                events = read_events(source, rid)
+                write_parquet(
+                    pa.Table.from_pandas(events, schema=EVENTS_SCHEMA, preserve_index=False),
+                    out_dir / f"{rid}.events.parquet",
+                )
+                entry.update(status="ok", n_events=len(events))
+            except HypnogramError as err:
+                log.warning("%s: events not read: %s", rid, err)
+                entry.update(status="failed", reason=str(err))
+            except Exception as err:  # one bad file never stops the batch
+                log.error("%s: events failed unexpectedly:\n%s", rid, traceback.format_exc())
+                entry.update(
+                    status="failed", reason=f"unexpected error ({type(err).__name__}: {err})"
+                )
+        qc.append(entry)
+    table = pd.DataFrame(qc, columns=EVENTS_QC_COLUMNS).astype({"n_events": "int64"})
+    write_json(provenance("events"), out_dir / "provenance.json")
+    write_parquet(pa.Table.from_pandas(table, preserve_index=False), out_dir / "qc.parquet")
+    return table
+
+
+def events_cohort(batch_dirs: list[str | Path]) -> tuple[pa.Table, pd.DataFrame]:
+    """(every recording's events, the QC rows) of the batch folders that events_batch wrote."""
+    qcs = [pd.read_parquet(Path(d) / "qc.parquet") for d in batch_dirs]
+    tables = [
+        pq.read_table(Path(d) / f"{rid}.events.parquet", schema=EVENTS_SCHEMA)
+        for d, qc in zip(batch_dirs, qcs, strict=True)
+        for rid in qc.loc[qc["status"] == "ok", "recording_id"]
+    ]
+    events = pa.concat_tables(tables) if tables else EVENTS_SCHEMA.empty_table()
+    qc = pd.concat(qcs, ignore_index=True) if qcs else pd.DataFrame(columns=EVENTS_QC_COLUMNS)
+    return events, qc
