@@ -62,6 +62,7 @@ def test_committed_sample_sheet_is_the_default_demo_sheet():
         assert row["psg_date"] == t.psg_date.isoformat() and row["site"] == t.site
         assert row["edf"] == f"{cfg['out_dir']}/edf/{t.recording_id}.edf"
         assert row["hypnogram"].startswith(f"{cfg['out_dir']}/hypnograms/{t.recording_id}")
+        assert row["events"] == f"{cfg['out_dir']}/events/{t.recording_id}.events.csv"
 
 
 def _epoch_power(x, fs, lo, hi):

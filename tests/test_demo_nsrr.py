@@ -20,7 +20,6 @@ from psgfm.demo.cohort import SITE_ORDER, generate_demo_cohort, simulate_subject
 from psgfm.demo.physiology import EPOCH_S, score_events
 from psgfm.signals.edfheader import read_header
 from psgfm.signals.harmonise import harmonise_batch, read_signals
-from psgfm.signals.hypnogram import HypnogramError, read_hypnogram
 from psgfm.signals.montage import assign_channels, load_rules
 
 SEED, N, HOURS = 11, 3, 0.5
@@ -261,15 +260,6 @@ def test_harmonise_one_shhs_like_recording(cohort, tmp_path):
 def test_harmonise_takes_the_stages_from_the_nsrr_xml(cohort, tmp_path):
     out, sheet, truth = cohort
     row = sheet.iloc[0].to_dict()
-    try:
-        read_hypnogram(row["hypnogram"], truth["generator"]["recording_seconds"])
-    except HypnogramError as err:
-        if "unknown hypnogram format" in str(err):
-            pytest.skip(
-                "read_hypnogram does not read NSRR XML yet (the XML reader is added in "
-                f"psgfm.signals by the nsrr branch): {err}"
-            )
-        raise
     harmonise_batch([row], tmp_path, {"channel_rules": str(RULES), "target_fs": 128})
     stages = pd.read_parquet(tmp_path / f"{row['recording_id']}.stages.parquet")
     char = {"W": "W", "N1": "1", "N2": "2", "N3": "3", "REM": "R"}

@@ -41,6 +41,7 @@ import pyarrow as pa
 from edfio import Edf, EdfAnnotation, EdfSignal, Patient, Recording
 from scipy.signal import butter, resample_poly, sosfilt
 
+from psgfm.config import SHEET_COLUMNS as _SHEET_COLUMNS
 from psgfm.demo.nsrr import nsrr_xml
 from psgfm.demo.physiology import (
     EPOCH_S,
@@ -62,7 +63,7 @@ from psgfm.demo.physiology import (
 from psgfm.io import atomic_path, write_json, write_parquet, write_text
 
 GENERATOR_VERSION = 2
-SHEET_COLUMNS = ("recording_id", "subject_id", "edf", "hypnogram", "psg_date", "site")
+SHEET_COLUMNS = _SHEET_COLUMNS  # the workflow's sample-sheet columns (psgfm.config)
 SITE_ORDER = ("alpha", "bravo", "charlie", "delta")
 ICD10_SWITCH = datetime.date(2015, 10, 1)
 BROKEN_FRACTION = 0.6
@@ -898,11 +899,8 @@ def generate_demo_cohort(
                 }
             )
         write_hypnogram(night, hyp_path, hyp_epochs)
-        write_events(
-            night.events,
-            score_events(night.events, night.scored),
-            os.path.join(out_dir, "events", f"{rid}.events.csv"),
-        )
+        events_path = os.path.join(out_dir, "events", f"{rid}.events.csv")
+        write_events(night.events, score_events(night.events, night.scored), events_path)
         subjects.append(
             {k: _round(v) for k, v in t.as_dict().items()}
             | summarise(t, night.stages, night.events, night.scored)
@@ -916,6 +914,8 @@ def generate_demo_cohort(
                 "hypnogram": hyp_path,
                 "psg_date": t.psg_date.isoformat(),
                 "site": t.site,
+                # the NSRR layout's scored events are in its XML, as in a real NSRR cohort
+                "events": "" if layout == "nsrr" else events_path,
             }
         )
         del night
