@@ -349,15 +349,19 @@ def _relative_persons(lf: pl.LazyFrame, source, time_kind: str, sheet) -> pl.Dat
     df = _person_ids_and_sex(lf.select(*need, *deaths).collect(), source)
     nums = [c for c in (*need[2:], "death_days") if c in df.columns]
     df = _numbers(df, nums, source)
-    for col in ("age_at_psg", *need[4:]):
-        if df[col].is_null().any():
-            empty = df.filter(pl.col(col).is_null())["person_id"].head(3).to_list()
-            raise PhenomeInputError(f"{_label(source)}: column {col} is empty for {empty}; fill it.")
     if sheet is None:
         raise PhenomeInputError(
             f"{_label(source)}: a persons table in days needs the sample sheet's psg_date to "
             "anchor it; pass the sheet."
         )
+    df = df.join(sheet, on="person_id", how="left")
+    for col in ("age_at_psg", *need[4:]):  # needed for every person with a PSG
+        empty = df.filter(pl.col(col).is_null(), pl.col("psg_date").is_not_null())
+        if empty.height:
+            raise PhenomeInputError(
+                f"{_label(source)}: column {col} is empty for "
+                f"{empty['person_id'].head(3).to_list()} (persons with a PSG); fill it."
+            )
     offset = pl.col("psg_days_from_baseline") if "psg_days_from_baseline" in need else pl.lit(0.0)
     if "death_days" in df.columns:
         # follow-up ends at death when death comes first; a death after the end of follow-up
@@ -374,7 +378,7 @@ def _relative_persons(lf: pl.LazyFrame, source, time_kind: str, sheet) -> pl.Dat
         return pl.duration(days=expr.floor().cast(pl.Int64))
 
     psg = pl.col("psg_date")
-    out = df.join(sheet, on="person_id", how="left").select(
+    out = df.select(
         "person_id",
         "sex",
         birth_date=psg - day((pl.col("age_at_psg") * DAYS_PER_YEAR).round()),
@@ -508,9 +512,7 @@ def prepare_map(
         pl.DataFrame({"phecode": o.phecodes, "outcome": o.name}) for o in outcomes if o.phecodes
     ]
     if composite:
-        members = pl.concat(composite).join(
-            idx.rename({"phecode": "outcome"}), on="outcome"
-        )
+        members = pl.concat(composite).join(idx.rename({"phecode": "outcome"}), on="outcome")
         via = base.join(members.drop("outcome").rename({"phecode_idx": "o_idx"}), on="phecode")
         base = pl.concat(
             [base, via.select("code_system", "icd_key", "phecode", phecode_idx="o_idx")]
@@ -569,6 +571,7 @@ class Prepared:
     subset_missing: list[str]
     rp: RecordPass
     excl: Exclusions
+    time_kind: str = "date"
 
 
 def _map_keys(pmap: PreparedMap) -> pl.DataFrame:
@@ -597,7 +600,8 @@ def prepare(
     sheet_df = read_sheet(sheet)
     persons_df = read_persons(persons, spec.time_kind, sheet_df, _label(spec.source))
     cohort, dropped = build_cohort(persons_df.drop("psg_offset", strict=False), sheet_df)
-    if extra_dropped is not None and extra_dropped.height:
+    if extra_dropped is not None and extra_dropped.height:  # e.g. OMOP persons of unknown sex
+        dropped = dropped.filter(~pl.col("person_id").is_in(extra_dropped["person_id"].implode()))
         dropped = pl.concat([dropped, extra_dropped.select(dropped.columns)]).sort("person_id")
     anchor = None
     if spec.relative:  # record days count from the PSG (minus the baseline offset)
@@ -654,7 +658,16 @@ def prepare(
     out_idx = out_phecodes["phecode_idx"].to_numpy().astype(np.int64)
     excl = exclusions(pmap.pairs, out_idx, pmap.phecodes.height)
     return Prepared(
-        cohort, dropped, out_phecodes, records, unmapped, pmap, subset_missing, rp, excl
+        cohort,
+        dropped,
+        out_phecodes,
+        records,
+        unmapped,
+        pmap,
+        subset_missing,
+        rp,
+        excl,
+        spec.time_kind,
     )
 
 
@@ -739,11 +752,14 @@ def build_phenome(
     rules: dict | None = None,
     partition_cells: int = DEFAULT_PARTITION_CELLS,
     block_persons: int | None = None,
+    extra_dropped: pl.DataFrame | None = None,
 ) -> dict:
     """Everything in memory (tests, small cohorts). Keys: labels, summary, is_event,
-    time_to_event, unmapped, records, dropped, subset_missing."""
+    time_to_event, unmapped, records, dropped, subset_missing, persons."""
     rules = _rules(rules)
-    prep = prepare(diagnoses, persons, sheet, map_df, rules, partition_cells)
+    prep = prepare(
+        diagnoses, persons, sheet, map_df, rules, partition_cells, extra_dropped=extra_dropped
+    )
     phecodes = prep.out_phecodes["phecode"].to_list()
     names = pa.array(phecodes, pa.string())
     acc = Summary(len(phecodes), _max_followup(prep.cohort))
@@ -766,7 +782,31 @@ def build_phenome(
         "records": prep.records,
         "dropped": prep.dropped,
         "subset_missing": prep.subset_missing,
+        "persons": cohort_persons(prep.cohort),
     }
+
+
+def cohort_persons(cohort: pl.DataFrame) -> pl.DataFrame:
+    """The cohort in the native dated layout plus psg_date (the atlas reads it for age and
+    sex, whatever form the inputs had)."""
+    return cohort.select(*PERSONS_COLUMNS, "psg_date")
+
+
+def phenome_inputs(diagnoses, persons, config: dict):
+    """(diagnoses, persons, dropped-before-the-cohort) of the ``phenome`` config block:
+    the given tables (``input_format: native``) or an OMOP extract (``omop``)."""
+    fmt = config.get("input_format", "native")
+    if fmt == "omop":
+        from psgfm.phenome.omop import read_omop
+
+        return read_omop(config.get("omop") or {})
+    if fmt != "native":
+        raise PhenomeInputError(f"phenome.input_format must be 'native' or 'omop', not {fmt!r}.")
+    if diagnoses is None or persons is None:
+        raise PhenomeInputError(
+            "phenome.diagnoses and phenome.persons must be set with input_format: native."
+        )
+    return diagnoses, persons, None
 
 
 def run_phenome(
@@ -788,14 +828,18 @@ def run_phenome(
     temporary folder beside the labels output.
     """
     from psgfm.phenome.maps import load_map, load_sleepfm_subset
+    from psgfm.phenome.outcomes import definitions_table, load_outcomes
 
     map_name = config["map"]["name"]
+    outcomes_path = config.get("outcomes")
+    outcomes = load_outcomes(outcomes_path)
     rules = _rules(
         {
             "map_name": map_name,
             "min_records": config.get("min_records", 2),
             "min_cases": config.get("min_cases", 50),
             "washout_days": config.get("washout_days", 0),
+            "outcomes": outcomes,
         }
     )
     subset_name = config.get("subset", "all")
@@ -808,6 +852,7 @@ def run_phenome(
         rules["subset"] = load_sleepfm_subset(subset_csv)["phecode"].to_list()
     map_df = load_map(map_csv, map_name)
     Path(out["labels"]).parent.mkdir(parents=True, exist_ok=True)
+    diagnoses, persons, extra_dropped = phenome_inputs(diagnoses, persons, config)
     prep = prepare(
         diagnoses,
         persons,
@@ -816,6 +861,7 @@ def run_phenome(
         rules,
         partition_cells,
         spill_dir=str(Path(out["labels"]).parent),
+        extra_dropped=extra_dropped,
     )
     phecodes = prep.out_phecodes["phecode"].to_list()
     names = pa.array(phecodes, pa.string())
@@ -870,18 +916,29 @@ def run_phenome(
     if out.get("records"):
         with atomic_path(out["records"]) as tmp:
             prep.records.write_csv(tmp, separator="\t", null_value="")
+    if out.get("persons"):
+        with atomic_path(out["persons"]) as tmp:
+            cohort_persons(prep.cohort).write_parquet(tmp)
     prov = provenance(
         "phenome",
         {
             "phenome": config,
             "inputs": {
-                "diagnoses": _label(diagnoses),
+                "diagnoses": _label(diagnoses.source)
+                if isinstance(diagnoses, DiagnosisSource)
+                else _label(diagnoses),
                 "persons": _label(persons),
                 "sheet": _label(sheet),
             },
         },
     )
     prov["map"] = map_provenance or {"name": map_name, "path": str(map_csv)}
+    prov["time"] = prep.time_kind
+    prov["outcomes"] = {
+        "definitions": str(outcomes_path) if outcomes_path else None,
+        "outcomes": definitions_table(outcomes),
+        "phecodes_not_in_map": prep.pmap.outcome_phecodes_missing,
+    }
     prov["counts"] = {
         "persons_in_cohort": prep.cohort.height,
         "persons_dropped": prep.dropped.height,

@@ -317,7 +317,6 @@ class Codes:
             out = table[kids]
         return out
 
-
     def _with_prefixes(self, lookup: pl.DataFrame) -> pl.DataFrame:
         """Add the outcomes whose ICD prefixes the new codes start with to their phecodes."""
         lookup = lookup.with_row_index("i")
