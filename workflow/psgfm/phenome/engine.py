@@ -365,7 +365,7 @@ class RecordPass:
         self.day_dtype = np.uint16 if span < np.iinfo(np.uint16).max else np.int32
         self.no_day = np.iinfo(self.day_dtype).max
         self.codes = Codes(map_keys, prefixes)
-        self.anchor = None if anchor is None else np.asarray(anchor, np.int64)
+        self.anchor = None if anchor is None else np.asarray(anchor, np.int32)
         self.records: dict[tuple[int, int], int] = {}
         self.n_used = np.zeros(0, np.int64)  # per code id
         self.unmapped_pairs: list[np.ndarray] = []  # (cid, person) of used unmapped records
@@ -456,6 +456,14 @@ class RecordPass:
             values = np.concatenate([values, [np.nan]])
             blank = np.concatenate([blank, [True]])
             values, blank = values[idx], blank[idx]
+        elif pa.types.is_integer(t):  # the common case: whole days, no float round trip
+            if pa.types.is_dictionary(col.type):
+                col = col.cast(t)
+            blank = col.is_null().to_numpy(zero_copy_only=False)
+            values = pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+            ok = ~blank & (np.abs(values) <= MAX_REL_DAYS)
+            days = np.where(ok, values, NO_DAY).astype(np.int32)
+            return days, blank
         else:
             s = pl.from_arrow(col)
             if s.dtype == pl.Boolean or not s.dtype.is_numeric():
@@ -476,8 +484,9 @@ class RecordPass:
         if self.anchor is None:
             day, blank = self._days(batch.column("time"))
         else:  # days from the PSG / baseline -> day numbers
-            day, blank = self._relative_days(batch.column("time"))
-            day = np.where(day == NO_DAY, NO_DAY, day + self.anchor[p]).astype(np.int32)
+            rel, blank = self._relative_days(batch.column("time"))
+            day = rel + self.anchor[p]
+            day[rel == NO_DAY] = NO_DAY
         no_day = day == NO_DAY
         status[no_day & ~blank] = UNPARSEABLE
         status[no_day & blank] = MISSING_DATE
