@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -664,3 +666,80 @@ def test_module_command_runs_the_stage_on_an_omop_extract(tmp_path):
     pd.testing.assert_frame_equal(
         _pdsorted(plain, COLS), want.sort_values(["person_id", "phecode"], ignore_index=True)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/cohorts.md: the walkthrough's files, configs and commands, run on generated examples
+# ---------------------------------------------------------------------------------------------
+
+SECTION = "## Outcomes: relative days, OMOP extracts, named outcomes"
+
+
+def doc_blocks() -> list[tuple[str, str]]:
+    text = (ROOT / "docs" / "cohorts.md").read_text(encoding="utf-8")
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + len(SECTION))
+    section = text[start : end if end > 0 else None]
+    return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+
+
+def test_docs_walkthrough_runs_on_generated_examples(tmp_path):
+    import shutil
+
+    # the example cohort in days (cohort/) and as an OMOP extract (omop/)
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    d, r = to_relative(DIAGNOSES.to_pandas(), PERSONS.to_pandas(), SHEET.to_pandas())
+    r = r.round({"age_at_psg": 4}).astype({"followup_days": "Int64"})
+    r["death"] = r["death"].map({True: "true", False: "false"})
+    d.to_csv(cohort / "diagnoses.csv", index=False)
+    r.to_csv(cohort / "persons.csv", index=False)
+    icd10 = DIAGNOSES.filter(pl.col("code_system") == "ICD10CM")
+    write_omop(tmp_path / "omop", "parquet", diagnoses=icd10)
+    for folder, sheet in ((cohort, SHEET), (tmp_path / "omop", numeric_ids(SHEET, "subject_id"))):
+        (folder / "phecode12.csv").write_text(HF_MAP)
+        sheet.with_columns(recording_id=pl.format("r{}", pl.int_range(pl.len()))).write_csv(
+            folder / "recordings.tsv", separator="\t"
+        )
+    (tmp_path / "resources").mkdir()
+    shutil.copy(ROOT / "resources" / "named_outcomes.yaml", tmp_path / "resources")
+
+    blocks = doc_blocks()
+    commands = []
+    for lang, body in blocks:
+        first, _, rest = body.partition("\n")
+        if lang == "text":  # an example file: its first lines as generated
+            lines = (tmp_path / first.strip()).read_text().splitlines()
+            assert rest.splitlines() == lines[: len(rest.splitlines())], first
+        elif lang == "yaml":
+            (tmp_path / first.lstrip("# ").strip()).write_text(body)
+        elif lang == "sh":
+            commands += [shlex.split(line) for line in body.splitlines() if line.strip()]
+    assert len(commands) == 2 and all(c[:3] == ["python", "-m", "psgfm.phenome"] for c in commands)
+    for argv in commands:
+        res = subprocess.run(
+            [sys.executable, *argv[1:]], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert res.returncode == 0, res.stderr
+    days = pl.read_parquet(tmp_path / "results" / "phenome_days" / "labels.parquet")
+    plain = days.filter(pl.col("phecode").str.contains(r"^\d"))
+    pd.testing.assert_frame_equal(_pdsorted(plain, COLS), expected_labels())
+    omop = pl.read_parquet(tmp_path / "results" / "phenome_omop" / "labels.parquet")
+    for labels, ids in ((days, ["P11", "P2", "P4"]), (omop, ["11", "2", "4"])):
+        death = labels.filter(pl.col("phecode") == "death", pl.col("event") == 1)
+        assert sorted(death["person_id"].to_list()) == ids
+        # the shipped "Hypertension" is phecode 401 (no exclusion range): the same labels
+        hyp = [
+            labels.filter(pl.col("phecode") == code).drop("phecode").sort("person_id")
+            for code in ("401", "Hypertension")
+        ]
+        assert hyp[0].height > 0 and hyp[0].equals(hyp[1])
+    # "Type 2 Diabetes" is phecode 250.2 without its exclusion range: P5 (type 1 diabetes)
+    # is excluded from 250.2 but a control of the named outcome
+    p5 = days.filter(pl.col("person_id") == "P5").select("phecode", "status", "reason")
+    p5 = {r[0]: r[1:] for r in p5.rows()}
+    assert p5["250.2"] == ("excluded", "exclusion_range") and p5["Type 2 Diabetes"][0] == "control"
+    # OMOP with ICD-10-CM records only: P2's hypertension records (ICD-9-CM, WHO ICD-10) are
+    # not in this extract, P1's are
+    hyp = omop.filter(pl.col("phecode") == "Hypertension", pl.col("status") == "case")
+    assert hyp["person_id"].to_list() == ["1"]

@@ -4,7 +4,8 @@ PHENOME = config["phenome"]
 PHECODE_MAP = f"resources/phecode_maps/{PHENOME['map']['name']}.csv"
 PHENOME_OUT = f"{RESULTS}/phenome"
 PHENOME_OMOP = PHENOME.get("omop") or {}
-if PHENOME["input_format"] == "omop":  # the OMOP tables that are set (death may be null)
+# the tables rule phenome reads: the native two, or the OMOP tables that are set (death: optional)
+if PHENOME["input_format"] == "omop":
     PHENOME_INPUTS = {
         t: PHENOME_OMOP[t]
         for t in ("person", "condition_occurrence", "observation_period", "death")
