@@ -743,3 +743,24 @@ def test_docs_walkthrough_runs_on_generated_examples(tmp_path):
     # not in this extract, P1's are
     hyp = omop.filter(pl.col("phecode") == "Hypertension", pl.col("status") == "case")
     assert hyp["person_id"].to_list() == ["1"]
+
+
+def test_sleepfm_subset_finds_the_named_outcomes():
+    """subset: sleepfm with the shipped outcomes: only the 29 numeric labels outside the map
+    are missing (53 without the outcomes), and the named outcomes are labelled."""
+    real = ROOT / "resources" / "phecode_maps" / "phecode12.csv"
+    if not real.exists():
+        pytest.skip("phecode12 map not fetched (rule phecode_map)")
+    subset = load_sleepfm_subset(ROOT / "resources" / "sleepfm_label_mapping.csv")["phecode"]
+    defs = load_outcomes(ROOT / "resources" / "named_outcomes.yaml")
+    real_map = load_map(real, "phecode12")
+    diag = pl.concat([DIAGNOSES, pl.DataFrame(HF_RECORDS, schema=DIAGNOSES.columns, orient="row")])
+    rules = {"subset": subset.to_list(), "min_cases": 1}
+    out = build_phenome(diag, PERSONS, SHEET, real_map, {**rules, "outcomes": defs})
+    plain = build_phenome(diag, PERSONS, SHEET, real_map, rules)
+    assert len(out["subset_missing"]) == 29 and len(plain["subset_missing"]) == 53
+    assert set(plain["subset_missing"]) - set(out["subset_missing"]) == {o.name for o in defs}
+    lab = {(r["person_id"], r["phecode"]): r["status"] for r in out["labels"].to_dicts()}
+    assert lab[("P1", "Heart Failure")] == "case" and lab[("P1", "Hypertension")] == "case"
+    assert lab[("P2", "death")] == "case" and lab[("P4", "Type 2 Diabetes")] == "excluded"
+    assert ("P1", "Stroke") not in lab  # no stroke code in the cohort: not observed

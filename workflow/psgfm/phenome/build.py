@@ -14,6 +14,12 @@ Every rule is documented in docs/phenome.md; in short, per person x phecode (in 
 The raw diagnosis table is never materialised: one lazy, streaming pass normalises codes,
 checks dates, joins against the map and aggregates to (person, phecode, first date, number
 of distinct dates). Persons x phecodes is then expanded chunk by chunk of persons.
+
+Inputs come as calendar dates or as days (diagnoses ``days_from_psg`` / ``days_from_baseline``;
+persons ``age_at_psg``, ``followup_days``, ``death`` or ``death_days``): days are anchored at
+the sample sheet's PSG date, so both forms meet the same engine. OMOP CDM extracts are mapped
+to these inputs by :mod:`psgfm.phenome.omop`; named outcomes (:mod:`psgfm.phenome.outcomes`)
+are extra columns of the grids.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ per *distinct* value of a batch, and every per-record step is an integer gather:
 code id (code system x dotless code), day number, record status. Used records are expanded to
 their phecodes (a code counts toward every phecode the map lists for it) and aggregated per
 (person, phecode) into dense grids of the first and last date (uint16 days since the earliest
-birth date when the cohort's span fits, else int32).
+birth date when the cohort's span fits, else int32). Relative record times (days from the PSG
+or a baseline) are turned into day numbers with a per-person anchor. Named composite outcomes
+are extra grid columns: a code counts toward one when the map lists one of its phecodes for the
+code or the code starts with one of its ICD prefixes (matched once per distinct code).
 
 **Partitions.** Persons are split into contiguous ranges of the (sorted) person index, each
 small enough that its grids hold at most ``partition_cells`` (person, phecode) cells. With one
