@@ -177,6 +177,11 @@ def test_mixed_forms_raise_naming_file_columns_and_fix(tmp_path, hand_map):
     days = DIAGNOSES.drop("date").with_columns(days_from_psg=pl.lit(5))
     with pytest.raises(PhenomeInputError, match=r"calendar columns .*carry days"):
         build_phenome(days, PERSONS, SHEET, hand_map)
+    # a day column that holds dates
+    dates = DIAGNOSES.with_columns(days_from_psg=pl.col("date").str.to_date()).drop("date")
+    dates.write_parquet(path)
+    with pytest.raises(PhenomeInputError, match=r"diagnoses\.parquet: column days_from_psg.*Date"):
+        build_phenome(str(path), rel, SHEET, hand_map)
     # baseline days need the PSG offset
     base = DIAGNOSES.drop("date").with_columns(days_from_baseline=pl.lit(5))
     with pytest.raises(PhenomeInputError, match=r"psg_days_from_baseline"):
