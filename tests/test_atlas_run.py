@@ -196,6 +196,7 @@ def test_atlas_rules_run_under_snakemake(synth, tmp_path):
     for src, dst in (
         ("labels", results / "phenome" / "labels.parquet"),
         ("summary", results / "phenome" / "summary.parquet"),
+        ("persons", results / "phenome" / "persons.parquet"),  # the phenome stage's cohort
         ("embeddings", results / "embeddings" / "night.parquet"),
     ):
         dst.write_bytes(synth[src].read_bytes())
@@ -203,7 +204,6 @@ def test_atlas_rules_run_under_snakemake(synth, tmp_path):
     cfg["samples"] = str(synth["sheet"])
     cfg["results"] = str(results)
     cfg["demo"]["enabled"] = False
-    cfg["phenome"]["persons"] = str(synth["persons"])
     cfg["atlas"].update(bootstrap=20, n_batches=2)
     cfgfile = tmp_path / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))

@@ -16,7 +16,7 @@ ATLAS_INPUTS = {
     "embeddings": ATLAS_EMBEDDINGS,
     "labels": f"{PHENOME_OUT}/labels.parquet",
     "summary": f"{PHENOME_OUT}/summary.parquet",
-    "persons": PHENOME["persons"],
+    "persons": f"{PHENOME_OUT}/persons.parquet",  # the phenome cohort, dated, whatever the input form
     "sheet": config["samples"],
 }
 if ATLAS["covariates"]["table"]:

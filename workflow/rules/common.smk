@@ -100,7 +100,7 @@ def _made_or_present(paths):
 
 def checksum_files():
     """What input_checksums hashes, by kind (missing files become rows that say so)."""
-    ehr = [PHENOME["diagnoses"], PHENOME["persons"]]
+    ehr = list(PHENOME_INPUTS.values())  # phenome.smk: native tables or the OMOP tables
     return {
         "sample_sheet": [config["samples"]],
         "edf": list(RECORDINGS["edf"]),
@@ -111,6 +111,7 @@ def checksum_files():
             PHECODE_MAP,
             config["harmonise"]["channel_rules"],
             PHENOME["sleepfm_labels"],
+            *([PHENOME["outcomes"]] if PHENOME["outcomes"] else []),
         ],
     }
 

@@ -3,6 +3,16 @@
 PHENOME = config["phenome"]
 PHECODE_MAP = f"resources/phecode_maps/{PHENOME['map']['name']}.csv"
 PHENOME_OUT = f"{RESULTS}/phenome"
+PHENOME_OMOP = PHENOME.get("omop") or {}
+# the tables rule phenome reads: the native two, or the OMOP tables that are set (death: optional)
+if PHENOME["input_format"] == "omop":
+    PHENOME_INPUTS = {
+        t: PHENOME_OMOP[t]
+        for t in ("person", "condition_occurrence", "observation_period", "death")
+        if PHENOME_OMOP.get(t)
+    }
+else:
+    PHENOME_INPUTS = {"diagnoses": PHENOME["diagnoses"], "persons": PHENOME["persons"]}
 
 
 rule phecode_map:
@@ -25,14 +35,14 @@ rule phecode_map:
 
 rule phenome:
     input:
-        diagnoses=PHENOME["diagnoses"],
-        persons=PHENOME["persons"],
+        **PHENOME_INPUTS,
         sheet=config["samples"],
         map=PHECODE_MAP,
         map_provenance=PHECODE_MAP.replace(".csv", ".provenance.json"),
         sleepfm_labels=(
             [PHENOME["sleepfm_labels"]] if PHENOME["subset"] == "sleepfm" else []
         ),
+        outcomes=[PHENOME["outcomes"]] if PHENOME["outcomes"] else [],
     output:
         labels=f"{PHENOME_OUT}/labels.parquet",
         summary=f"{PHENOME_OUT}/summary.parquet",
@@ -46,6 +56,7 @@ rule phenome:
         unmapped=f"{PHENOME_OUT}/qc/unmapped_codes.tsv",
         dropped=f"{PHENOME_OUT}/qc/dropped_persons.tsv",
         records=f"{PHENOME_OUT}/qc/records.tsv",
+        persons=f"{PHENOME_OUT}/persons.parquet",
         provenance=f"{PHENOME_OUT}/provenance.json",
     log:
         f"{RESULTS}/logs/phenome.log",
@@ -66,5 +77,6 @@ PHENOME_TARGETS = [
     f"{PHENOME_OUT}/time_to_event.csv",
     f"{PHENOME_OUT}/qc/unmapped_codes.tsv",
     f"{PHENOME_OUT}/qc/dropped_persons.tsv",
+    f"{PHENOME_OUT}/persons.parquet",
     f"{PHENOME_OUT}/provenance.json",
 ]

@@ -14,6 +14,12 @@ Every rule is documented in docs/phenome.md; in short, per person x phecode (in 
 The raw diagnosis table is never materialised: one lazy, streaming pass normalises codes,
 checks dates, joins against the map and aggregates to (person, phecode, first date, number
 of distinct dates). Persons x phecodes is then expanded chunk by chunk of persons.
+
+Inputs come as calendar dates or as days (diagnoses ``days_from_psg`` / ``days_from_baseline``;
+persons ``age_at_psg``, ``followup_days``, ``death`` or ``death_days``): days are anchored at
+the sample sheet's PSG date, so both forms meet the same engine. OMOP CDM extracts are mapped
+to these inputs by :mod:`psgfm.phenome.omop`; named outcomes (:mod:`psgfm.phenome.outcomes`)
+are extra columns of the grids.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from psgfm.phenome.engine import (
     REASONS,
     RECORD_STATUSES,
     Background,
+    DiagnosisSource,
     Exclusions,
     RecordPass,
     Summary,
@@ -50,9 +57,15 @@ from psgfm.phenome.maps import (
     phecode_sort_key,
     phecode_table,
 )
+from psgfm.phenome.outcomes import Outcome, check_names, outcome_rows, prefix_table
 
 DIAGNOSES_COLUMNS = ("person_id", "code", "code_system", "date")
 PERSONS_COLUMNS = ("person_id", "sex", "birth_date", "end_of_followup", "death")
+# the record time of a diagnosis: a calendar date, or days from the PSG / from a baseline
+TIME_COLUMNS = ("date", "days_from_psg", "days_from_baseline")
+DATED_PERSON_COLUMNS = ("birth_date", "end_of_followup")
+RELATIVE_PERSON_COLUMNS = ("age_at_psg", "followup_days", "death_days", "psg_days_from_baseline")
+DAYS_PER_YEAR = 365.25
 SHEET_COLUMNS = ("subject_id", "psg_date")
 EXCLUSION_REASONS = REASONS  # one vocabulary, defined with the engine that encodes it
 LABEL_SCHEMA = {
@@ -71,6 +84,7 @@ DEFAULT_RULES = {
     "min_cases": 50,
     "washout_days": 0,
     "subset": None,  # None (all phecodes) or an iterable of phecode strings
+    "outcomes": None,  # None or a list of psgfm.phenome.outcomes.Outcome
 }
 
 
@@ -112,8 +126,10 @@ def _expand(source) -> list[str]:
     return files
 
 
-def scan_table(source, columns: tuple[str, ...], what: str) -> pl.LazyFrame:
-    """Lazy scan of a Parquet/CSV file, folder or glob (or a DataFrame) with column checks."""
+def scan_table(source, columns: tuple[str, ...], what: str, label=None) -> pl.LazyFrame:
+    """Lazy scan of a Parquet/CSV file, folder or glob (or a DataFrame) with column checks;
+    ``label`` names the source in messages when ``source`` is an already-opened frame."""
+    label = _label(source if label is None else label)
     if isinstance(source, pl.LazyFrame):
         lf = source
     elif isinstance(source, pl.DataFrame):
@@ -138,11 +154,11 @@ def scan_table(source, columns: tuple[str, ...], what: str) -> pl.LazyFrame:
     try:
         names = lf.collect_schema().names()
     except Exception as exc:  # noqa: BLE001 - unreadable file
-        raise PhenomeInputError(f"{_label(source)}: cannot read the {what} table ({exc}).") from exc
+        raise PhenomeInputError(f"{label}: cannot read the {what} table ({exc}).") from exc
     missing = [c for c in columns if c not in names]
     if missing:
         raise PhenomeInputError(
-            f"{_label(source)}: the {what} table lacks column(s) {missing} (it has {names}). "
+            f"{label}: the {what} table lacks column(s) {missing} (it has {names}). "
             f"Fix: provide columns {list(columns)}."
         )
     return lf
@@ -189,9 +205,83 @@ def _strict_dates(df: pl.DataFrame, cols, source, what: str, id_col: str) -> pl.
     return df
 
 
-def read_persons(source) -> pl.DataFrame:
-    """Validated persons table: person_id (str), sex (F/M), dates, death (bool)."""
-    df = scan_table(source, PERSONS_COLUMNS, "persons").select(PERSONS_COLUMNS).collect()
+RELATIVE_FIX = (
+    "Fix: use one form throughout: calendar dates (diagnoses date; persons birth_date, "
+    "end_of_followup, death) or days (diagnoses days_from_psg or days_from_baseline; persons "
+    "age_at_psg, followup_days, death or death_days, and psg_days_from_baseline with "
+    "days_from_baseline)."
+)
+
+
+def diagnosis_source(diagnoses) -> DiagnosisSource:
+    """The diagnoses as a :class:`DiagnosisSource`: columns checked, the time column found
+    (exactly one of ``date``, ``days_from_psg``, ``days_from_baseline``)."""
+    if isinstance(diagnoses, DiagnosisSource):
+        return diagnoses
+    lf = scan_table(diagnoses, ("person_id", "code", "code_system"), "diagnoses")
+    names = lf.collect_schema().names()
+    found = [c for c in TIME_COLUMNS if c in names]
+    if len(found) != 1:
+        what = f"both {found}" if found else "none of them"
+        raise PhenomeInputError(
+            f"{_label(diagnoses)}: the diagnoses table needs exactly one time column of "
+            f"{list(TIME_COLUMNS)} and has {what} (columns: {names}). {RELATIVE_FIX}"
+        )
+    files = _expand(diagnoses) if isinstance(diagnoses, str | os.PathLike | list | tuple) else None
+    columns = {c: c for c in ("person_id", "code", "code_system")}
+    columns["time"] = found[0]
+    return DiagnosisSource(diagnoses, files, lf, columns, time_kind=found[0])
+
+
+def _person_form(names: list[str], source, time_kind: str, diagnoses_label: str | None) -> None:
+    """Raise unless the persons table's columns are of the diagnoses' form (dates or days)."""
+    dated = [c for c in DATED_PERSON_COLUMNS if c in names]
+    rel = [c for c in RELATIVE_PERSON_COLUMNS if c in names]
+    diag = f"the diagnoses ({diagnoses_label})" if diagnoses_label else "the diagnoses"
+    if dated and rel:
+        raise PhenomeInputError(
+            f"{_label(source)}: the persons table mixes calendar columns {dated} with "
+            f"relative-day columns {rel}. {RELATIVE_FIX}"
+        )
+    if time_kind == "date" and rel:
+        raise PhenomeInputError(
+            f"{_label(source)}: the persons table has relative-day columns {rel} but {diag} "
+            f"carry calendar dates (column date). {RELATIVE_FIX}"
+        )
+    if time_kind != "date" and dated:
+        raise PhenomeInputError(
+            f"{_label(source)}: the persons table has calendar columns {dated} but {diag} "
+            f"carry days (column {time_kind}). {RELATIVE_FIX}"
+        )
+
+
+def read_persons(
+    source, time_kind: str = "date", sheet: pl.DataFrame | None = None, diagnoses_label=None
+) -> pl.DataFrame:
+    """Validated persons table: person_id (str), sex (F/M), birth_date, end_of_followup,
+    death (bool).
+
+    ``time_kind`` is the diagnoses' time column. With ``days_from_psg`` /
+    ``days_from_baseline`` the persons carry days (``age_at_psg``, ``followup_days``, ``death``
+    or ``death_days``, and ``psg_days_from_baseline``) and are anchored at the PSG date of
+    ``sheet`` (:func:`read_sheet`): the result then has the same columns plus ``psg_offset``
+    (days from the baseline to the PSG; 0 with days_from_psg)."""
+    lf = scan_table(source, ("person_id", "sex"), "persons")
+    _person_form(lf.collect_schema().names(), source, time_kind, diagnoses_label)
+    if time_kind != "date":
+        return _relative_persons(lf, source, time_kind, sheet)
+    df = scan_table(lf, PERSONS_COLUMNS, "persons", source).select(PERSONS_COLUMNS).collect()
+    df = _person_ids_and_sex(df, source)
+    df = _strict_dates(df, ["birth_date", "end_of_followup"], source, "persons", "person_id")
+    if df["birth_date"].is_null().any():
+        raise PhenomeInputError(
+            f"{_label(source)}: column birth_date is empty for "
+            f"{df.filter(pl.col('birth_date').is_null())['person_id'].head(3).to_list()}; fill it."
+        )
+    return df.with_columns(_death(df["death"], source).alias("death"))
+
+
+def _person_ids_and_sex(df: pl.DataFrame, source) -> pl.DataFrame:
     df = df.with_columns(pl.col("person_id").cast(pl.String).str.strip_chars())
     sex = df["sex"].cast(pl.String).str.strip_chars().str.to_uppercase()
     sex = sex.replace({"FEMALE": "F", "MALE": "M"})
@@ -210,13 +300,11 @@ def read_persons(source) -> pl.DataFrame:
         raise PhenomeInputError(
             f"{_label(source)}: column person_id repeats {dup}; one row per person is required."
         )
-    df = _strict_dates(df, ["birth_date", "end_of_followup"], source, "persons", "person_id")
-    if df["birth_date"].is_null().any():
-        raise PhenomeInputError(
-            f"{_label(source)}: column birth_date is empty for "
-            f"{df.filter(pl.col('birth_date').is_null())['person_id'].head(3).to_list()}; fill it."
-        )
-    death = df["death"]
+    return df
+
+
+def _death(death: pl.Series, source) -> pl.Series:
+    """A boolean-like death column as Boolean (empty -> False)."""
     if death.dtype != pl.Boolean:
         text = death.cast(pl.String).str.strip_chars().str.to_lowercase()
         mapping = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -227,7 +315,84 @@ def read_persons(source) -> pl.DataFrame:
                 f"{death.filter(~ok).head(3).to_list()}). Fix: code death as a boolean."
             )
         death = text.replace_strict(mapping, default=None, return_dtype=pl.Boolean)
-    return df.with_columns(death.fill_null(False).alias("death"))
+    return death.fill_null(False)
+
+
+def _numbers(df: pl.DataFrame, cols, source) -> pl.DataFrame:
+    """Numeric person columns (text numbers accepted); non-numbers raise PhenomeInputError."""
+    for col in cols:
+        raw = df[col]
+        if raw.dtype == pl.Boolean:
+            raise PhenomeInputError(f"{_label(source)}: column {col} must be a number of days.")
+        parsed = raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+        bad = parsed.is_null() & raw.is_not_null()
+        if raw.dtype == pl.String:
+            bad = bad & (raw.str.strip_chars() != "")
+        if bad.any():
+            raise PhenomeInputError(
+                f"{_label(source)}: column {col} of the persons table has {int(bad.sum())} "
+                f"value(s) that are not numbers (e.g. {_examples(df, bad, 'person_id', col)}). "
+                "Fix: write plain numbers (days, or years for age_at_psg)."
+            )
+        df = df.with_columns(parsed.alias(col))
+    return df
+
+
+def _relative_persons(lf: pl.LazyFrame, source, time_kind: str, sheet) -> pl.DataFrame:
+    """Persons in days (see :func:`read_persons`) -> the dated layout, anchored at the PSG."""
+    need = ["person_id", "sex", "age_at_psg", "followup_days"]
+    if time_kind == "days_from_baseline":
+        need.append("psg_days_from_baseline")
+    names = lf.collect_schema().names()
+    deaths = [c for c in ("death", "death_days") if c in names]
+    if len(deaths) != 1:
+        raise PhenomeInputError(
+            f"{_label(source)}: a persons table in days needs one of death (true/false) or "
+            f"death_days (days to death, empty if alive) and has "
+            f"{deaths or 'neither'}. Fix: keep one."
+        )
+    lf = scan_table(lf, tuple(need), "persons", source)
+    df = _person_ids_and_sex(lf.select(*need, *deaths).collect(), source)
+    nums = [c for c in (*need[2:], "death_days") if c in df.columns]
+    df = _numbers(df, nums, source)
+    if sheet is None:
+        raise PhenomeInputError(
+            f"{_label(source)}: a persons table in days needs the sample sheet's psg_date to "
+            "anchor it; pass the sheet."
+        )
+    df = df.join(sheet, on="person_id", how="left")
+    for col in ("age_at_psg", *need[4:]):  # needed for every person with a PSG
+        empty = df.filter(pl.col(col).is_null(), pl.col("psg_date").is_not_null())
+        if empty.height:
+            raise PhenomeInputError(
+                f"{_label(source)}: column {col} is empty for "
+                f"{empty['person_id'].head(3).to_list()} (persons with a PSG); fill it."
+            )
+    offset = pl.col("psg_days_from_baseline") if "psg_days_from_baseline" in need else pl.lit(0.0)
+    if "death_days" in df.columns:
+        # follow-up ends at death when death comes first; a death after the end of follow-up
+        # is not an observed death
+        end = pl.min_horizontal("followup_days", "death_days")
+        died = pl.col("death_days").is_not_null() & (
+            pl.col("followup_days").is_null() | (pl.col("death_days") <= pl.col("followup_days"))
+        )
+    else:
+        df = df.with_columns(_death(df["death"], source).alias("death"))
+        end, died = pl.col("followup_days"), pl.col("death")
+
+    def day(expr: pl.Expr) -> pl.Expr:
+        return pl.duration(days=expr.floor().cast(pl.Int64))
+
+    psg = pl.col("psg_date")
+    out = df.select(
+        "person_id",
+        "sex",
+        birth_date=psg - day((pl.col("age_at_psg") * DAYS_PER_YEAR).round()),
+        end_of_followup=psg + day(end - offset),
+        death=died,
+        psg_offset=offset.floor().cast(pl.Int32),
+    )
+    return out
 
 
 def read_sheet(source) -> pl.DataFrame:
@@ -241,7 +406,7 @@ def read_sheet(source) -> pl.DataFrame:
                 f"{path}: sample sheet not found; fix `samples:` in the config."
             )
         lf = pl.scan_csv(path, separator="\t", infer_schema=False, comment_prefix="#")
-        lf = scan_table(lf, SHEET_COLUMNS, "sample sheet")
+        lf = scan_table(lf, SHEET_COLUMNS, "sample sheet", path)
     df = lf.select("subject_id", "psg_date").collect()
     df = df.with_columns(pl.col("subject_id").cast(pl.String).str.strip_chars())
     df = _strict_dates(df, ["psg_date"], source, "sample sheet", "subject_id")
@@ -311,6 +476,9 @@ class PreparedMap:
     keys: pl.DataFrame  # code_system (input), code_key, phecode_idx
     pairs: pl.DataFrame  # phecode_idx, excluded_by_idx
     systems: dict = field(default_factory=dict)
+    prefixes: pl.DataFrame | None = None  # code_system, prefix, phecode_idx (named outcomes)
+    mortality: int | None = None  # phecode_idx of all-cause mortality
+    outcome_phecodes_missing: dict = field(default_factory=dict)  # outcome -> phecodes not in map
 
 
 def input_system_map(map_name: str) -> dict[str, str]:
@@ -326,13 +494,37 @@ def input_system_map(map_name: str) -> dict[str, str]:
     return {"ICD9CM": "ICD9CM", "ICD10CM": "ICD10CM", "ICD10": "ICD10CM"}
 
 
-def prepare_map(map_df: pl.DataFrame, map_name: str) -> PreparedMap:
+def prepare_map(
+    map_df: pl.DataFrame,
+    map_name: str,
+    outcomes: list[Outcome] | None = None,
+    outcomes_label: str = "phenome.outcomes",
+) -> PreparedMap:
+    """Phecodes in numeric order (then the named outcomes, in definition order), the
+    (input code system, dotless code) -> phecode keys, and the exclusion pairs."""
+    outcomes = outcomes or []
     table = phecode_table(map_df)
     order = sorted(table["phecode"].to_list(), key=phecode_sort_key)
+    check_names(outcomes, order, outcomes_label)
+    if outcomes:
+        table = pl.concat([table, outcome_rows(outcomes)], how="vertical_relaxed")
+        order += [o.name for o in outcomes]
     idx = pl.DataFrame({"phecode": order}).with_row_index("phecode_idx")
     phecodes = idx.join(table, on="phecode", how="left").sort("phecode_idx")
     systems = input_system_map(map_name)
     base = map_df.select("code_system", "icd_key", "phecode").join(idx, on="phecode")
+    # a code of a phecode that a composite outcome lists counts toward the outcome too
+    composite = [
+        pl.DataFrame({"phecode": o.phecodes, "outcome": o.name}) for o in outcomes if o.phecodes
+    ]
+    if composite:
+        members = pl.concat(composite).join(idx.rename({"phecode": "outcome"}), on="outcome")
+        via = base.join(members.drop("outcome").rename({"phecode_idx": "o_idx"}), on="phecode")
+        base = pl.concat(
+            [base, via.select("code_system", "icd_key", "phecode", phecode_idx="o_idx")]
+        )
+    known = set(table["phecode"].to_list())
+    missing = {o.name: [p for p in o.phecodes if p not in known] for o in outcomes}
     keys = pl.concat(
         [
             base.filter(pl.col("code_system") == target).select(
@@ -350,7 +542,17 @@ def prepare_map(map_df: pl.DataFrame, map_name: str) -> PreparedMap:
         )
         .select("phecode_idx", "excluded_by_idx")
     )
-    return PreparedMap(phecodes, keys, pairs, systems)
+    index = dict(zip(idx["phecode"].to_list(), idx["phecode_idx"].to_list()))
+    mortality = next((index[o.name] for o in outcomes if o.mortality), None)
+    return PreparedMap(
+        phecodes,
+        keys,
+        pairs,
+        systems,
+        prefix_table(outcomes, index),
+        mortality,
+        {k: v for k, v in missing.items() if v},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +577,7 @@ class Prepared:
     subset_missing: list[str]
     rp: RecordPass
     excl: Exclusions
+    time_kind: str = "date"
 
 
 def _map_keys(pmap: PreparedMap) -> pl.DataFrame:
@@ -392,14 +595,26 @@ def prepare(
     rules: dict,
     partition_cells: int = DEFAULT_PARTITION_CELLS,
     spill_dir: str | None = None,
+    extra_dropped: pl.DataFrame | None = None,
 ) -> Prepared:
-    """Validate the inputs, build the cohort and run the pass over the diagnoses."""
-    persons_df = read_persons(persons)
+    """Validate the inputs, build the cohort and run the pass over the diagnoses.
+
+    ``diagnoses``: a file/folder/glob/table (columns person_id, code, code_system and one
+    time column of TIME_COLUMNS) or a :class:`DiagnosisSource` (e.g. an OMOP extract);
+    ``persons``: a file/table in the form of the diagnoses' time column."""
+    spec = diagnosis_source(diagnoses)
     sheet_df = read_sheet(sheet)
-    cohort, dropped = build_cohort(persons_df, sheet_df)
-    pmap = prepare_map(map_df, rules["map_name"])
-    lf = scan_table(diagnoses, DIAGNOSES_COLUMNS, "diagnoses")  # checks files and columns
-    files = _expand(diagnoses) if isinstance(diagnoses, str | os.PathLike | list | tuple) else None
+    persons_df = read_persons(persons, spec.time_kind, sheet_df, _label(spec.source))
+    cohort, dropped = build_cohort(persons_df.drop("psg_offset", strict=False), sheet_df)
+    if extra_dropped is not None and extra_dropped.height:  # e.g. OMOP persons of unknown sex
+        dropped = dropped.filter(~pl.col("person_id").is_in(extra_dropped["person_id"].implode()))
+        dropped = pl.concat([dropped, extra_dropped.select(dropped.columns)]).sort("person_id")
+    anchor = None
+    if spec.relative:  # record days count from the PSG (minus the baseline offset)
+        offsets = persons_df.select("person_id", "psg_offset")
+        cohort = cohort.join(offsets, on="person_id", how="left", maintain_order="left")
+        anchor = (cohort["psg_date"].cast(pl.Int32) - cohort["psg_offset"]).to_numpy()
+    pmap = prepare_map(map_df, rules["map_name"], rules.get("outcomes"))
     rp = RecordPass(
         cohort,
         _map_keys(pmap),
@@ -407,13 +622,23 @@ def prepare(
         int(rules["min_records"]),
         partition_cells=partition_cells,
         spill_dir=spill_dir,
+        prefixes=pmap.prefixes,
+        anchor=anchor,
     )
     try:
-        for batch in prefetch(record_batches(diagnoses, files, lf)):
+        for batch in prefetch(record_batches(spec)):
             rp.add(batch)
+    except TypeError as exc:  # e.g. a day column that holds dates
+        rp.close()
+        raise PhenomeInputError(
+            f"{_label(spec.source)}: column {spec.columns['time']} of the diagnoses: {exc}. "
+            f"{RELATIVE_FIX}"
+        ) from exc
     except Exception:
         rp.close()
         raise
+    if pmap.mortality is not None:
+        rp.observed[pmap.mortality] = bool(cohort["death"].any())
     codes = rp.code_counts()
     observed = pl.Series("phecode_idx", np.flatnonzero(rp.observed), pl.UInt32)
     out_phecodes = pmap.phecodes.filter(pl.col("phecode_idx").is_in(observed.implode()))
@@ -439,12 +664,24 @@ def prepare(
     out_idx = out_phecodes["phecode_idx"].to_numpy().astype(np.int64)
     excl = exclusions(pmap.pairs, out_idx, pmap.phecodes.height)
     return Prepared(
-        cohort, dropped, out_phecodes, records, unmapped, pmap, subset_missing, rp, excl
+        cohort,
+        dropped,
+        out_phecodes,
+        records,
+        unmapped,
+        pmap,
+        subset_missing,
+        rp,
+        excl,
+        spec.time_kind,
     )
 
 
 def _blocks(prep: Prepared, rules: dict, block_persons: int | None = None):
     out_idx = prep.out_phecodes["phecode_idx"].to_numpy().astype(np.int64)
+    mortality = None
+    if prep.pmap.mortality is not None and prep.pmap.mortality in out_idx:
+        mortality = int(np.flatnonzero(out_idx == prep.pmap.mortality)[0])
     return label_blocks(
         prep.rp,
         prep.cohort,
@@ -453,6 +690,7 @@ def _blocks(prep: Prepared, rules: dict, block_persons: int | None = None):
         prep.excl,
         int(rules["washout_days"]),
         block_persons,
+        mortality,
     )
 
 
@@ -520,11 +758,14 @@ def build_phenome(
     rules: dict | None = None,
     partition_cells: int = DEFAULT_PARTITION_CELLS,
     block_persons: int | None = None,
+    extra_dropped: pl.DataFrame | None = None,
 ) -> dict:
     """Everything in memory (tests, small cohorts). Keys: labels, summary, is_event,
-    time_to_event, unmapped, records, dropped, subset_missing."""
+    time_to_event, unmapped, records, dropped, subset_missing, persons."""
     rules = _rules(rules)
-    prep = prepare(diagnoses, persons, sheet, map_df, rules, partition_cells)
+    prep = prepare(
+        diagnoses, persons, sheet, map_df, rules, partition_cells, extra_dropped=extra_dropped
+    )
     phecodes = prep.out_phecodes["phecode"].to_list()
     names = pa.array(phecodes, pa.string())
     acc = Summary(len(phecodes), _max_followup(prep.cohort))
@@ -547,7 +788,31 @@ def build_phenome(
         "records": prep.records,
         "dropped": prep.dropped,
         "subset_missing": prep.subset_missing,
+        "persons": cohort_persons(prep.cohort),
     }
+
+
+def cohort_persons(cohort: pl.DataFrame) -> pl.DataFrame:
+    """The cohort in the native dated layout plus psg_date (the atlas reads it for age and
+    sex, whatever form the inputs had)."""
+    return cohort.select(*PERSONS_COLUMNS, "psg_date")
+
+
+def phenome_inputs(diagnoses, persons, config: dict):
+    """(diagnoses, persons, dropped-before-the-cohort) of the ``phenome`` config block:
+    the given tables (``input_format: native``) or an OMOP extract (``omop``)."""
+    fmt = config.get("input_format", "native")
+    if fmt == "omop":
+        from psgfm.phenome.omop import read_omop
+
+        return read_omop(config.get("omop") or {})
+    if fmt != "native":
+        raise PhenomeInputError(f"phenome.input_format must be 'native' or 'omop', not {fmt!r}.")
+    if diagnoses is None or persons is None:
+        raise PhenomeInputError(
+            "phenome.diagnoses and phenome.persons must be set with input_format: native."
+        )
+    return diagnoses, persons, None
 
 
 def run_phenome(
@@ -569,14 +834,18 @@ def run_phenome(
     temporary folder beside the labels output.
     """
     from psgfm.phenome.maps import load_map, load_sleepfm_subset
+    from psgfm.phenome.outcomes import definitions_table, load_outcomes
 
     map_name = config["map"]["name"]
+    outcomes_path = config.get("outcomes")
+    outcomes = load_outcomes(outcomes_path)
     rules = _rules(
         {
             "map_name": map_name,
             "min_records": config.get("min_records", 2),
             "min_cases": config.get("min_cases", 50),
             "washout_days": config.get("washout_days", 0),
+            "outcomes": outcomes,
         }
     )
     subset_name = config.get("subset", "all")
@@ -589,6 +858,7 @@ def run_phenome(
         rules["subset"] = load_sleepfm_subset(subset_csv)["phecode"].to_list()
     map_df = load_map(map_csv, map_name)
     Path(out["labels"]).parent.mkdir(parents=True, exist_ok=True)
+    diagnoses, persons, extra_dropped = phenome_inputs(diagnoses, persons, config)
     prep = prepare(
         diagnoses,
         persons,
@@ -597,6 +867,7 @@ def run_phenome(
         rules,
         partition_cells,
         spill_dir=str(Path(out["labels"]).parent),
+        extra_dropped=extra_dropped,
     )
     phecodes = prep.out_phecodes["phecode"].to_list()
     names = pa.array(phecodes, pa.string())
@@ -651,18 +922,29 @@ def run_phenome(
     if out.get("records"):
         with atomic_path(out["records"]) as tmp:
             prep.records.write_csv(tmp, separator="\t", null_value="")
+    if out.get("persons"):
+        with atomic_path(out["persons"]) as tmp:
+            cohort_persons(prep.cohort).write_parquet(tmp)
     prov = provenance(
         "phenome",
         {
             "phenome": config,
             "inputs": {
-                "diagnoses": _label(diagnoses),
+                "diagnoses": _label(diagnoses.source)
+                if isinstance(diagnoses, DiagnosisSource)
+                else _label(diagnoses),
                 "persons": _label(persons),
                 "sheet": _label(sheet),
             },
         },
     )
     prov["map"] = map_provenance or {"name": map_name, "path": str(map_csv)}
+    prov["time"] = prep.time_kind
+    prov["outcomes"] = {
+        "definitions": str(outcomes_path) if outcomes_path else None,
+        "outcomes": definitions_table(outcomes),
+        "phecodes_not_in_map": prep.pmap.outcome_phecodes_missing,
+    }
     prov["counts"] = {
         "persons_in_cohort": prep.cohort.height,
         "persons_dropped": prep.dropped.height,

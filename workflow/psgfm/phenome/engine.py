@@ -8,7 +8,10 @@ per *distinct* value of a batch, and every per-record step is an integer gather:
 code id (code system x dotless code), day number, record status. Used records are expanded to
 their phecodes (a code counts toward every phecode the map lists for it) and aggregated per
 (person, phecode) into dense grids of the first and last date (uint16 days since the earliest
-birth date when the cohort's span fits, else int32).
+birth date when the cohort's span fits, else int32). Relative record times (days from the PSG
+or a baseline) are turned into day numbers with a per-person anchor. Named composite outcomes
+are extra grid columns: a code counts toward one when the map lists one of its phecodes for the
+code or the code starts with one of its ICD prefixes (matched once per distinct code).
 
 **Partitions.** Persons are split into contiguous ranges of the (sorted) person index, each
 small enough that its grids hold at most ``partition_cells`` (person, phecode) cells. With one
@@ -59,6 +62,7 @@ BATCH_ROWS = 1 << 20
 NO_DAY = np.iinfo(np.int32).min
 DEFAULT_PARTITION_CELLS = 200_000_000  # (person, phecode) cells per partition: ~0.8 GB of grids
 DEFAULT_BLOCK_CELLS = 8_000_000  # label cells per output block
+MAX_REL_DAYS = 100_000  # relative record times beyond this many days are unparseable
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,20 +74,59 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def record_batches(source, files: list[str] | None, lf: pl.LazyFrame) -> Iterator[pa.RecordBatch]:
-    """The diagnosis records in batches of about BATCH_ROWS rows.
+@dataclass
+class DiagnosisSource:
+    """Where the diagnosis records are and which of their columns hold what.
+
+    ``columns`` maps the canonical names ``person_id``, ``code``, ``code_system`` (absent when
+    ``code_system`` is a constant, e.g. an OMOP extract of one vocabulary) and ``time`` to the
+    source's columns; ``time`` is a calendar date (``time_kind`` ``date``) or a number of days
+    (``days_from_psg`` / ``days_from_baseline``)."""
+
+    source: object
+    files: list[str] | None
+    lf: pl.LazyFrame
+    columns: dict[str, str]
+    time_kind: str = "date"
+    code_system: str | None = None
+
+    @property
+    def relative(self) -> bool:
+        return self.time_kind != "date"
+
+
+def _constant(value: str | None, n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
+
+
+def _canonical(batch, spec: DiagnosisSource) -> pa.RecordBatch:
+    names = ["person_id", "code", "code_system", "time"]
+    arrays = [
+        batch.column(spec.columns[c])
+        if c in spec.columns
+        else _constant(spec.code_system, batch.num_rows)
+        for c in names
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def record_batches(spec: DiagnosisSource) -> Iterator[pa.RecordBatch]:
+    """The diagnosis records in batches of about BATCH_ROWS rows, with the canonical columns
+    person_id, code, code_system, time.
 
     Parquet files are read with pyarrow (text columns as dictionaries), CSV/TSV files
     streamed by pyarrow's CSV reader (every column as text), anything else (in-memory
-    tables) collected from the validated lazy frame ``lf``."""
-    cols = ["person_id", "code", "code_system", "date"]
+    tables) collected from the validated lazy frame ``spec.lf``."""
+    files = spec.files
+    cols = list(dict.fromkeys(spec.columns.values()))
     if files and all(f.endswith(".parquet") for f in files):
         for f in files:
             pf = pq.ParquetFile(f)
             schema = pf.schema_arrow
             text = [c for c in cols if _is_text(schema.field(c).type)]
             pf = pq.ParquetFile(f, read_dictionary=text)
-            yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=cols)
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=cols):
+                yield _canonical(batch, spec)
         return
     if files and all(f.endswith((".csv", ".tsv")) for f in files):
         for f in files:
@@ -97,10 +140,12 @@ def record_batches(source, files: list[str] | None, lf: pl.LazyFrame) -> Iterato
                     strings_can_be_null=True,
                 ),
             )
-            yield from reader
+            for batch in reader:
+                yield _canonical(batch, spec)
         return
-    table = lf.select(cols).collect().to_arrow()
-    yield from table.to_batches(max_chunksize=BATCH_ROWS)
+    table = spec.lf.select(cols).collect().to_arrow()
+    for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+        yield _canonical(batch, spec)
 
 
 _DONE = object()
@@ -187,9 +232,11 @@ class Codes:
     """Registry of the (code system, dotless code) pairs seen, with their phecodes (CSR:
     ``offsets``/``values``), built batch by batch with vectorised joins."""
 
-    def __init__(self, map_keys: pl.DataFrame):
+    def __init__(self, map_keys: pl.DataFrame, prefixes: pl.DataFrame | None = None):
         # map_keys: code_system, code_key, phecodes (list of phecode indices)
+        # prefixes: code_system, prefix (dotless), phecode_idx -- named composite outcomes
         self.map_keys = map_keys
+        self.prefixes = prefixes if prefixes is not None and prefixes.height else None
         self.systems: dict = {}  # normalised system (or None) -> sid
         self.key_df = pl.DataFrame(schema={"key": pl.String, "kid": pl.Int64})
         self.raw_df = pl.DataFrame(schema={"raw": pl.String, "kid": pl.Int64})
@@ -260,6 +307,8 @@ class Codes:
                     "code_key": pl.Series([self.keys[k] for k in new_kids], dtype=pl.String),
                 }
             ).join(self.map_keys, on=["code_system", "code_key"], how="left", maintain_order="left")
+            if self.prefixes is not None:
+                lookup = self._with_prefixes(lookup)
             phe = lookup["phecodes"]
             lengths = phe.list.len().fill_null(0).to_numpy().astype(np.int64)
             values = phe.explode().drop_nulls().to_numpy().astype(np.int32)
@@ -270,6 +319,23 @@ class Codes:
             self.cid_example.extend(raw[missing[i]] for i in first)
             out = table[kids]
         return out
+
+    def _with_prefixes(self, lookup: pl.DataFrame) -> pl.DataFrame:
+        """Add the outcomes whose ICD prefixes the new codes start with to their phecodes."""
+        lookup = lookup.with_row_index("i")
+        hits = (
+            lookup.select("i", "code_system", "code_key")
+            .join(self.prefixes, on="code_system")
+            .filter(pl.col("code_key").str.starts_with(pl.col("prefix")))
+            .group_by("i")
+            .agg(extra=pl.col("phecode_idx").cast(pl.Int32))
+        )
+        empty = pl.lit([], dtype=pl.List(pl.Int32))
+        return lookup.join(hits, on="i", how="left", maintain_order="left").select(
+            pl.concat_list(pl.col("phecodes").fill_null(empty), pl.col("extra").fill_null(empty))
+            .list.unique(maintain_order=True)
+            .alias("phecodes")
+        )
 
 
 class RecordPass:
@@ -283,7 +349,11 @@ class RecordPass:
         min_records: int,
         partition_cells: int = DEFAULT_PARTITION_CELLS,
         spill_dir: str | None = None,
+        prefixes: pl.DataFrame | None = None,
+        anchor: np.ndarray | None = None,
     ):
+        """``anchor``: per cohort person, the day number that relative record times (days
+        from the PSG or from the baseline) count from; None for calendar dates."""
         self.n_persons = cohort.height
         self.K = n_phecodes
         self.min_records = int(min_records)
@@ -297,7 +367,8 @@ class RecordPass:
         span = int(self.end.max()) - self.origin if self.n_persons else 0
         self.day_dtype = np.uint16 if span < np.iinfo(np.uint16).max else np.int32
         self.no_day = np.iinfo(self.day_dtype).max
-        self.codes = Codes(map_keys)
+        self.codes = Codes(map_keys, prefixes)
+        self.anchor = None if anchor is None else np.asarray(anchor, np.int32)
         self.records: dict[tuple[int, int], int] = {}
         self.n_used = np.zeros(0, np.int64)  # per code id
         self.unmapped_pairs: list[np.ndarray] = []  # (cid, person) of used unmapped records
@@ -374,13 +445,51 @@ class RecordPass:
         missing = s.is_null().to_numpy()
         return s.cast(pl.Int32).fill_null(NO_DAY).to_numpy().astype(np.int32), missing
 
+    def _relative_days(self, col) -> tuple[np.ndarray, np.ndarray]:
+        """(whole days or NO_DAY, raw value missing) of a column of day counts (numbers, or
+        text numbers; decimals are floored; beyond +-MAX_REL_DAYS is unparseable)."""
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        if _is_text(t):
+            idx, dic = _dictionary(col)
+            raw = _text(dic)
+            values = raw.str.strip_chars().cast(pl.Float64, strict=False).to_numpy()
+            blank = (raw.is_null() | (raw.str.strip_chars() == "")).to_numpy()
+            values = np.concatenate([values, [np.nan]])
+            blank = np.concatenate([blank, [True]])
+            values, blank = values[idx], blank[idx]
+        elif pa.types.is_integer(t):  # the common case: whole days, no float round trip
+            if pa.types.is_dictionary(col.type):
+                col = col.cast(t)
+            blank = col.is_null().to_numpy(zero_copy_only=False)
+            values = pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+            ok = ~blank & (np.abs(values) <= MAX_REL_DAYS)
+            days = np.where(ok, values, NO_DAY).astype(np.int32)
+            return days, blank
+        else:
+            s = pl.from_arrow(col)
+            if s.dtype == pl.Boolean or not s.dtype.is_numeric():
+                raise TypeError(f"day counts must be numbers, not {s.dtype}")
+            blank = s.is_null().to_numpy()
+            values = s.cast(pl.Float64).fill_null(np.nan).to_numpy()
+        ok = np.isfinite(values) & (np.abs(values) <= MAX_REL_DAYS)
+        days = np.full(len(values), NO_DAY, np.int32)
+        days[ok] = np.floor(values[ok]).astype(np.int32)
+        return days, blank
+
     def add(self, batch: pa.RecordBatch) -> None:
         person = self._persons(batch.column("person_id"))
         cid, sid = self._code_ids(batch.column("code_system"), batch.column("code"))
-        day, blank = self._days(batch.column("date"))
         status = np.full(len(person), USED, np.int8)
         inc = person >= 0
         p = np.where(inc, person, 0)
+        if self.anchor is None:
+            day, blank = self._days(batch.column("time"))
+        else:  # days from the PSG / baseline -> day numbers
+            rel, blank = self._relative_days(batch.column("time"))
+            day = rel + self.anchor[p]
+            day[rel == NO_DAY] = NO_DAY
         no_day = day == NO_DAY
         status[no_day & ~blank] = UNPARSEABLE
         status[no_day & blank] = MISSING_DATE
@@ -569,8 +678,12 @@ def label_blocks(
     excl: Exclusions,
     washout_days: int,
     block_persons: int | None = None,
+    mortality: int | None = None,
 ) -> Iterator[LabelBlock]:
-    """Label blocks in person order (partition by partition), by the rules of the module."""
+    """Label blocks in person order (partition by partition), by the rules of the module.
+
+    ``mortality``: the output position of all-cause mortality, labelled from the persons
+    table (case = death at the end of follow-up, control otherwise; never excluded)."""
     K_out = len(out_idx)
     if block_persons is None:
         block_persons = max(1, DEFAULT_BLOCK_CELLS // max(K_out, 1))
@@ -613,8 +726,11 @@ def label_blocks(
             cat = np.where(has, with_record, without)
             sex = np.where(m, female_only[None, :], male_only[None, :])
             cat[sex] = 6
-            valid = cat <= 1
             end_day = np.where(cat == 0, first, end[a:b, None])
+            if mortality is not None:
+                cat[:, mortality] = np.where(death[a:b], np.int8(0), np.int8(1))
+                end_day[:, mortality] = end[a:b]
+            valid = cat <= 1
             yield LabelBlock(
                 person_id=pids[a:b],
                 death=death[a:b],

@@ -30,7 +30,9 @@ def reference_phenome(
     washout_days: int = 0,
     map_name: str = "phecode12",
     subset=None,
+    outcomes=None,
 ) -> dict:
+    """``outcomes``: psgfm.phenome.outcomes.Outcome list (named outcomes), or None."""
     if hasattr(map_df, "to_pandas"):
         map_df = map_df.to_pandas()
     # --- map: (map code system, dotless code) -> phecodes; phecode attributes -------------
@@ -46,6 +48,19 @@ def reference_phenome(
         target = {"ICD10": "ICD10", "ICD10CM": "ICD10"}
     else:
         target = {"ICD9CM": "ICD9CM", "ICD10CM": "ICD10CM", "ICD10": "ICD10CM"}
+
+    # --- named outcomes: phecode -> composites listing it; ICD prefixes; mortality ---------
+    outcomes = outcomes or []
+    composites_of: dict[str, set[str]] = {}
+    prefixes = []
+    for o in outcomes:
+        for p in o.phecodes:
+            composites_of.setdefault(p, set()).add(o.name)
+        for p in o.icd10:
+            prefixes.append((("ICD10CM", "ICD10"), normalise_code(p), o.name))
+        for p in o.icd9:
+            prefixes.append((("ICD9CM",), normalise_code(p), o.name))
+    mortality = next((o.name for o in outcomes if o.mortality), None)
 
     # --- cohort -----------------------------------------------------------------------------
     psg = sheet.assign(psg_date=_dates(sheet.psg_date)).groupby("subject_id").psg_date.min()
@@ -71,12 +86,20 @@ def reference_phenome(
         info = people[pid]
         if row.date < info["birth"] or row.date > info["end"]:
             continue
-        system = target.get(normalise_code_system(row.code_system))
-        phes = code_to_phe.get((system, normalise_code(row.code)), set())
+        given = normalise_code_system(row.code_system)
+        key = normalise_code(row.code)
+        phes = set(code_to_phe.get((target.get(given), key), set()))
+        for phe in list(phes):
+            phes |= composites_of.get(phe, set())
+        for systems, prefix, name in prefixes:
+            if given in systems and key is not None and key.startswith(prefix):
+                phes.add(name)
         for phe in phes:
             dates.setdefault(pid, {}).setdefault(phe, set()).add(row.date)
 
     observed = sorted({phe for per in dates.values() for phe in per})
+    if mortality is not None and any(info["death"] for info in people.values()):
+        observed.append(mortality)
     if subset is not None:
         observed = [p for p in observed if p in set(subset)]
 
@@ -86,10 +109,12 @@ def reference_phenome(
         info = people[pid]
         mine = dates.get(pid, {})
         for phe in observed:
-            phe_sex = attrs.at[phe, "sex"]
+            phe_sex = attrs.at[phe, "sex"] if phe in attrs.index else "Both"
             ds = mine.get(phe, set())
             reason, status, end_date = None, None, None
-            if (phe_sex == "Female" and info["sex"] == "M") or (
+            if phe == mortality:
+                status, end_date = ("case" if info["death"] else "control"), info["end"]
+            elif (phe_sex == "Female" and info["sex"] == "M") or (
                 phe_sex == "Male" and info["sex"] == "F"
             ):
                 reason = "sex"
@@ -99,7 +124,7 @@ def reference_phenome(
                 reason = "single_record" if len(ds) == 1 else "too_few_records"
             elif ds:
                 status, end_date = "case", min(ds)
-            elif excl_of[phe] & set(mine):
+            elif excl_of.get(phe, set()) & set(mine):
                 reason = "exclusion_range"
             else:
                 status, end_date = "control", info["end"]
