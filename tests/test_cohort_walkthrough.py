@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, copy_workflow, run_snakemake
+from conftest import ROOT, copy_workflow, run_snakemake, seed_map_cache
+from test_phenome_outcomes import to_relative
 
 from psgfm.demo.cohort import generate_demo_cohort
 from psgfm.signals.annotations import read_events
@@ -38,11 +39,31 @@ def walkthrough(tmp_path_factory):
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, check=True)
     (wf / "samples.tsv").write_text(proc.stdout)
+    # outcomes as an NSRR cohort gives them: days from the PSG, persons by the sheet's subject
+    sheet = pd.read_csv(wf / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    ids = dict(zip(generated["subject_id"], sheet.set_index("recording_id").loc[
+        generated["recording_id"], "subject_id"]))  # fmt: skip
+    (wf / "ehr").mkdir()
+    for name in ("diagnoses", "persons"):
+        table = pd.read_parquet(wf / "shhs" / "ehr" / f"{name}.parquet")
+        table.assign(person_id=table["person_id"].map(ids)).to_csv(
+            wf / "ehr" / f"{name}.csv", index=False
+        )
+    diag, rel = to_relative(
+        pd.read_csv(wf / "ehr" / "diagnoses.csv", dtype=str),
+        pd.read_csv(wf / "ehr" / "persons.csv", dtype={"person_id": str}),
+        sheet,
+    )
+    diag.to_csv(wf / "ehr" / "diagnoses_days.csv", index=False)
+    rel.to_csv(wf / "ehr" / "persons_days.csv", index=False)
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg.update(samples="samples.tsv", results="results")
     cfg["demo"]["enabled"] = False
+    cfg["phenome"].update(diagnoses="ehr/diagnoses_days.csv", persons="ehr/persons_days.csv")
     (wf / "shhs.yaml").write_text(yaml.safe_dump(cfg))
     targets = ["results/qc/recordings_qc.tsv", "results/events/events.parquet"]
+    if seed_map_cache(wf):
+        targets.append("results/phenome/labels.parquet")
     run_snakemake(wf, "--configfile", "shhs.yaml", "--cores", "2", *targets)
     return wf, generated, truth, proc
 
@@ -76,3 +97,19 @@ def test_stages_and_events_come_from_the_xml(walkthrough):
         assert (mine["source"] == "nsrr-xml").all()
         pd.testing.assert_series_equal(mine["onset_s"], xml["onset_s"].reset_index(drop=True))
     assert len(events) > 0 and "arousal" in set(events["kind"])
+
+
+def test_outcomes_in_days_give_the_labels_of_the_dated_tables(walkthrough):
+    wf = walkthrough[0]
+    if not (wf / "results/phenome/labels.parquet").exists():
+        pytest.skip("no phecode map: PyPI unreachable and no cached wheel")
+    cfg = yaml.safe_load((wf / "shhs.yaml").read_text())
+    cfg["phenome"].update(diagnoses="ehr/diagnoses.csv", persons="ehr/persons.csv")
+    cfg["phenome"]["map"].update(source="path", path="resources/phecode_maps")
+    (wf / "dated.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "psgfm.phenome", "--config", "dated.yaml", "--out", "dated"]
+    subprocess.run(cmd, cwd=wf, check=True, capture_output=True, text=True)
+    days = pd.read_parquet(wf / "results/phenome/labels.parquet")
+    dated = pd.read_parquet(wf / "dated" / "labels.parquet")
+    assert len(days) > 0
+    pd.testing.assert_frame_equal(days, dated)
