@@ -363,8 +363,45 @@ def test_loader_is_deterministic_and_caps_channels(tensors):
     np.testing.assert_array_equal(kept, full)
 
 
+def test_grouped_sampler_fills_batches_with_runs_from_one_night():
+    # five recordings of 7, 4, 9, 2 and 5 chunks; runs of 2 chunks, batches of 4 (two nights)
+    offsets = np.cumsum([0, 7, 4, 9, 2, 5])
+    n = int(offsets[-1])
+    rec = np.searchsorted(offsets, np.arange(n), side="right") - 1
+
+    def order(**kw):
+        return np.array(list(SeededSampler(n, seed=3, group=2, offsets=offsets, **kw))) % n
+
+    o1 = order(epoch=1)
+    # whole runs only: floor(7/2)+floor(4/2)+floor(9/2)+floor(2/2)+floor(5/2) = 12 runs
+    assert len(o1) == 24 == len(SeededSampler(n, 3, epoch=1, group=2, offsets=offsets))
+    assert len(set(o1.tolist())) == 24  # no chunk twice in an epoch
+    runs = rec[o1].reshape(-1, 2)
+    assert (runs[:, 0] == runs[:, 1]).all()  # each run is one recording
+    per_rec = np.bincount(rec[o1], minlength=5)
+    assert per_rec.tolist() == [6, 4, 8, 2, 4]  # a remainder chunk sits out
+    assert len({tuple(r) for r in runs}) > 1  # runs are shuffled across nights
+    np.testing.assert_array_equal(o1, order(epoch=1))  # seeded
+    assert not np.array_equal(o1, order(epoch=2))
+    # the chunks that sit out change with the epoch
+    left_out = [set(range(n)) - set(order(epoch=e).tolist()) for e in range(6)]
+    assert len({frozenset(x) for x in left_out}) > 1
+    np.testing.assert_array_equal(order(epoch=1, start=6), o1[6:])  # resume mid-epoch
+    # two ranks split whole runs and together cover the single-process epoch
+    r0, r1 = order(epoch=1, world_size=2), order(epoch=1, world_size=2, rank=1)
+    assert (rec[r0].reshape(-1, 2)[:, 0] == rec[r0].reshape(-1, 2)[:, 1]).all()
+    assert sorted(np.concatenate([r0, r1]).tolist()) == sorted(o1.tolist())
+    with pytest.raises(ValueError, match="offsets"):
+        SeededSampler(n, 3, group=2)
+
+
+def test_batch_size_must_hold_whole_runs(tensors, tmp_path):
+    with pytest.raises(ValueError, match="multiple of pretrain.chunks_per_recording"):
+        _train(tensors, tmp_path, chunks_per_recording=3)
+
+
 # ---------------------------------------------------------------- training: resume
-def _train(tensors, out, stop_after=None):
+def _train(tensors, out, stop_after=None, **overrides):
     from psgfm.model.pretrain import pretrain
 
     sheet = tensors["sheet"]
@@ -379,6 +416,7 @@ def _train(tensors, out, stop_after=None):
         "checkpoint_every": 3,
         "lr": 3e-3,
         "temperature_init": 0.5,
+        **overrides,
     }
     return pretrain(man, splits, out, {"size": "tiny", "seed": 3}, cfg, stop_after=stop_after)
 

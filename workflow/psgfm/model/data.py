@@ -233,6 +233,14 @@ class SeededSampler(Sampler[int]):
     Yields ``epoch * n + i`` so the dataset knows the epoch (channel sub-selection). With
     ``world_size`` > 1, rank r takes positions r, r + world_size, ... of the permutation
     (the permutation is truncated to a multiple of world_size so ranks stay in step).
+
+    ``group`` > 1 (with ``offsets``, the dataset's chunk offsets per recording) yields chunks in
+    runs of ``group`` drawn from one recording: each recording's chunks are permuted and cut
+    into runs (a remainder shorter than ``group`` sits out that epoch; which chunks sit out
+    changes with the epoch), and the runs are permuted. With a batch size that is a multiple
+    of ``group`` every batch holds ``batch_size / group`` nights with ``group`` chunks each, so
+    the contrastive negatives of a chunk include other stretches of the same night. Ranks
+    take whole runs (r, r + world_size, ...).
     """
 
     def __init__(
@@ -244,17 +252,49 @@ class SeededSampler(Sampler[int]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        group: int = 1,
+        offsets: Sequence[int] | np.ndarray | None = None,
     ):
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
         self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
+        self.group = int(group)
+        if self.group < 1:
+            raise ValueError("group must be >= 1")
+        if self.group > 1:
+            if offsets is None:
+                raise ValueError("group > 1 needs the dataset's per-recording chunk offsets")
+            self.offsets = np.asarray(offsets, dtype=np.int64)
+            if self.offsets[0] != 0 or self.offsets[-1] != n or np.any(np.diff(self.offsets) < 0):
+                raise ValueError("offsets must rise from 0 to n (one entry per recording + 1)")
 
     def order(self) -> np.ndarray:
+        if self.group > 1:
+            return self._grouped_order()
         if self.shuffle:
             perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
         else:
             perm = np.arange(self.n)
         usable = (self.n // self.world_size) * self.world_size
         return perm[:usable][self.rank :: self.world_size]
+
+    def _grouped_order(self) -> np.ndarray:
+        g = self.group
+        rng = np.random.default_rng([self.seed, self.epoch, g])
+        runs = []
+        for lo, hi in zip(self.offsets[:-1], self.offsets[1:]):
+            chunks = np.arange(lo, hi)
+            if self.shuffle:
+                chunks = rng.permutation(chunks)
+            k = len(chunks) // g
+            if k:
+                runs.append(chunks[: k * g].reshape(k, g))
+        if not runs:
+            return np.zeros(0, dtype=np.int64)
+        runs = np.concatenate(runs)
+        if self.shuffle:
+            runs = runs[rng.permutation(len(runs))]
+        usable = (len(runs) // self.world_size) * self.world_size
+        return runs[:usable][self.rank :: self.world_size].ravel()
 
     def __iter__(self) -> Iterator[int]:
         for i in self.order()[self.start :]:

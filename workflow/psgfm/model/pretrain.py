@@ -356,7 +356,27 @@ def pretrain(
     optimizer = make_optimizer(
         [{"params": decay}, {"params": [model.temperature], "weight_decay": 0.0}], cfg
     )
-    per_rank = len(SeededSampler(len(train_ds), seed, world_size=rt.world_size))
+    group = int(cfg.get("chunks_per_recording", 1))
+    if cfg["batch_size"] % group:
+        raise ValueError(
+            f"pretrain.batch_size ({cfg['batch_size']}) must be a multiple of "
+            f"pretrain.chunks_per_recording ({group}) so every batch holds whole runs of "
+            "chunks from one night"
+        )
+
+    def train_sampler(epoch: int = 0, start: int = 0) -> SeededSampler:
+        return SeededSampler(
+            len(train_ds),
+            seed,
+            epoch=epoch,
+            start=start,
+            rank=rt.rank,
+            world_size=rt.world_size,
+            group=group,
+            offsets=train_ds.offsets,
+        )
+
+    per_rank = len(train_sampler())
     steps_per_epoch = per_rank // cfg["batch_size"]
     if steps_per_epoch == 0:
         raise ValueError(
@@ -429,14 +449,7 @@ def pretrain(
     model.train()
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
-        sampler = SeededSampler(
-            len(train_ds),
-            seed,
-            epoch=epoch,
-            start=pos * cfg["batch_size"],
-            rank=rt.rank,
-            world_size=rt.world_size,
-        )
+        sampler = train_sampler(epoch, pos * cfg["batch_size"])
         loader = _loader(train_ds, sampler, cfg, rt, seed + 1000 + epoch)
         for batch in loader:
             if len(batch["recording_id"]) < cfg["batch_size"]:
