@@ -102,26 +102,16 @@ def generate(out_dir: Path, rows: int, persons: int, seed: int, part_rows: int, 
 
 
 def _run_polars(data: Path, out: Path, map_csv: Path) -> dict:
+    from psgfm.phenome.__main__ import OUTPUTS
     from psgfm.phenome.build import run_phenome
 
-    names = {
-        "labels": "labels.parquet",
-        "summary": "summary.parquet",
-        "summary_tsv": "summary.tsv",
-        "is_event": "is_event.csv",
-        "time_to_event": "time_to_event.csv",
-        "unmapped": "qc/unmapped_codes.tsv",
-        "dropped": "qc/dropped_persons.tsv",
-        "records": "qc/records.tsv",
-        "provenance": "provenance.json",
-    }
     cfg = {"map": {"name": "phecode12"}, "min_records": 2, "min_cases": 50, "washout_days": 0}
     prov = run_phenome(
         str(data / "diagnoses"),
         str(data / "persons.parquet"),
         str(data / "recordings.tsv"),
         str(map_csv),
-        {k: str(out / v) for k, v in names.items()},
+        {k: str(out / v) for k, v in OUTPUTS.items()},
         cfg,
     )
     return prov["counts"]

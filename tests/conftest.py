@@ -11,6 +11,7 @@ from pathlib import Path
 
 import edfio
 import numpy as np
+import polars as pl
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +134,35 @@ def rules_path():
 @pytest.fixture
 def harmonise_cfg(rules_path):
     return {"channel_rules": str(rules_path), "target_fs": 128}
+
+
+# A hand-made phecode map (phecode 1.2 columns) shared by the phenome tests.
+MAP_CSV = """phecode,ICD,flag,phecode_string,phecode_category,exclude_range,sex,phecode_unrolled
+401.1,401.9,9,Essential hypertension,circulatory,"401,401.2",Both,401.1
+401.1,401.9,9,Essential hypertension,circulatory,"401,401.2",Both,401
+401.1,I10,10,Essential hypertension,circulatory,"401,401.2",Both,401.1
+401.1,I10,10,Essential hypertension,circulatory,"401,401.2",Both,401
+401,401,9,Hypertension,circulatory,,Both,401
+401.2,I11.9,10,Hypertensive heart disease,circulatory,401.1,Both,401.2
+401.2,I11.9,10,Hypertensive heart disease,circulatory,401.1,Both,401
+250.2,E11.9,10,Type 2 diabetes,endocrine,250.1,Both,250.2
+250.2,250.00,9,Type 2 diabetes,endocrine,250.1,Both,250.2
+250.1,E10.9,10,Type 1 diabetes,endocrine,250.2,Both,250.1
+600,N40.0,10,Hyperplasia of prostate,genitourinary,,Male,600
+600,600.00,9,Hyperplasia of prostate,genitourinary,,Male,600
+615,N80.0,10,Endometriosis,genitourinary,,Female,615
+327.32,G47.33,10,Obstructive sleep apnea,neurological,,Both,327.32
+"""
+
+
+@pytest.fixture
+def hand_map(tmp_path) -> pl.DataFrame:
+    path = tmp_path / "phecode12.csv"
+    path.write_text(MAP_CSV)
+    from psgfm.phenome.maps import load_map
+
+    return load_map(path, "phecode12")
+
+
+def D(text):  # noqa: N802 - short date helper
+    return dt.date.fromisoformat(text)

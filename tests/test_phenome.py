@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-from conftest import pypi_reachable
+from conftest import MAP_CSV, D, pypi_reachable
 
 from psgfm.phenome.build import PhenomeInputError, build_phenome, read_persons, run_phenome
 from psgfm.phenome.maps import MAPS, load_map, sha256_file, standardise_map
@@ -22,33 +22,6 @@ REAL_MAP = ROOT / "resources" / "phecode_maps" / "phecode12.csv"
 
 # phecode 1.2 layout: one row per (phecode, ICD, roll-up target); the roll-up parent of a code
 # is a separate row whose phecode_unrolled is the parent (as in the published map).
-MAP_CSV = """phecode,ICD,flag,phecode_string,phecode_category,exclude_range,sex,phecode_unrolled
-401.1,401.9,9,Essential hypertension,circulatory,"401,401.2",Both,401.1
-401.1,401.9,9,Essential hypertension,circulatory,"401,401.2",Both,401
-401.1,I10,10,Essential hypertension,circulatory,"401,401.2",Both,401.1
-401.1,I10,10,Essential hypertension,circulatory,"401,401.2",Both,401
-401,401,9,Hypertension,circulatory,,Both,401
-401.2,I11.9,10,Hypertensive heart disease,circulatory,401.1,Both,401.2
-401.2,I11.9,10,Hypertensive heart disease,circulatory,401.1,Both,401
-250.2,E11.9,10,Type 2 diabetes,endocrine,250.1,Both,250.2
-250.2,250.00,9,Type 2 diabetes,endocrine,250.1,Both,250.2
-250.1,E10.9,10,Type 1 diabetes,endocrine,250.2,Both,250.1
-600,N40.0,10,Hyperplasia of prostate,genitourinary,,Male,600
-600,600.00,9,Hyperplasia of prostate,genitourinary,,Male,600
-615,N80.0,10,Endometriosis,genitourinary,,Female,615
-327.32,G47.33,10,Obstructive sleep apnea,neurological,,Both,327.32
-"""
-
-
-@pytest.fixture
-def hand_map(tmp_path) -> pl.DataFrame:
-    path = tmp_path / "phecode12.csv"
-    path.write_text(MAP_CSV)
-    return load_map(path, "phecode12")
-
-
-def D(text):  # noqa: N802 - short date helper
-    return dt.date.fromisoformat(text)
 
 
 PERSONS = pl.DataFrame(

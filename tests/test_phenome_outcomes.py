@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from conftest import MAP_CSV, D
 from test_phenome import (
     DIAGNOSES,
-    MAP_CSV,
     PERSONS,
     SHEET,
     _pdsorted,
@@ -33,17 +33,6 @@ from psgfm.phenome.reference import reference_phenome
 ROOT = Path(__file__).resolve().parents[1]
 COLS = ["person_id", "phecode", "status", "reason", "event", "time_days", "death"]
 KEYS = ("labels", "summary", "is_event", "time_to_event", "unmapped", "records")
-
-
-@pytest.fixture
-def hand_map(tmp_path) -> pl.DataFrame:
-    path = tmp_path / "phecode12.csv"
-    path.write_text(MAP_CSV)
-    return load_map(path, "phecode12")
-
-
-def D(text):  # noqa: N802 - short date helper
-    return dt.date.fromisoformat(text)
 
 
 def assert_same(a: dict, b: dict, keys=KEYS, what=""):

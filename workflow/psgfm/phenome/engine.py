@@ -223,6 +223,23 @@ def _text(values: pa.Array) -> pl.Series:
     return s if s.dtype == pl.String else s.cast(pl.String)
 
 
+def _value_type(col) -> tuple[pa.Array, pa.DataType]:
+    """(the column as one array, the type of its values: a dictionary's value type)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col, (col.type.value_type if pa.types.is_dictionary(col.type) else col.type)
+
+
+def _parse_distinct(col: pa.Array, parse, fill) -> tuple[np.ndarray, np.ndarray]:
+    """(parsed value, blank) per record of a text column, parsing each distinct text once;
+    ``parse`` maps the distinct texts (a polars Series) to an array; null records get ``fill``."""
+    idx, dic = _dictionary(col)
+    raw = _text(dic)
+    values = np.concatenate([parse(raw), [fill]])
+    blank = np.concatenate([(raw.is_null() | (raw.str.strip_chars() == "")).to_numpy(), [True]])
+    return values[idx], blank[idx]
+
+
 # ---------------------------------------------------------------------------------------------
 # The pass
 # ---------------------------------------------------------------------------------------------
@@ -427,18 +444,16 @@ class RecordPass:
 
     def _days(self, col) -> tuple[np.ndarray, np.ndarray]:
         """(day number or NO_DAY, raw value missing) per record."""
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        col, t = _value_type(col)
         if _is_text(t):
-            idx, dic = _dictionary(col)
-            raw = _text(dic)
-            parsed = raw.str.strip_chars().str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
-            days = parsed.cast(pl.Int32).fill_null(NO_DAY).to_numpy()
-            blank = (raw.is_null() | (raw.str.strip_chars() == "")).to_numpy()
-            days = np.concatenate([days, [NO_DAY]]).astype(np.int32)
-            blank = np.concatenate([blank, [True]])
-            return days[idx], blank[idx]
+
+            def parse(raw: pl.Series) -> np.ndarray:
+                text = raw.str.strip_chars().str.slice(0, 10)
+                days = text.str.to_date("%Y-%m-%d", strict=False).cast(pl.Int32)
+                return days.fill_null(NO_DAY).to_numpy()
+
+            days, blank = _parse_distinct(col, parse, NO_DAY)
+            return days.astype(np.int32), blank
         s = pl.from_arrow(col)
         if s.dtype != pl.Date:
             s = s.cast(pl.Date) if isinstance(s.dtype, pl.Datetime) else s.cast(pl.Date)
@@ -448,17 +463,13 @@ class RecordPass:
     def _relative_days(self, col) -> tuple[np.ndarray, np.ndarray]:
         """(whole days or NO_DAY, raw value missing) of a column of day counts (numbers, or
         text numbers; decimals are floored; beyond +-MAX_REL_DAYS is unparseable)."""
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        col, t = _value_type(col)
         if _is_text(t):
-            idx, dic = _dictionary(col)
-            raw = _text(dic)
-            values = raw.str.strip_chars().cast(pl.Float64, strict=False).to_numpy()
-            blank = (raw.is_null() | (raw.str.strip_chars() == "")).to_numpy()
-            values = np.concatenate([values, [np.nan]])
-            blank = np.concatenate([blank, [True]])
-            values, blank = values[idx], blank[idx]
+
+            def parse(raw: pl.Series) -> np.ndarray:
+                return raw.str.strip_chars().cast(pl.Float64, strict=False).to_numpy()
+
+            values, blank = _parse_distinct(col, parse, np.nan)
         elif pa.types.is_integer(t):  # the common case: whole days, no float round trip
             if pa.types.is_dictionary(col.type):
                 col = col.cast(t)
