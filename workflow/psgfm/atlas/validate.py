@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 
 import numpy as np
@@ -143,10 +144,31 @@ def main(argv=None) -> int:
         metavar="OUT_DIR",
         help="instead: demo EHR -> phenome stage -> stand-in embeddings -> atlas, into OUT_DIR",
     )
+    ap.add_argument(
+        "--oracle",
+        nargs=2,
+        metavar=("RESULTS_DIR", "OUT_DIR"),
+        help="instead: the atlas of a generated cohort's workflow run (its phenome outputs) "
+        "with stand-in embeddings built from the planted traits (needs --truth, --sheet)",
+    )
+    ap.add_argument("--truth", help="truth.json of the generated cohort (--oracle)")
+    ap.add_argument("--sheet", help="its sample sheet (--oracle)")
+    ap.add_argument("--pca", type=int, default=None, help="atlas.pca_components (--oracle)")
+    ap.add_argument("--min-events", type=int, default=None, help="atlas.min_events (--oracle)")
     ap.add_argument("--map", default="resources/phecode_maps/phecode12.csv")
     args = ap.parse_args(argv)
-    if args.end_to_end:
-        t = demo_atlas_run(args.end_to_end, args.map, n=args.n)
+    if args.end_to_end or args.oracle:
+        if args.oracle:
+            if not (args.truth and args.sheet):
+                ap.error("--oracle needs --truth and --sheet")
+            cfg = {
+                k: v
+                for k, v in {"pca_components": args.pca, "min_events": args.min_events}.items()
+                if v is not None
+            }
+            t = oracle_atlas_run(*args.oracle, args.truth, args.sheet, atlas_config=cfg)
+        else:
+            t = demo_atlas_run(args.end_to_end, args.map, n=args.n)
         cols = [
             "phecode",
             "description",
@@ -217,8 +239,6 @@ def demo_atlas_run(out_dir, map_csv, n: int = 3000, seed: int = 20261124, atlas_
 
     import pyarrow.parquet as pq
 
-    from psgfm.atlas.plots import make_plots
-    from psgfm.atlas.run import batch_phecodes, gather, read_summary, run_batch
     from psgfm.demo.cohort import simulate_ehr, site_of
     from psgfm.demo.physiology import draw_traits
     from psgfm.phenome.build import run_phenome
@@ -266,7 +286,18 @@ def demo_atlas_run(out_dir, map_csv, n: int = 3000, seed: int = 20261124, atlas_
         "persons": out / "persons.parquet",
         "sheet": out / "recordings.tsv",
     }
-    cfg = {"seed": seed, **(atlas_config or {})}
+    return atlas_from(io, out, {"seed": seed, **(atlas_config or {})})
+
+
+def atlas_from(io: dict, out, cfg: dict) -> pd.DataFrame:
+    """Run the atlas on ``io`` (embeddings, labels, summary, persons, sheet) into ``out`` in one
+    batch, as the workflow's rules would; write table, plots; return the table."""
+    from pathlib import Path
+
+    from psgfm.atlas.plots import make_plots
+    from psgfm.atlas.run import batch_phecodes, gather, read_summary, run_batch
+
+    out = Path(out)
     codes = batch_phecodes(read_summary(io["summary"]), 1)[0]
     b = {k: out / f"batch.{k}.parquet" for k in ("table", "subgroups", "calibration", "risk")}
     run_batch(codes, **io, config=cfg, out=b)
@@ -291,6 +322,43 @@ def demo_atlas_run(out_dir, map_csv, n: int = 3000, seed: int = 20261124, atlas_
         config=cfg,
     )
     return table
+
+
+def oracle_atlas_run(results, truth, sheet, out_dir, atlas_config=None, seed: int = 20261124):
+    """The atlas of a generated cohort's workflow run with its night embeddings replaced by
+    stand-ins built from the planted traits (:func:`stand_in_embeddings`): same persons,
+    labels and folds, an encoder that captured the traits. It separates the cohort's power
+    (cases per phecode) from what the real encoder learned."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    results, out = Path(results), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    subjects = {s["recording_id"]: s for s in json.loads(Path(truth).read_text())["subjects"]}
+    rows = pd.read_csv(sheet, sep="\t", dtype=str)
+    traits = [
+        SimpleNamespace(
+            recording_id=r,
+            subject_id=subjects[r]["subject_id"],
+            site=subjects[r]["site"],
+            ahi=subjects[r]["ahi"],
+            heart_rate=subjects[r]["heart_rate"],
+            n3_fraction=subjects[r]["n3_fraction"],
+        )
+        for r in rows["recording_id"]
+        if r in subjects
+    ]
+    pq.write_table(stand_in_embeddings(traits, seed), out / "night.parquet")
+    io = {
+        "embeddings": out / "night.parquet",
+        "labels": results / "phenome" / "labels.parquet",
+        "summary": results / "phenome" / "summary.parquet",
+        "persons": results / "phenome" / "persons.parquet",
+        "sheet": Path(sheet),
+    }
+    return atlas_from(io, out, {"seed": seed, **(atlas_config or {})})
 
 
 if __name__ == "__main__":
