@@ -275,6 +275,7 @@ def demo_atlas_run(out_dir, map_csv, n: int = 3000, seed: int = 20261124, atlas_
             "unmapped": ph / "qc_unmapped.tsv",
             "dropped": ph / "qc_dropped.tsv",
             "records": ph / "qc_records.tsv",
+            "persons": ph / "persons.parquet",
             "provenance": ph / "provenance.json",
         },
         config={"map": {"name": "phecode12"}, "min_records": 2, "min_cases": 20},
@@ -283,7 +284,7 @@ def demo_atlas_run(out_dir, map_csv, n: int = 3000, seed: int = 20261124, atlas_
         "embeddings": out / "night.parquet",
         "labels": ph / "labels.parquet",
         "summary": ph / "summary.parquet",
-        "persons": out / "persons.parquet",
+        "persons": ph / "persons.parquet",
         "sheet": out / "recordings.tsv",
     }
     return atlas_from(io, out, {"seed": seed, **(atlas_config or {})})
