@@ -166,7 +166,8 @@ def main(argv=None) -> int:
                 for k, v in {"pca_components": args.pca, "min_events": args.min_events}.items()
                 if v is not None
             }
-            t = oracle_atlas_run(*args.oracle, args.truth, args.sheet, atlas_config=cfg)
+            results, out = args.oracle
+            t = oracle_atlas_run(results, args.truth, args.sheet, out, atlas_config=cfg)
         else:
             t = demo_atlas_run(args.end_to_end, args.map, n=args.n)
         cols = [
