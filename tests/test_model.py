@@ -442,6 +442,52 @@ def test_killed_training_resumes_to_the_same_weights(tensors, tmp_path):
         assert a[key], key
 
 
+def test_spectral_targets_equal_a_numpy_periodogram_and_ignore_padding():
+    from psgfm.model.loss import SPECTRAL_BANDS_HZ, spectral_targets
+
+    fs, n = 128.0, 640
+    t = np.arange(n) / fs
+    rng = np.random.default_rng(0)
+    x = np.zeros((2, 3, 4, n), dtype=np.float32)
+    x[:, 0] = 3.0 * np.sin(2 * np.pi * 10.0 * t)  # 10 Hz: the 8-12 Hz band
+    x[:, 1] = rng.standard_normal((2, 4, n))
+    x[1, 2] = 1e3 * rng.standard_normal((4, n))  # a padded channel: must not count
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    got = spectral_targets(torch.from_numpy(x), mask, fs).numpy()
+    # independent reference: numpy periodogram, band means, channel mean, log
+    power = np.abs(np.fft.rfft(x[:, :2].astype(np.float64), axis=-1)) ** 2 / n
+    freqs = np.fft.rfftfreq(n, 1 / fs)
+    ref = np.stack(
+        [power[..., (freqs >= lo) & (freqs < hi)].mean(-1) for lo, hi in SPECTRAL_BANDS_HZ], -1
+    )
+    ref = np.log(ref.mean(1) + 1e-6)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    alpha = [i for i, (lo, hi) in enumerate(SPECTRAL_BANDS_HZ) if lo <= 10 < hi][0]
+    assert (got.argmax(-1) == alpha).all()
+
+
+def test_spectral_term_trains_and_resumes_to_the_same_weights(tensors, tmp_path):
+    torch.set_num_threads(1)
+    full = _train(tensors, tmp_path / "a", spectral_weight=1.0)
+    assert full["steps"] == 6
+    _train(tensors, tmp_path / "b", stop_after=3, spectral_weight=1.0)
+    _train(tensors, tmp_path / "b", spectral_weight=1.0)
+    a = torch.load(tmp_path / "a" / "encoder.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "encoder.pt", weights_only=False)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for k in a["spectral_heads"]:
+        assert torch.equal(a["spectral_heads"][k], b["spectral_heads"][k]), k
+    # the heads live outside the encoder: the release layout is unchanged
+    plain = _train(tensors, tmp_path / "c")
+    c = torch.load(tmp_path / "c" / "encoder.pt", weights_only=False)
+    assert plain["steps"] == 6 and "spectral_heads" not in c
+    assert a["state_dict"].keys() == c["state_dict"].keys()
+    assert not all(torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in c["state_dict"])
+    curve = pd.read_csv(tmp_path / "a" / "training_curve.tsv", sep="\t")
+    assert curve["spectral_loss"].notna().any()
+
+
 # ---------------------------------------------------------------- embeddings
 def test_embeddings_cover_every_recording_and_are_reproducible(tensors, tmp_path):
     from psgfm.model.embed import embed_batch

@@ -39,6 +39,7 @@ class ContrastiveResult:
     ce_sum: dict[str, float] = field(default_factory=dict)  # per term, summed CE both directions
     correct: dict[str, int] = field(default_factory=dict)  # top-1 hits, both directions
     count: dict[str, int] = field(default_factory=dict)  # queries, both directions
+    aux: Tensor | None = None  # the spectral auxiliary loss (pretrain.spectral_weight > 0)
 
 
 def _term(a: Tensor, b: Tensor, scale: Tensor) -> tuple[Tensor, int]:
@@ -106,3 +107,71 @@ def contrastive_loss(
     res.loss = total / max(2 * n_pairs, 1)
     res.n_pairs = n_pairs
     return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional within-modality term: predict each 5-s token's band powers from its embedding
+# ---------------------------------------------------------------------------------------------
+
+SPECTRAL_BANDS_HZ = (
+    (0.0, 0.5),
+    (0.5, 2.0),
+    (2.0, 4.0),
+    (4.0, 8.0),
+    (8.0, 12.0),
+    (12.0, 16.0),
+    (16.0, 25.0),
+    (25.0, 40.0),
+)
+
+
+def spectral_targets(x: Tensor, channel_mask: Tensor, fs: float = 128.0) -> Tensor:
+    """(B, P, bands) log mean band power of each patch of ``x`` (B, C, P, L), averaged over
+    the real channels of ``channel_mask`` (B, C); padded channels never enter. Periodogram
+    ``|rfft|^2 / L`` per patch, mean over the bins in [lo, hi) of :data:`SPECTRAL_BANDS_HZ`."""
+    n = x.shape[-1]
+    power = torch.fft.rfft(x.float(), dim=-1).abs().square() / n
+    freqs = torch.fft.rfftfreq(n, d=1.0 / fs).to(x.device)
+    bands = torch.stack(
+        [power[..., (freqs >= lo) & (freqs < hi)].mean(-1) for lo, hi in SPECTRAL_BANDS_HZ], -1
+    )
+    w = channel_mask.to(bands.dtype)[:, :, None, None]
+    mean = (bands * w).sum(1) / w.sum(1).clamp(min=1.0)
+    return torch.log(mean + 1e-6)
+
+
+class SpectralHeads(torch.nn.Module):
+    """One linear head per modality, token embedding -> the patch's log band powers.
+
+    The loss is the mean squared error against the targets standardised per band over the
+    batch's real (chunk, patch) entries of that modality (targets carry no gradient), averaged
+    over the modalities present. It keeps what is specific to one modality in its tokens, which
+    the cross-modal term alone is free to discard. The heads live outside the encoder, so its
+    parameter layout stays the release's.
+    """
+
+    def __init__(self, modalities, embed_dim: int):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        nb = len(SPECTRAL_BANDS_HZ)
+        self.heads = torch.nn.ModuleDict({m: torch.nn.Linear(embed_dim, nb) for m in modalities})
+
+    def forward(self, tokens: Tensor, modality_mask: Tensor, batch: dict) -> Tensor:
+        losses = []
+        for i, m in enumerate(self.modalities):
+            x = batch["signals"].get(m)
+            if x is None or x.shape[1] == 0:
+                continue
+            valid = modality_mask[:, i][:, None] & batch["patch_mask"]
+            if int(valid.sum()) < 2:
+                continue
+            with torch.no_grad():
+                t = spectral_targets(x, batch["channel_mask"][m])
+                mu = t[valid].mean(0)
+                sd = t[valid].std(0).clamp(min=1e-3)
+                z = (t - mu) / sd
+            pred = self.heads[m](tokens[:, i]).float()
+            losses.append((pred - z).square()[valid].mean())
+        if not losses:
+            return tokens.sum() * 0.0
+        return torch.stack(losses).mean()

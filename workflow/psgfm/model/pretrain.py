@@ -43,7 +43,7 @@ from psgfm.io import atomic_path, write_json
 from psgfm.model.checkpoint import build_payload, load_encoder, read_checkpoint, save_checkpoint
 from psgfm.model.data import ChunkDataset, SeededSampler, collate, to_device
 from psgfm.model.encoder import SleepEncoder, encoder_config
-from psgfm.model.loss import ContrastiveResult, contrastive_loss
+from psgfm.model.loss import ContrastiveResult, SpectralHeads, contrastive_loss
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +115,25 @@ def compile_in_place(encoder: SleepEncoder) -> None:
 class ContrastiveModel(nn.Module):
     """Encoder plus the learnable temperature; forward returns the contrastive result."""
 
-    def __init__(self, encoder: SleepEncoder, temperature_init: float, mode: str):
+    def __init__(
+        self, encoder: SleepEncoder, temperature_init: float, mode: str, spectral: bool = False
+    ):
         super().__init__()
         self.encoder = encoder
         self.temperature = nn.Parameter(torch.tensor(float(temperature_init)))
         self.mode = mode
+        self.spectral = (
+            SpectralHeads(encoder.modalities, encoder.cfg.embed_dim) if spectral else None
+        )
 
     def forward(self, batch: dict) -> ContrastiveResult:
         out = self.encoder(batch["signals"], batch["channel_mask"], batch["patch_mask"])
-        return contrastive_loss(
+        res = contrastive_loss(
             out.pooled, out.modality_mask, self.temperature, self.mode, self.encoder.modalities
         )
+        if self.spectral is not None:
+            res.aux = self.spectral(out.tokens, out.modality_mask, batch)
+        return res
 
 
 @dataclass
@@ -238,9 +246,13 @@ class _Accumulator:
         self.ce, self.pairs, self.n = 0.0, 0, 0
         self.correct: dict[str, int] = {}
         self.count: dict[str, int] = {}
+        self.aux, self.aux_n = 0.0, 0
 
     def add(self, res: ContrastiveResult, n: int) -> None:
         self.ce += sum(res.ce_sum.values())
+        if res.aux is not None:
+            self.aux += float(res.aux.detach())
+            self.aux_n += 1
         self.pairs += res.n_pairs
         self.n += n
         for k, v in res.correct.items():
@@ -251,6 +263,8 @@ class _Accumulator:
         out = {"loss": self.ce / (2 * self.pairs) if self.pairs else float("nan")}
         for k in sorted(self.count):
             out[f"acc_{k}"] = self.correct[k] / self.count[k]
+        if self.aux_n:
+            out["spectral_loss"] = self.aux / self.aux_n
         out["chunks"] = self.n
         return out
 
@@ -342,7 +356,10 @@ def pretrain(
     encoder = SleepEncoder(encoder_config(model_cfg["size"]))
     if model_cfg.get("init"):
         encoder, _ = load_encoder(model_cfg["init"], size=model_cfg["size"])
-    model = ContrastiveModel(encoder, cfg["temperature_init"], cfg["mode"]).to(rt.device)
+    spectral_weight = float(cfg.get("spectral_weight", 0.0))
+    model = ContrastiveModel(
+        encoder, cfg["temperature_init"], cfg["mode"], spectral=spectral_weight > 0
+    ).to(rt.device)
     if cfg["compile"]:
         compile_in_place(model.encoder)
     ddp = model
@@ -350,7 +367,10 @@ def pretrain(
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+            model,
+            device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            # a modality absent from a rank's whole batch leaves its spectral head unused
+            find_unused_parameters=model.spectral is not None,
         )
     decay = [p for n, p in model.named_parameters() if n != "temperature"]
     optimizer = make_optimizer(
@@ -397,6 +417,8 @@ def pretrain(
             )
             with torch.no_grad():
                 model.temperature.fill_(ck["temperature"])
+            if model.spectral is not None:
+                model.spectral.load_state_dict(ck["spectral_heads"])
             optimizer.load_state_dict(ck["optim_dict"])
             scheduler.load_state_dict(ck["scheduler_dict"])
             step = int(ck["step"])
@@ -420,7 +442,15 @@ def pretrain(
             data_position={"epoch": step // steps_per_epoch, "batch": step % steps_per_epoch},
             rng={rt.rank: rng_state()},
             config={"model": model_cfg, "pretrain": cfg},
-            extra={"fingerprint": fp, "curve": curve},
+            extra={
+                "fingerprint": fp,
+                "curve": curve,
+                **(
+                    {"spectral_heads": model.spectral.state_dict()}
+                    if model.spectral is not None
+                    else {}
+                ),
+            },
         )
 
     val_loader = None
@@ -458,7 +488,10 @@ def pretrain(
             optimizer.zero_grad(set_to_none=True)
             with autocast_for(rt.device, cfg["precision"]):
                 res = ddp(batch)
-            res.loss.backward()
+            total_loss = res.loss
+            if res.aux is not None:
+                total_loss = total_loss + spectral_weight * res.aux
+            total_loss.backward()
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             optimizer.step()
