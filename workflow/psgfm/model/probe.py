@@ -50,6 +50,8 @@ def _matrix(frame: pd.DataFrame, modalities=MODALITIES) -> np.ndarray:
     for m in modalities:
         col = frame[m]
         present = col.notna().to_numpy()
+        if not present.any():
+            continue  # a modality no recording has (e.g. a cohort without ECG) adds nothing
         d = len(next(v for v in col if v is not None))
         arr = np.zeros((len(frame), d), dtype=np.float32)
         if present.any():
@@ -97,6 +99,37 @@ def stage_probe(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict:
         **{f"stage_f1_{s}": float(v) for s, v in zip(STAGES, per_class)},
         "stage_n_train": len(train),
         "stage_n_test": len(test),
+        "_stage": (y, pred, test["recording_id"].to_numpy()),  # for the paired bootstrap
+    }
+
+
+def paired_bootstrap_f1(y, pred_a, pred_b, groups, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Macro-F1 of ``pred_a`` minus that of ``pred_b`` on the same epochs, with a percentile
+    95 % CI from resampling whole ``groups`` (recordings) with replacement."""
+    y, pred_a, pred_b, groups = map(np.asarray, (y, pred_a, pred_b, groups))
+
+    def diff(idx):
+        f = [
+            f1_score(y[idx], p[idx], labels=range(5), average="macro", zero_division=0)
+            for p in (pred_a, pred_b)
+        ]
+        return f[0] - f[1]
+
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    reps = np.array(
+        [
+            diff(np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))]))
+            for _ in range(n_boot)
+        ]
+    )
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {
+        "diff": diff(np.arange(len(y))),
+        "lo": float(lo),
+        "hi": float(hi),
+        "n_groups": len(uniq),
     }
 
 
@@ -197,11 +230,19 @@ def run_probe(
     man = pd.read_parquet(manifest)
     sp = pd.read_csv(splits, sep="\t", dtype=str)
     tr = json.loads(Path(truth).read_text())
-    rows = []
+    rows, stage = [], {}
     for name, dirs in (("pretrained", pretrained_dirs), ("random_init", random_dirs)):
         res = probe_embeddings([Path(d) for d in dirs], man, sp, tr, seed)
+        stage[name] = res.pop("_stage")
         log.info("%s: %s", name, json.dumps(res, default=float))
         rows += [{"encoder": name, "metric": k, "value": float(v)} for k, v in res.items()]
+    (y, pa_, groups), (_, pb_, _) = stage["pretrained"], stage["random_init"]
+    boot = paired_bootstrap_f1(y, pa_, pb_, groups, seed=seed)
+    log.info("stage macro-F1, pretrained - random-init: %s", json.dumps(boot, default=float))
+    rows += [
+        {"encoder": "difference", "metric": f"stage_macro_f1_diff{sfx}", "value": float(boot[k])}
+        for k, sfx in (("diff", ""), ("lo", "_lo"), ("hi", "_hi"))
+    ]
     table = pd.DataFrame(rows)
     with atomic_path(out_tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False)

@@ -1,0 +1,63 @@
+"""The linear probes of the model validation (psgfm.model.probe) against planted truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+from psgfm import MODALITIES
+from psgfm.model.probe import paired_bootstrap_f1, stage_probe
+
+
+def _epochs(n_rec: int, per_rec: int, signal: float, seed: int) -> pd.DataFrame:
+    """Epoch tables whose BAS vectors carry the stage with strength ``signal``; EKG missing."""
+    rng = np.random.default_rng(seed)
+    stage = rng.integers(0, 5, n_rec * per_rec)
+    centres = rng.standard_normal((5, 8))
+    frame = pd.DataFrame(
+        {
+            "recording_id": np.repeat([f"r{i}" for i in range(n_rec)], per_rec),
+            "stage": stage,
+        }
+    )
+    for m in MODALITIES:
+        if m == "EKG":
+            frame[m] = None
+            continue
+        gain = signal if m == "BAS" else 0.0
+        vec = gain * centres[stage] + rng.standard_normal((len(stage), 8))
+        frame[m] = list(vec.astype(np.float32))
+    return frame
+
+
+def test_stage_probe_finds_a_planted_stage_signal_and_not_a_missing_one():
+    # one draw, split by recording, so train and test share the stage -> vector mapping
+    train = _epochs(60, 50, 3.0, 3)
+    test = train[train["recording_id"].isin([f"r{i}" for i in range(40, 60)])]
+    train = train[~train.index.isin(test.index)]
+    strong = stage_probe(train, test, seed=0)
+    assert strong["stage_macro_f1"] > 0.9
+    y, pred, groups = strong["_stage"]
+    assert len(y) == len(test) == strong["stage_n_test"] and set(groups) == set(test.recording_id)
+    noise = _epochs(60, 50, 0.0, 3)
+    null = stage_probe(noise[noise.index < 2000], noise[noise.index >= 2000], seed=0)
+    assert null["stage_macro_f1"] < 0.3  # 5 classes: chance about 0.2
+
+
+def test_paired_bootstrap_of_the_macro_f1_difference():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 3000)
+    groups = np.repeat(np.arange(60), 50)
+    noisy = np.where(rng.random(3000) < 0.6, y, rng.integers(0, 5, 3000))
+    same = paired_bootstrap_f1(y, noisy, noisy, groups, n_boot=200, seed=1)
+    assert same["diff"] == same["lo"] == same["hi"] == 0.0
+    res = paired_bootstrap_f1(y, y, noisy, groups, n_boot=200, seed=1)
+    ref = 1.0 - f1_score(y, noisy, labels=range(5), average="macro")
+    assert abs(res["diff"] - ref) < 1e-12 and res["n_groups"] == 60
+    assert 0 < res["lo"] < res["diff"] < res["hi"]
+    again = paired_bootstrap_f1(y, y, noisy, groups, n_boot=200, seed=1)
+    assert again == res  # seeded
+    # one group: every resample is the sample itself
+    one = paired_bootstrap_f1(y, y, noisy, np.zeros(3000), n_boot=20, seed=1)
+    assert one["lo"] == one["hi"] == one["diff"]
