@@ -7,7 +7,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from psgfm import MODALITIES
-from psgfm.model.probe import paired_bootstrap_f1, stage_probe
+from psgfm.model.probe import _matrices, paired_bootstrap_f1, stage_probe
 
 
 def _epochs(n_rec: int, per_rec: int, signal: float, seed: int) -> pd.DataFrame:
@@ -61,3 +61,15 @@ def test_paired_bootstrap_of_the_macro_f1_difference():
     # one group: every resample is the sample itself
     one = paired_bootstrap_f1(y, y, noisy, np.zeros(3000), n_boot=20, seed=1)
     assert one["lo"] == one["hi"] == one["diff"]
+
+
+def test_feature_matrices_agree_when_a_modality_is_missing_from_one_split():
+    train = _epochs(4, 5, 1.0, 0)
+    test = train.iloc[:6].copy()
+    test["EMG"] = None  # the test split has no EMG at all; nobody has EKG
+    a, b = _matrices(train, test)
+    assert a.shape[1] == b.shape[1] == 3 * (8 + 1)  # BAS, RESP, EMG; EKG left out
+    emg = slice(2 * 9, 3 * 9)
+    np.testing.assert_array_equal(b[:, emg][:, :8], 0.0)
+    np.testing.assert_array_equal(b[:, emg][:, 8], 1.0)
+    np.testing.assert_array_equal(a[:6, :9][:, :8], np.stack(train["BAS"].iloc[:6]))

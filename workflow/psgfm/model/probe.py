@@ -44,20 +44,28 @@ STAGES = ("W", "N1", "N2", "N3", "REM")
 TRAITS = {"ahi": "ahi_realised", "heart_rate": "heart_rate", "n3_fraction": "n3_fraction_realised"}
 
 
-def _matrix(frame: pd.DataFrame, modalities=MODALITIES) -> np.ndarray:
-    """Concatenate per-modality vector columns; a null vector becomes zeros + indicator 1."""
-    blocks = []
+def _matrices(*frames: pd.DataFrame, modalities=MODALITIES) -> list[np.ndarray]:
+    """Feature matrices of ``frames`` with the same columns: per modality the vector (zeros
+    where null) plus a missing indicator. A modality null in every frame (e.g. a cohort without
+    ECG) is left out; one null in only some frames gets zeros + indicator there."""
+    widths = {}
     for m in modalities:
-        col = frame[m]
-        present = col.notna().to_numpy()
-        if not present.any():
-            continue  # a modality no recording has (e.g. a cohort without ECG) adds nothing
-        d = len(next(v for v in col if v is not None))
-        arr = np.zeros((len(frame), d), dtype=np.float32)
-        if present.any():
-            arr[present] = np.stack(col[present].to_numpy())
-        blocks += [arr, (~present).astype(np.float32)[:, None]]
-    return np.concatenate(blocks, axis=1)
+        for f in frames:
+            v = next((v for v in f[m] if v is not None), None) if m in f else None
+            if v is not None:
+                widths[m] = len(v)
+                break
+    out = []
+    for f in frames:
+        blocks = []
+        for m, d in widths.items():
+            present = f[m].notna().to_numpy()
+            arr = np.zeros((len(f), d), dtype=np.float32)
+            if present.any():
+                arr[present] = np.stack(f[m][present].to_numpy())
+            blocks += [arr, (~present).astype(np.float32)[:, None]]
+        out.append(np.concatenate(blocks, axis=1))
+    return out
 
 
 def epoch_table(emb_dir: Path, rid: str, tensor_path: Path, epoch_tokens: int = 6) -> pd.DataFrame:
@@ -84,7 +92,7 @@ def epoch_table(emb_dir: Path, rid: str, tensor_path: Path, epoch_tokens: int = 
 
 
 def stage_probe(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict:
-    x_tr, x_te = _matrix(train), _matrix(test)
+    x_tr, x_te = _matrices(train, test)
     clf = make_pipeline(
         StandardScaler(), LogisticRegression(max_iter=3000, C=1.0, random_state=seed)
     )
@@ -135,7 +143,7 @@ def paired_bootstrap_f1(y, pred_a, pred_b, groups, n_boot: int = 1000, seed: int
 
 def trait_probe(train: pd.DataFrame, test: pd.DataFrame) -> dict:
     out = {}
-    x_tr, x_te = _matrix(train), _matrix(test)
+    x_tr, x_te = _matrices(train, test)
     for name, col in TRAITS.items():
         y_tr, y_te = train[col].to_numpy(float), test[col].to_numpy(float)
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25)))
