@@ -27,6 +27,7 @@ import pandas as pd
 
 from psgfm.atlas.cox import fit_cox
 from psgfm.atlas.metrics import wald
+from psgfm.phenome.__main__ import OUTPUTS as PHENOME_OUTPUTS
 
 COVARIATES = ("ahi", "heart_rate", "n3_fraction", "age", "male")
 
@@ -267,28 +268,21 @@ def demo_atlas_run(out_dir, map_csv, n: int = 3000, seed: int = 20261124, atlas_
         str(out / "persons.parquet"),
         str(out / "recordings.tsv"),
         str(map_csv),
-        out={
-            "labels": ph / "labels.parquet",
-            "summary": ph / "summary.parquet",
-            "summary_tsv": ph / "summary.tsv",
-            "is_event": ph / "is_event.csv",
-            "time_to_event": ph / "time_to_event.csv",
-            "unmapped": ph / "qc_unmapped.tsv",
-            "dropped": ph / "qc_dropped.tsv",
-            "records": ph / "qc_records.tsv",
-            "persons": ph / "persons.parquet",
-            "provenance": ph / "provenance.json",
-        },
+        out={k: ph / v for k, v in PHENOME_OUTPUTS.items()},
         config={"map": {"name": "phecode12"}, "min_records": 2, "min_cases": 20},
     )
-    io = {
-        "embeddings": out / "night.parquet",
-        "labels": ph / "labels.parquet",
-        "summary": ph / "summary.parquet",
-        "persons": ph / "persons.parquet",
-        "sheet": out / "recordings.tsv",
-    }
+    io = _atlas_inputs(out / "night.parquet", ph, out / "recordings.tsv")
     return atlas_from(io, out, {"seed": seed, **(atlas_config or {})})
+
+
+def _atlas_inputs(embeddings, phenome_dir, sheet) -> dict:
+    """The atlas's inputs as the workflow passes them: night embeddings, the phenome stage's
+    labels, summary and persons (under their names in ``PHENOME_OUTPUTS``), the sample sheet."""
+    return {
+        "embeddings": embeddings,
+        **{k: phenome_dir / PHENOME_OUTPUTS[k] for k in ("labels", "summary", "persons")},
+        "sheet": sheet,
+    }
 
 
 def atlas_from(io: dict, out, cfg: dict) -> pd.DataFrame:
@@ -353,13 +347,7 @@ def oracle_atlas_run(results, truth, sheet, out_dir, atlas_config=None, seed: in
         if r in subjects
     ]
     pq.write_table(stand_in_embeddings(traits, seed), out / "night.parquet")
-    io = {
-        "embeddings": out / "night.parquet",
-        "labels": results / "phenome" / "labels.parquet",
-        "summary": results / "phenome" / "summary.parquet",
-        "persons": results / "phenome" / "persons.parquet",
-        "sheet": Path(sheet),
-    }
+    io = _atlas_inputs(out / "night.parquet", results / "phenome", Path(sheet))
     return atlas_from(io, out, {"seed": seed, **(atlas_config or {})})
 
 

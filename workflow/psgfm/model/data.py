@@ -268,6 +268,11 @@ class SeededSampler(Sampler[int]):
                 raise ValueError("offsets must rise from 0 to n (one entry per recording + 1)")
 
     def order(self) -> np.ndarray:
+        if getattr(self, "_order", None) is None:  # computed once: __len__ and __iter__ share it
+            self._order = self._compute_order()
+        return self._order
+
+    def _compute_order(self) -> np.ndarray:
         if self.group > 1:
             return self._grouped_order()
         if self.shuffle:
