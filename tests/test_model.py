@@ -490,7 +490,7 @@ def test_spectral_term_trains_and_resumes_to_the_same_weights(tensors, tmp_path)
 
 # ---------------------------------------------------------------- embeddings
 def test_embeddings_cover_every_recording_and_are_reproducible(tensors, tmp_path):
-    from psgfm.model.embed import embed_batch
+    from psgfm.model.embed import embed_batch, merge_nights
 
     t_dir = tensors["root"] / "t"
     rows = tensors["sheet"].to_dict("records")
@@ -518,13 +518,63 @@ def test_embeddings_cover_every_recording_and_are_reproducible(tensors, tmp_path
             assert pq.read_table(tmp_path / "e1" / f"{rid}.{kind}.parquet").equals(
                 pq.read_table(tmp_path / "e2" / f"{rid}.{kind}.parquet")
             ), (rid, kind, len(a), len(b))
-    # night embedding = real-patch-weighted mean of the chunk embeddings
+    # default night embedding = mean and std of the real tokens, from the token table
     rid = man["recording_id"].iloc[0]
+    tok = pd.read_parquet(tmp_path / "e1" / f"{rid}.tokens.parquet")
+    real = np.stack(tok.loc[tok["real"], "BAS"].to_numpy()).astype(np.float64)
+    expect = np.concatenate([real.mean(0), real.std(0)])
+    got = night.set_index("recording_id").loc[rid, "BAS"]
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6)
+    meta = pq.read_schema(tmp_path / "e1" / "night.parquet").metadata
+    assert meta[b"psgfm.night_pooling"] == b"token_mean,token_std"
+    # chunk_mean: the real-patch-weighted mean of the chunk embeddings
+    cm = embed_batch(
+        t_dir,
+        None,
+        tmp_path / "e3",
+        {"size": "tiny", "seed": 1},
+        {"night_pooling": ["chunk_mean"]},
+        rows,
+    )
     ch = pd.read_parquet(tmp_path / "e1" / f"{rid}.chunks.parquet")
     w = ch["n_real_patches"].to_numpy(float)
     expect = (np.stack(ch["BAS"].to_numpy()) * w[:, None]).sum(0) / w.sum()
-    got = night.set_index("recording_id").loc[rid, "BAS"]
+    got = cm.set_index("recording_id").loc[rid, "BAS"]
     np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6)
+    # batches of different poolings are not joined
+    with pytest.raises(ValueError, match="embed.night_pooling"):
+        merge_nights([tmp_path / "e1", tmp_path / "e3"], tmp_path / "night.parquet")
+    merge_nights([tmp_path / "e1", tmp_path / "e2"], tmp_path / "night.parquet")
+    assert pq.read_table(tmp_path / "night.parquet").num_rows == 2 * len(night)
+
+
+def test_night_vector_pools_real_tokens_of_present_modalities():
+    from psgfm.model.embed import night_vector
+
+    rng = np.random.default_rng(0)
+    n, m, p, d = 3, 4, 6, 5
+    res = {
+        "tokens": rng.normal(size=(n, m, p, d)).astype(np.float32),
+        "pooled": rng.normal(size=(n, m, d)).astype(np.float32),
+        "modality_mask": np.ones((n, m), bool),
+        "patch_mask": np.ones((n, p), bool),
+    }
+    res["patch_mask"][2, 4:] = False  # trailing partial chunk
+    res["modality_mask"][1, 2] = False  # modality 2 absent from chunk 1
+    res["modality_mask"][:, 3] = False  # modality 3 absent from the night
+    night, present = night_vector(res, ["token_std", "chunk_mean", "token_mean"])
+    assert night.shape == (m, 3 * d)
+    np.testing.assert_array_equal(present, [True, True, True, False])
+    for mi in range(3):
+        keep = res["modality_mask"][:, mi][:, None] & res["patch_mask"]  # (n, p)
+        toks = res["tokens"][:, mi][keep].astype(np.float64)
+        w = res["patch_mask"].sum(1) * res["modality_mask"][:, mi]
+        chunk = (res["pooled"][:, mi] * w[:, None]).sum(0) / w.sum()
+        expect = np.concatenate([toks.std(0), chunk, toks.mean(0)])
+        np.testing.assert_allclose(night[mi], expect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(night[3], 0.0)
+    with pytest.raises(ValueError, match="embed.night_pooling"):
+        night_vector(res, ["token_max"])
 
 
 def test_single_recording_cli_embeds_one_edf(tensors, tmp_path):

@@ -15,9 +15,22 @@ Files per recording (Parquet; polars and pandas read them alone), under the batc
 
 and one ``night.parquet`` per batch (one row per recording): ``recording_id``,
 ``subject_id``, ``site``, ``n_chunks``, ``seconds`` (real seconds embedded), and per modality
-the **night embedding**: the mean of the recording's chunk embeddings weighted by each
-chunk's number of real 5-s patches (a 2-min trailing chunk counts 24/60 of a full one);
-null where the recording lacks the modality. ``results/embeddings/night.parquet`` joins the
+the **night embedding**, null where the recording lacks the modality. It concatenates, in the
+order of ``embed.night_pooling`` (recorded in the file's schema metadata), statistics over the
+night (:data:`NIGHT_POOLING`):
+
+- ``token_mean``: the mean of the modality's real 5-s token embeddings (padded patches of the
+  trailing chunk never enter);
+- ``token_std``: their standard deviation (population) per dimension;
+- ``chunk_mean``: the mean of the chunk (attention-pooled) embeddings weighted by each
+  chunk's number of real patches (a 2-min trailing chunk counts 24/60 of a full one).
+
+The default is ``[token_mean, token_std]`` (2 D values per modality). Why tokens and not chunk
+embeddings: the contrastive loss acts on the pooled chunk embeddings, which keep what the
+modalities share; what is specific to one modality (respiratory events, the night's share of
+slow-wave sleep) is better kept in the tokens, and a night trait that is a proportion of time
+(N3 fraction, events per hour) shows in how the tokens spread over the night, not only in
+their mean (docs/model.md, "Night pooling"). ``results/embeddings/night.parquet`` joins the
 batches (rule ``night_embeddings``); the atlas reads it.
 """
 
@@ -43,7 +56,14 @@ from psgfm.model.pretrain import autocast_for, resolve_device
 
 log = logging.getLogger(__name__)
 
-EMBED_DEFAULTS = {"batch_size": 16, "device": "auto", "precision": "fp32", "tokens": True}
+NIGHT_POOLING = ("token_mean", "token_std", "chunk_mean")
+EMBED_DEFAULTS = {
+    "batch_size": 16,
+    "device": "auto",
+    "precision": "fp32",
+    "tokens": True,
+    "night_pooling": ["token_mean", "token_std"],
+}
 NIGHT_META = ["recording_id", "subject_id", "site", "n_chunks", "seconds"]
 
 
@@ -103,15 +123,36 @@ def embed_recording(
     }
 
 
-def night_vector(res: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(M, D) night embeddings (real-patch-weighted mean of chunk embeddings), (M,) present."""
-    w = res["patch_mask"].sum(1).astype(np.float64)  # real patches per chunk
-    mm = res["modality_mask"]
-    weights = w[:, None] * mm  # (N, M)
-    tot = weights.sum(0)
-    night = np.einsum("nm,nmd->md", weights, res["pooled"].astype(np.float64))
-    night = night / np.where(tot > 0, tot, 1.0)[:, None]
-    return night.astype(np.float32), tot > 0
+def night_vector(res: dict, pooling=("token_mean", "token_std")) -> tuple[np.ndarray, np.ndarray]:
+    """(M, K * D) night embeddings, the statistics of ``pooling`` (:data:`NIGHT_POOLING`)
+    concatenated in that order, and (M,) whether the modality is present (any real token)."""
+    unknown = [p for p in pooling if p not in NIGHT_POOLING]
+    if unknown or not pooling:
+        raise ValueError(
+            f"night pooling {list(pooling)}: choose one or more of {list(NIGHT_POOLING)} "
+            "(config embed.night_pooling)"
+        )
+    mm = res["modality_mask"].astype(bool)  # (N, M)
+    pm = res["patch_mask"].astype(bool)  # (N, P)
+    real = mm[:, :, None] & pm[:, None, :]  # (N, M, P): real tokens of present modalities
+    count = real.sum((0, 2)).astype(np.float64)  # (M,)
+    denom = np.where(count > 0, count, 1.0)[:, None]
+    tokens = res["tokens"].astype(np.float64)  # (N, M, P, D)
+    w = real.astype(np.float64)
+    parts = []
+    mean = np.einsum("nmp,nmpd->md", w, tokens) / denom
+    for p in pooling:
+        if p == "token_mean":
+            parts.append(mean)
+        elif p == "token_std":
+            dev = tokens - mean[None, :, None, :]
+            parts.append(np.sqrt(np.einsum("nmp,nmpd->md", w, dev * dev) / denom))
+        else:  # chunk_mean, weighted by real patches per chunk
+            cw = pm.sum(1).astype(np.float64)[:, None] * mm  # (N, M)
+            tot = cw.sum(0)
+            cm = np.einsum("nm,nmd->md", cw, res["pooled"].astype(np.float64))
+            parts.append(cm / np.where(tot > 0, tot, 1.0)[:, None])
+    return np.concatenate(parts, axis=1).astype(np.float32), count > 0
 
 
 def write_recording(res: dict, out_dir: Path, modalities=MODALITIES, tokens: bool = True) -> None:
@@ -211,7 +252,7 @@ def embed_batch(
                 model_cfg.get("normalise", "robust"),
             )
             write_recording(res, out_dir, model.modalities, cfg["tokens"])
-            night, present = night_vector(res)
+            night, present = night_vector(res, cfg["night_pooling"])
             meta = sheet.get(rid, {})
             rows.append(
                 {
@@ -237,7 +278,9 @@ def embed_batch(
         provenance("embed", {"model": model_cfg, "embed": cfg, "checkpoint": str(checkpoint)}),
         out_dir / "provenance.json",
     )
-    table = night_table(rows, model.modalities, model.embed_dim)
+    pooling = list(cfg["night_pooling"])
+    table = night_table(rows, model.modalities, model.embed_dim * len(pooling))
+    table = table.replace_schema_metadata({"psgfm.night_pooling": ",".join(pooling)})
     write_parquet(table, out_dir / "night.parquet")
     return table.to_pandas()
 
@@ -245,6 +288,15 @@ def embed_batch(
 def merge_nights(batch_dirs: list[str | Path], out: str | Path) -> pa.Table:
     """One cohort ``night.parquet`` from the batches' tables (sheet order kept)."""
     tables = [pq.read_table(Path(d) / "night.parquet") for d in batch_dirs]
+    pooling = {
+        str(d): (t.schema.metadata or {}).get(b"psgfm.night_pooling", b"").decode()
+        for d, t in zip(batch_dirs, tables)
+    }
+    if len(set(pooling.values())) > 1:
+        raise ValueError(
+            f"night embeddings of different poolings cannot be joined: {pooling}. Re-run the "
+            "embed rule for every batch with one embed.night_pooling (snakemake --forcerun embed)."
+        )
     table = pa.concat_tables(tables) if tables else pa.table({})
     write_parquet(table, out)
     return table

@@ -9,7 +9,9 @@ whom the probe sees at test time), scikit-learn linear models predict:
   per-class F1 against the scored stage labels in the tensor files (unscored epochs and
   epochs in padded patches are left out);
 - **night traits** (realised AHI, mean heart rate, N3 fraction, from ``truth.json``) from
-  night embeddings: ``RidgeCV``; R^2 and Spearman's rho;
+  night embeddings (``night.parquet``, pooled as ``embed.night_pooling`` says): ``RidgeCV``;
+  R^2 and Spearman's rho, from all modalities together (a missing modality as zeros plus an
+  indicator) and from each modality alone on the nights that have it (``_{modality}`` rows);
 - **cross-modal retrieval**: for each modality, chunk embeddings of test subjects (chunks
   with all four modalities) retrieve the mean of the other modalities' embeddings of the same
   chunk among ``group`` chunks drawn at random (seeded); top-1 accuracy against chance
@@ -17,7 +19,9 @@ whom the probe sees at test time), scikit-learn linear models predict:
 
 The same probes run on the embeddings of the pretrained encoder and of a randomly
 initialised encoder of the same architecture (same data, same code path); the difference is
-what pretraining adds.
+what pretraining adds. Rows ``encoder = difference`` give pretrained minus random-init for the
+stage macro-F1 and for every trait R^2, with a 95 % CI from a paired bootstrap over held-out
+recordings.
 """
 
 from __future__ import annotations
@@ -111,17 +115,13 @@ def stage_probe(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict:
     }
 
 
-def paired_bootstrap_f1(y, pred_a, pred_b, groups, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Macro-F1 of ``pred_a`` minus that of ``pred_b`` on the same epochs, with a percentile
-    95 % CI from resampling whole ``groups`` (recordings) with replacement."""
+def paired_bootstrap(metric, y, pred_a, pred_b, groups, n_boot: int = 1000, seed: int = 0):
+    """``metric(y, pred_a) - metric(y, pred_b)`` on the same items, with a percentile 95 % CI
+    from resampling whole ``groups`` (recordings) with replacement."""
     y, pred_a, pred_b, groups = map(np.asarray, (y, pred_a, pred_b, groups))
 
     def diff(idx):
-        f = [
-            f1_score(y[idx], p[idx], labels=range(5), average="macro", zero_division=0)
-            for p in (pred_a, pred_b)
-        ]
-        return f[0] - f[1]
+        return metric(y[idx], pred_a[idx]) - metric(y[idx], pred_b[idx])
 
     uniq, inv = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
@@ -141,17 +141,41 @@ def paired_bootstrap_f1(y, pred_a, pred_b, groups, n_boot: int = 1000, seed: int
     }
 
 
-def trait_probe(train: pd.DataFrame, test: pd.DataFrame) -> dict:
-    out = {}
-    x_tr, x_te = _matrices(train, test)
-    for name, col in TRAITS.items():
-        y_tr, y_te = train[col].to_numpy(float), test[col].to_numpy(float)
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25)))
-        model.fit(x_tr, y_tr)
-        pred = model.predict(x_te)
-        out[f"{name}_r2"] = float(r2_score(y_te, pred))
-        out[f"{name}_spearman"] = float(spearmanr(y_te, pred).statistic)
-    out["night_n_train"], out["night_n_test"] = len(train), len(test)
+def _macro_f1(y, pred):
+    return f1_score(y, pred, labels=range(5), average="macro", zero_division=0)
+
+
+def paired_bootstrap_f1(y, pred_a, pred_b, groups, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Macro-F1 of ``pred_a`` minus that of ``pred_b`` on the same epochs, with a percentile
+    95 % CI from resampling whole ``groups`` (recordings) with replacement."""
+    return paired_bootstrap(_macro_f1, y, pred_a, pred_b, groups, n_boot, seed)
+
+
+def _ridge_fit_predict(x_tr, y_tr, x_te):
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25)))
+    return model.fit(x_tr, y_tr).predict(x_te)
+
+
+def trait_probe(train: pd.DataFrame, test: pd.DataFrame, modalities=MODALITIES) -> dict:
+    """Night traits from night embeddings: from all modalities together (``{trait}_r2``;
+    a missing modality as zeros plus an indicator), and from each modality alone on the nights
+    that have it (``{trait}_r2_{modality}``). ``_traits`` keeps (y, prediction, recording) per
+    R^2 metric for the paired bootstrap."""
+    out, keep = {}, {}
+    sets = [("", train, test, tuple(modalities))]
+    for m in modalities:
+        if m in train and train[m].notna().sum() >= 10 and test[m].notna().sum() >= 2:
+            sets.append((f"_{m}", train[train[m].notna()], test[test[m].notna()], (m,)))
+    for sfx, tr, te, mods in sets:
+        x_tr, x_te = _matrices(tr, te, modalities=mods)
+        for name, col in TRAITS.items():
+            y_tr, y_te = tr[col].to_numpy(float), te[col].to_numpy(float)
+            pred = _ridge_fit_predict(x_tr, y_tr, x_te)
+            out[f"{name}_r2{sfx}"] = float(r2_score(y_te, pred))
+            out[f"{name}_spearman{sfx}"] = float(spearmanr(y_te, pred).statistic)
+            keep[f"{name}_r2{sfx}"] = (y_te, pred, te["recording_id"].to_numpy())
+        out[f"night_n_train{sfx}"], out[f"night_n_test{sfx}"] = len(tr), len(te)
+    out["_traits"] = keep
     return out
 
 
@@ -212,7 +236,7 @@ def probe_embeddings(
     night["test"] = night["recording_id"].map(split).eq("test")
     for col in TRAITS.values():
         night[col] = night["recording_id"].map(lambda r, c=col: subj[r][c])
-    nights = night.reset_index(drop=True)
+    nights = night.sort_values("recording_id").reset_index(drop=True)
     ep = pd.concat(epochs, ignore_index=True)
     ch = pd.concat(chunks, ignore_index=True)
     return {
@@ -238,19 +262,27 @@ def run_probe(
     man = pd.read_parquet(manifest)
     sp = pd.read_csv(splits, sep="\t", dtype=str)
     tr = json.loads(Path(truth).read_text())
-    rows, stage = [], {}
+    rows, stage, traits = [], {}, {}
     for name, dirs in (("pretrained", pretrained_dirs), ("random_init", random_dirs)):
         res = probe_embeddings([Path(d) for d in dirs], man, sp, tr, seed)
-        stage[name] = res.pop("_stage")
+        stage[name], traits[name] = res.pop("_stage"), res.pop("_traits")
         log.info("%s: %s", name, json.dumps(res, default=float))
         rows += [{"encoder": name, "metric": k, "value": float(v)} for k, v in res.items()]
     (y, pa_, groups), (_, pb_, _) = stage["pretrained"], stage["random_init"]
-    boot = paired_bootstrap_f1(y, pa_, pb_, groups, seed=seed)
-    log.info("stage macro-F1, pretrained - random-init: %s", json.dumps(boot, default=float))
-    rows += [
-        {"encoder": "difference", "metric": f"stage_macro_f1_diff{sfx}", "value": float(boot[k])}
-        for k, sfx in (("diff", ""), ("lo", "_lo"), ("hi", "_hi"))
-    ]
+    diffs = {"stage_macro_f1": paired_bootstrap_f1(y, pa_, pb_, groups, seed=seed)}
+    for key, (y, pred_a, groups) in traits["pretrained"].items():
+        if key not in traits["random_init"]:
+            continue
+        y_b, pred_b, groups_b = traits["random_init"][key]
+        if not np.array_equal(groups, groups_b):
+            raise ValueError(f"{key}: the two encoders' test nights differ; cannot pair them")
+        diffs[key] = paired_bootstrap(r2_score, y, pred_a, pred_b, groups, seed=seed)
+    for key, boot in diffs.items():
+        log.info("%s, pretrained - random-init: %s", key, json.dumps(boot, default=float))
+        rows += [
+            {"encoder": "difference", "metric": f"{key}_diff{sfx}", "value": float(boot[k])}
+            for k, sfx in (("diff", ""), ("lo", "_lo"), ("hi", "_hi"))
+        ]
     table = pd.DataFrame(rows)
     with atomic_path(out_tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
@@ -273,6 +305,9 @@ def _probe_png(table: pd.DataFrame, path: str) -> None:
         "ahi_r2",
         "heart_rate_r2",
         "n3_fraction_r2",
+        "ahi_r2_RESP",
+        "heart_rate_r2_EKG",
+        "n3_fraction_r2_BAS",
         "retrieval_top1_mean",
     ]
     wide = table.pivot(index="metric", columns="encoder", values="value").reindex(metrics)
