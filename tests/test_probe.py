@@ -123,3 +123,36 @@ def test_paired_bootstrap_of_an_r2_difference():
     res = paired_bootstrap(r2_score, y, good, bad, np.arange(80), n_boot=300, seed=0)
     assert abs(res["diff"] - (r2_score(y, good) - r2_score(y, bad))) < 1e-12
     assert 0 < res["lo"] < res["diff"] < res["hi"]
+
+
+def _chunks(n_rec: int, per_rec: int, aligned: bool, seed: int) -> pd.DataFrame:
+    """Chunk tables: with ``aligned``, every modality is a noisy copy of one latent per chunk,
+    so each retrieves its own chunk; otherwise independent noise (chance)."""
+    rng = np.random.default_rng(seed)
+    n = n_rec * per_rec
+    latent = rng.standard_normal((n, 16))
+    frame = pd.DataFrame(
+        {
+            "recording_id": np.repeat([f"r{i:02d}" for i in range(n_rec)], per_rec),
+            "chunk_index": np.tile(np.arange(per_rec), n_rec),
+        }
+    )
+    for m in MODALITIES:
+        base = latent if aligned else rng.standard_normal((n, 16))
+        frame[m] = list(base + 0.3 * rng.standard_normal((n, 16)))
+    return frame
+
+
+def test_retrieval_probe_against_chance_and_its_paired_difference(tmp_path):
+    from psgfm.model.probe import paired_bootstrap, retrieval_probe
+
+    good = retrieval_probe(_chunks(20, 16, True, 0), group=32, seed=3)
+    null = retrieval_probe(_chunks(20, 16, False, 0), group=32, seed=3)
+    assert good["retrieval_top1_mean"] > 0.95
+    assert null["retrieval_top1_mean"] < 0.1  # chance 1/32
+    keys_a, hits_a, rec_a = good["_retrieval"]
+    keys_b, hits_b, rec_b = null["_retrieval"]
+    np.testing.assert_array_equal(keys_a, keys_b)  # same chunks, same order: pairable
+    assert len(keys_a) == 320 and abs(hits_a.mean() - good["retrieval_top1_mean"]) < 1e-12
+    res = paired_bootstrap(lambda _y, h: float(np.mean(h)), hits_a, hits_a, hits_b, rec_a)
+    assert res["lo"] > 0.8 and res["n_groups"] == 20
