@@ -541,6 +541,19 @@ def test_embeddings_cover_every_recording_and_are_reproducible(tensors, tmp_path
     expect = (np.stack(ch["BAS"].to_numpy()) * w[:, None]).sum(0) / w.sum()
     got = cm.set_index("recording_id").loc[rid, "BAS"]
     np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6)
+    # the probe's pooling comparison rebuilds the arrays from the stored files: same vectors
+    from psgfm.model.embed import night_vector
+    from psgfm.model.probe import stored_result
+
+    for r in man["recording_id"]:
+        res = stored_result(tmp_path / "e1", r)
+        for pooling, table in ((["token_mean", "token_std"], night), (["chunk_mean"], cm)):
+            vec, present = night_vector(res, pooling)
+            row = table.set_index("recording_id").loc[r]
+            for mi, m in enumerate(MODALITIES):
+                assert present[mi] == (row[m] is not None), (r, m)
+                if present[mi]:
+                    np.testing.assert_allclose(vec[mi], row[m], rtol=1e-5, atol=1e-6)
     # batches of different poolings are not joined
     with pytest.raises(ValueError, match="embed.night_pooling"):
         merge_nights([tmp_path / "e1", tmp_path / "e3"], tmp_path / "night.parquet")
