@@ -457,11 +457,22 @@ def _inverse(J: np.ndarray):
                 np.linalg.cholesky(J[j])
             except np.linalg.LinAlgError:
                 ok[j] = False
-    eig = np.linalg.eigvalsh(J)
-    ok &= eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300)
     inv = np.full_like(J, np.nan)
     if ok.any():
         inv[ok] = np.linalg.inv(J[ok])
+    # well-conditioned: lambda_min > 1e-10 lambda_max. For a positive definite J,
+    # cond <= tr(J) tr(J^-1) <= p^2 cond, so the eigenvalues are needed only in between
+    p = J.shape[1]
+    bound = np.einsum("kii->k", J) * np.einsum("kii->k", inv)
+    sure = ok & np.isfinite(bound) & (bound > 0)
+    good = sure & (bound < 1e10)
+    bad = sure & (bound >= 1e10 * p * p)
+    unsure = np.flatnonzero(ok & ~good & ~bad)
+    ok &= ~bad
+    if len(unsure):
+        eig = np.linalg.eigvalsh(J[unsure])
+        ok[unsure] = eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300)
+    inv[~ok] = np.nan
     return inv, ok
 
 
