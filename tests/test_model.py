@@ -486,6 +486,12 @@ def test_spectral_term_trains_and_resumes_to_the_same_weights(tensors, tmp_path)
     assert not all(torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in c["state_dict"])
     curve = pd.read_csv(tmp_path / "a" / "training_curve.tsv", sep="\t")
     assert curve["spectral_loss"].notna().any()
+    # the best checkpoint minimises the training objective on validation: contrastive loss
+    # plus spectral_weight x the spectral term
+    val = curve[curve["split"] == "validation"]
+    objective = val["loss"] + 1.0 * val["spectral_loss"]
+    assert full["best_validation_loss"] == pytest.approx(objective.min(), rel=1e-12)
+    assert full["best_step"] == int(val["step"].iloc[int(np.argmin(objective.to_numpy()))])
 
 
 # ---------------------------------------------------------------- embeddings

@@ -12,7 +12,8 @@ are clipped, the optimiser and the LR schedule step, and the temperature is clam
   only rank 0 writes.
 - **Validation** every ``eval_every`` steps and at the end, on the ``validation`` split:
   loss and top-1 cross-modal retrieval per term (hits / queries actually made). The best
-  checkpoint is the one with the lowest validation loss.
+  checkpoint is the one with the lowest validation objective: the contrastive loss, plus
+  ``spectral_weight`` times the within-modality term when that is on.
 - **Checkpoints** every ``checkpoint_every`` steps to ``<state_dir>/last.pt``: release layout
   plus optimiser, scheduler, temperature, RNG states, step and data position, config, package
   versions and git commit (:mod:`psgfm.model.checkpoint`). Re-running after a kill resumes
@@ -267,6 +268,17 @@ class _Accumulator:
             out["spectral_loss"] = self.aux / self.aux_n
         out["chunks"] = self.n
         return out
+
+
+def _objective(summary: dict, spectral_weight: float) -> float:
+    """The training objective on a summary: contrastive loss plus ``spectral_weight`` times
+    the within-modality term (when on). The best checkpoint minimises it on validation: with
+    the contrastive loss alone, selection would favour cross-modal alignment over the very
+    term that keeps each modality's own content."""
+    score = summary["loss"]
+    if spectral_weight > 0 and "spectral_loss" in summary:
+        score = score + spectral_weight * summary["spectral_loss"]
+    return float(score)
 
 
 @torch.no_grad()
@@ -532,9 +544,9 @@ def pretrain(
                 if val_loader is not None:
                     va = evaluate(model, val_loader, rt, cfg["precision"])
                     curve.append({**point, "split": "validation", **va})
-                    score = va["loss"]
+                    score = _objective(va, spectral_weight)
                 else:
-                    score = tr["loss"]
+                    score = _objective(tr, spectral_weight)
                 if rt.main and score < best_loss:
                     best_loss = score
                     save_checkpoint(state_dir / "best.pt", payload(score))
