@@ -28,7 +28,16 @@ PATIENT_NAME = "Jane_Doe_Secret"
 # What a run of the workflow needs from the repository: everything else (results/, the
 # generated demo cohort, fetched maps, .snakemake/) is state that no test may depend on.
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources", "profiles", "envs", "cluster")
-STATE = {ROOT / "resources" / "demo", ROOT / "resources" / "phecode_maps"}
+
+
+def _ignored_resources() -> set[Path]:
+    """The folders under resources/ that .gitignore names (generated cohorts such as
+    resources/demo/ and resources/validation/, fetched maps): state, never copied."""
+    lines = (ROOT / ".gitignore").read_text().splitlines()
+    return {ROOT / ln.strip().rstrip("/") for ln in lines if ln.strip().startswith("resources/")}
+
+
+STATE = _ignored_resources()
 
 
 def _ignore_state(folder, names):

@@ -29,6 +29,17 @@ def _jobs(dry_run_output: str) -> dict[str, int]:
     return stats
 
 
+def test_workflow_copies_leave_generated_state_behind(tmp_path):
+    # generated cohorts (resources/demo, resources/validation: gigabytes) and fetched maps are
+    # state: a test's copy of the workflow never carries them, whatever this checkout holds
+    from conftest import STATE
+
+    assert {ROOT / "resources" / d for d in ("demo", "validation", "phecode_maps")} <= STATE
+    wf = copy_workflow(tmp_path / "wf")
+    assert (wf / "resources" / "channel_rules.yaml").exists()
+    assert not any((wf / "resources" / d).exists() for d in ("demo", "validation", "phecode_maps"))
+
+
 def test_dry_run_of_the_demo_dag(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     proc = run_snakemake(wf, "-n", "--cores", "1", "--quiet", "rules")
