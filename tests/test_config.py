@@ -21,6 +21,27 @@ def test_shipped_config_is_valid_and_defaults_fill():
     assert validate_config(partial)["harmonise"]["flat_std_uv"] == 0.1
 
 
+def _layer(base: dict, over: dict) -> dict:
+    """Snakemake's --configfile layering: nested dicts merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _layer(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def test_validation_overlays_are_valid_configs():
+    val = yaml.safe_load((ROOT / "config" / "validation.yaml").read_text())
+    atlas = yaml.safe_load((ROOT / "config" / "validation-atlas.yaml").read_text())
+    cfg = validate_config(_layer(CONFIG, val), "config/validation.yaml")
+    assert cfg["probe"]["enabled"] and cfg["pretrain"]["spectral_weight"] == 1.0
+    both = validate_config(_layer(_layer(CONFIG, val), atlas), "config/validation-atlas.yaml")
+    # the larger atlas cohort: embedded with make validate's encoder, everything else as there
+    assert both["model"]["checkpoint"] == f"{cfg['results']}/model/encoder.pt"
+    assert not both["probe"]["enabled"] and both["results"] != cfg["results"]
+    assert both["atlas"] == cfg["atlas"] and both["embed"] == cfg["embed"]
+    assert both["phenome"]["min_cases"] == cfg["phenome"]["min_cases"]
+
+
 def _reversed_keys(value):
     if isinstance(value, dict):
         return {k: _reversed_keys(value[k]) for k in reversed(list(value))}
