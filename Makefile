@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slurm lint dag report clean validate
+.PHONY: install demo test test-slurm lint dag report clean validate validate-atlas
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,12 @@ VALIDATION_N ?= 300
 validate: install
 	$(BIN)/psgfm demo --out resources/validation --n-subjects $(VALIDATION_N) --hours 1 --seed 20261125
 	$(BIN)/snakemake --cores $(CORES) --configfile config/validation.yaml --rerun-incomplete
+
+# The atlas end to end on a second, larger generated cohort (docs/atlas.md), embedded with the
+# encoder `make validate` pretrained (results-validation/model/encoder.pt must exist).
+validate-atlas: install
+	$(BIN)/psgfm demo --out resources/validation-atlas --n-subjects 600 --hours 1 --seed 20261126
+	$(BIN)/snakemake --cores $(CORES) --configfile config/validation.yaml config/validation-atlas.yaml --rerun-incomplete
 
 # The real-SLURM integration test (tests/test_slurm.py): start a single-node SLURM on this
 # machine (.ci/slurm.sh; root, Debian 12) or join the one another checkout started, run the
