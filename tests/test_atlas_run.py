@@ -88,6 +88,37 @@ def test_pca_and_imputation_use_training_persons_only(synth):
     assert not np.allclose(a[~train], b[~train])
 
 
+def test_pca_per_modality_keeps_a_low_variance_block(synth):
+    night = read_night_embeddings(synth["embeddings"])
+    cohort = build_cohort(night, label_persons(synth["labels"]), synth["persons"], synth["sheet"])
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(cohort.n)  # a trait carried by RESP alone, with little variance
+    for m in cohort.blocks:
+        cohort.blocks[m] = 10.0 * rng.standard_normal((cohort.n, 8))
+    cohort.blocks["RESP"] = 0.5 * np.outer(z, np.ones(8)) + 0.05 * rng.standard_normal(
+        (cohort.n, 8)
+    )
+    train = np.arange(cohort.n) % 5 != 0
+    resp = cohort.present["RESP"]
+
+    def best_corr(F):  # over the columns that vary (missing indicators may not)
+        cols = [j for j in range(F.shape[1]) if np.ptp(F[resp, j]) > 0]
+        return max(abs(np.corrcoef(F[resp, j], z[resp])[0, 1]) for j in cols)
+
+    whole, _ = embedding_features(cohort, train, "concat", 2)
+    per, names = embedding_features(cohort, train, "concat", 2, "modality")
+    assert best_corr(per) > 0.99 and best_corr(whole) < 0.5
+    n_missing = sum(not cohort.present[m].all() for m in cohort.blocks)
+    assert per.shape[1] == 4 * 2 + n_missing and names[:3] == ["BAS_pc1", "BAS_pc2", "RESP_pc1"]
+    # each block's PCA is fitted on training persons only
+    for m in cohort.blocks:
+        cohort.blocks[m][~train] *= -3.0
+    again, _ = embedding_features(cohort, train, "concat", 2, "modality")
+    np.testing.assert_allclose(per[train], again[train])
+    with pytest.raises(AtlasInputError, match="combine: concat"):
+        embedding_features(cohort, train, "mean", 2, "modality")
+
+
 def test_kfold_is_a_seeded_subject_partition(tmp_path):
     ids = np.array([f"S{i}" for i in range(103)], dtype=object)
     f = assign_folds(ids, {"method": "kfold", "folds": 5}, seed=1)

@@ -318,10 +318,35 @@ def assign_folds(person_id: np.ndarray, split: dict, seed: int) -> np.ndarray:
     raise AtlasInputError(f"{path}: needs a column fold (integers) or set (train/test).")
 
 
+def _pca(feats: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:
+    """Scores on the first ``k`` principal components of ``feats[train]`` (centred on the
+    training mean; deterministic signs: each component's largest loading is positive)."""
+    mu = feats[train].mean(axis=0)
+    _, _, vt = np.linalg.svd(feats[train] - mu, full_matrices=False)
+    k = min(k, vt.shape[0])
+    sign = np.sign(vt[np.arange(k), np.abs(vt[:k]).argmax(axis=1)])
+    return (feats - mu) @ (vt[:k].T * sign)
+
+
 def embedding_features(
-    cohort: Cohort, train: np.ndarray, combine: str, pca_components: int | None
+    cohort: Cohort,
+    train: np.ndarray,
+    combine: str,
+    pca_components: int | None,
+    pca_scope: str = "all",
 ) -> tuple[np.ndarray, list[str]]:
-    """(N, F) embedding features for every person, using statistics of ``train`` only."""
+    """(N, F) embedding features for every person, using statistics of ``train`` only.
+
+    ``pca_scope``: ``all`` reduces the combined features to ``pca_components``; ``modality``
+    (with ``combine: concat``) reduces each modality's block to ``pca_components`` of its own,
+    so a block of low variance (e.g. respiration beside EEG) keeps its own leading directions;
+    missing-modality indicators are kept as they are."""
+    if pca_scope not in ("all", "modality"):
+        raise AtlasInputError(f"atlas.pca_scope must be all or modality, not {pca_scope!r}.")
+    if pca_scope == "modality" and combine != "concat":
+        raise AtlasInputError(
+            "atlas.pca_scope: modality needs atlas.combine: concat (a PCA per modality block)."
+        )
     mods = list(cohort.blocks)
     if combine == "mean":
         stack = np.stack([cohort.blocks[m] for m in mods])  # (M, N, D)
@@ -340,8 +365,12 @@ def embedding_features(
             tr = train & p
             fill = b[tr].mean(axis=0) if tr.any() else np.zeros(b.shape[1])
             b[~p] = fill
+            if pca_components and pca_scope == "modality":
+                b = _pca(b, train, int(pca_components))
+                names += [f"{m}_pc{j + 1}" for j in range(b.shape[1])]
+            else:
+                names += [f"{m}_{j}" for j in range(b.shape[1])]
             parts.append(b)
-            names += [f"{m}_{j}" for j in range(b.shape[1])]
         for m in mods:
             if not cohort.present[m].all():
                 parts.append((~cohort.present[m]).astype(np.float64)[:, None])
@@ -349,13 +378,7 @@ def embedding_features(
         feats = np.hstack(parts)
     else:
         raise AtlasInputError(f"atlas.combine must be mean or concat, not {combine!r}.")
-    if pca_components:
-        k = int(pca_components)
-        mu = feats[train].mean(axis=0)
-        _, _, vt = np.linalg.svd(feats[train] - mu, full_matrices=False)
-        k = min(k, vt.shape[0])
-        # deterministic signs: the largest loading of each component is positive
-        sign = np.sign(vt[np.arange(k), np.abs(vt[:k]).argmax(axis=1)])
-        feats = (feats - mu) @ (vt[:k].T * sign)
-        names = [f"pc{j + 1}" for j in range(k)]
+    if pca_components and pca_scope == "all":
+        feats = _pca(feats, train, int(pca_components))
+        names = [f"pc{j + 1}" for j in range(feats.shape[1])]
     return feats, names

@@ -47,6 +47,7 @@ DEFAULTS = {
     "modalities": ["BAS", "RESP", "EKG", "EMG"],
     "combine": "mean",
     "pca_components": None,
+    "pca_scope": "all",
     "covariates": {"table": None, "columns": []},
     "penalizer": 0.01,
     "penalizer_demographics": 0.0,
@@ -197,7 +198,9 @@ def fit_folds(
     for fi, f in enumerate(fold_ids):
         train, test = folds != f, folds == f
         if with_embedding:
-            E, _ = embedding_features(cohort, train, cfg["combine"], cfg["pca_components"])
+            E, _ = embedding_features(
+                cohort, train, cfg["combine"], cfg["pca_components"], cfg["pca_scope"]
+            )
             X = np.hstack([E, D])
             pen = np.r_[np.full(E.shape[1], cfg["penalizer"]), np.full(D.shape[1], 0.0)]
         else:
