@@ -40,6 +40,11 @@ def test_validation_overlays_are_valid_configs():
     assert not both["probe"]["enabled"] and both["results"] != cfg["results"]
     assert both["atlas"] == cfg["atlas"] and both["embed"] == cfg["embed"]
     assert both["phenome"]["min_cases"] == cfg["phenome"]["min_cases"]
+    third = yaml.safe_load((ROOT / "config" / "validation-atlas2.yaml").read_text())
+    follow = validate_config(_layer(cfg, third), "config/validation-atlas2.yaml")
+    assert follow["model"]["checkpoint"] == both["model"]["checkpoint"]
+    assert (follow["atlas"]["combine"], follow["atlas"]["pca_scope"]) == ("concat", "modality")
+    assert follow["demo"]["seed"] not in (cfg["demo"]["seed"], both["demo"]["seed"])
 
 
 def _reversed_keys(value):
