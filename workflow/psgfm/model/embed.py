@@ -137,10 +137,11 @@ def night_vector(res: dict, pooling=("token_mean", "token_std")) -> tuple[np.nda
     real = mm[:, :, None] & pm[:, None, :]  # (N, M, P): real tokens of present modalities
     count = real.sum((0, 2)).astype(np.float64)  # (M,)
     denom = np.where(count > 0, count, 1.0)[:, None]
-    tokens = res["tokens"].astype(np.float64)  # (N, M, P, D)
-    w = real.astype(np.float64)
     parts = []
-    mean = np.einsum("nmp,nmpd->md", w, tokens) / denom
+    if {"token_mean", "token_std"} & set(pooling):  # token statistics only when asked for
+        tokens = res["tokens"].astype(np.float64)  # (N, M, P, D)
+        w = real.astype(np.float64)
+        mean = np.einsum("nmp,nmpd->md", w, tokens) / denom
     for p in pooling:
         if p == "token_mean":
             parts.append(mean)

@@ -389,13 +389,9 @@ def pooling_table(results: str | Path, truth: str | Path, poolings=None) -> pd.D
     subj = {s["recording_id"]: s for s in json.loads(Path(truth).read_text())["subjects"]}
     rows = []
     for enc, root in (("pretrained", "embeddings"), ("random_init", "probe/random_init")):
-        stored = {
-            f.name.removesuffix(".tokens.parquet"): stored_result(
-                f.parent, f.name.removesuffix(".tokens.parquet")
-            )
-            for f in sorted((results / root).glob("*/*.tokens.parquet"))
-            if f.name.removesuffix(".tokens.parquet") in split.index
-        }
+        files = sorted((results / root).glob("*/*.tokens.parquet"))
+        rids = {f: f.name.removesuffix(".tokens.parquet") for f in files}
+        stored = {r: stored_result(f.parent, r) for f, r in rids.items() if r in split.index}
         for pooling in poolings:
             recs = []
             for rid, res in stored.items():
