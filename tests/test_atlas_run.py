@@ -267,3 +267,23 @@ def test_atlas_rules_run_under_snakemake(synth, tmp_path):
     assert set(table["phecode"]) == set(PHECODES)
     for name in ("manhattan", "forest", "c_model_vs_baseline", "km_risk_quartiles", "calibration"):
         assert (results / "atlas" / "plots" / f"{name}.png").stat().st_size > 5000
+
+
+def test_penalizer_chosen_per_phecode_by_inner_cross_validation(synth, batch):
+    codes = ["401.1", "540.0"]  # a planted link and a null phecode
+    grid = run_batch(codes, **_io(synth), config={**CFG, "penalizer": [0.01, 1000.0]})
+    t = grid["table"].set_index("phecode")
+    picks = {c: t.loc[c, "penalizer"].split(";") for c in codes}
+    assert all(len(v) == 5 and set(v) <= {"0.01", "1000"} for v in picks.values())
+    assert picks["401.1"].count("0.01") >= 4  # the link is kept in (nearly) every fold
+    assert picks["540.0"].count("1000") >= 4  # the null is shrunk to the baseline
+    assert t.loc["401.1", "delta_c_harrell_lo"] > 0
+    # shrunk to the baseline: the model's held-out C is the baseline's, within 0.01
+    assert abs(t.loc["540.0", "delta_c_harrell"]) < 0.01
+    # one candidate is the fixed penalizer
+    one = run_batch(codes, **_io(synth), config={**CFG, "penalizer": [0.01]})
+    fixed = batch["table"].set_index("phecode").loc[codes]
+    np.testing.assert_allclose(
+        one["table"].set_index("phecode")["c_harrell"], fixed["c_harrell"], atol=1e-12
+    )
+    assert set(fixed["penalizer"]) == {"0.01;0.01;0.01;0.01;0.01"}

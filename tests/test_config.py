@@ -45,6 +45,18 @@ def test_validation_overlays_are_valid_configs():
     assert follow["model"]["checkpoint"] == both["model"]["checkpoint"]
     assert (follow["atlas"]["combine"], follow["atlas"]["pca_scope"]) == ("concat", "modality")
     assert follow["demo"]["seed"] not in (cfg["demo"]["seed"], both["demo"]["seed"])
+    fourth = yaml.safe_load((ROOT / "config" / "validation-atlas3.yaml").read_text())
+    check = validate_config(_layer(cfg, fourth), "config/validation-atlas3.yaml")
+    assert check["atlas"]["penalizer"] == [0.01, 0.1, 1, 10, 100]
+    assert check["atlas"]["pca_components"] is None and check["atlas"]["combine"] == "concat"
+    seeds = {cfg["demo"]["seed"], both["demo"]["seed"], follow["demo"]["seed"]}
+    assert check["demo"]["seed"] not in seeds
+    assert len({check["results"], follow["results"], both["results"], cfg["results"]}) == 4
+    # the oracle command's --configfile reads the same layered atlas block
+    from psgfm.atlas.validate import atlas_block
+
+    files = [ROOT / "config" / "validation.yaml", ROOT / "config" / "validation-atlas3.yaml"]
+    assert atlas_block(files) == check["atlas"]
 
 
 def _reversed_keys(value):
@@ -73,6 +85,8 @@ def test_key_order_does_not_change_what_rules_receive():
         (lambda c: c["export"].update(dtype="int8"), r"export.dtype.*'int8' is not one of"),
         (lambda c: c.pop("samples"), r"'samples' is a required property"),
         (lambda c: c["export"].update(chunk_seconds=301), r"multiple of export.patch_seconds"),
+        (lambda c: c["atlas"].update(penalizer=[]), r"atlas.penalizer"),
+        (lambda c: c["atlas"].update(penalizer=[0.1, -1]), r"atlas.penalizer"),
     ],
 )
 def test_invalid_config_is_reported(mutate, match):

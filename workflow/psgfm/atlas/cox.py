@@ -123,6 +123,18 @@ def _as_rows(a, name: str, n: int, dtype) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
+def _penalty_vector(penalizer, p: int) -> np.ndarray:
+    pen = np.asarray(penalizer, dtype=np.float64)
+    if pen.ndim == 0:
+        pen = np.full(p, float(pen))
+    if pen.shape != (p,) or not np.isfinite(pen).all() or (pen < 0).any():
+        raise CoxInputError(
+            f"penalizer must be a non-negative number or an array of {p} non-negative numbers "
+            f"(one per column of X); got {penalizer!r}."
+        )
+    return pen
+
+
 def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
     """Check and normalise the arguments of :func:`fit_cox`; raise CoxInputError if unusable."""
     X = np.asarray(X, dtype=np.float64)
@@ -161,14 +173,7 @@ def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
         raise CoxInputError(
             f"time must be >= 0 for every included person; found {t_in[t_in < 0][:5].tolist()}."
         )
-    pen = np.asarray(penalizer, dtype=np.float64)
-    if pen.ndim == 0:
-        pen = np.full(p, float(pen))
-    if pen.shape != (p,) or not np.isfinite(pen).all() or (pen < 0).any():
-        raise CoxInputError(
-            f"penalizer must be a non-negative number or an array of {p} non-negative numbers "
-            f"(one per column of X); got {penalizer!r}."
-        )
+    pen = _penalty_vector(penalizer, p)
     if columns is None:
         columns = np.ones((k, p), dtype=bool)
     else:
@@ -893,3 +898,83 @@ def fit_cox(
             init=init,
             compute_se=compute_se,
         )
+
+
+def partial_loglik(X, time, event, include=None, coef=None) -> np.ndarray:
+    """(K,) Efron partial log-likelihood (no penalty) of ``coef`` (K, P) per outcome, over that
+    outcome's included persons. NaN coefficients (columns not in a model) count 0.
+
+    Used for the cross-validated partial likelihood of penalizer selection (Verweij & van
+    Houwelingen 1993): a coefficient vector fitted without some persons is scored on a person
+    set of the caller's choosing."""
+    X, time, event, include, _, _ = validate_inputs(X, time, event, include)
+    k = time.shape[0]
+    coef = np.nan_to_num(np.atleast_2d(np.asarray(coef, dtype=np.float64)), nan=0.0)
+    if coef.shape != (k, X.shape[1]):
+        raise CoxInputError(f"coef must have shape ({k}, {X.shape[1]}); got {coef.shape}.")
+    ll = np.zeros(k)
+    has = (event & include).any(axis=1)
+    if has.any():
+        S = _sorted_structure(time[has], event[has], include[has])
+        ll[has] = _evaluate(S, X, coef[has]).ll
+    return ll
+
+
+def cv_penalizer(
+    X,
+    time,
+    event,
+    include,
+    penalizers,
+    inner_folds,
+    columns=None,
+    **fit_kw,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Choose per outcome the penalizer with the largest cross-validated partial likelihood.
+
+    ``penalizers``: G candidates, each a number or a (P,) array as :func:`fit_cox` takes it.
+    ``inner_folds``: (N,) fold label of each person. For every candidate and fold i the models
+    are fitted without fold i (all outcomes at once, warm-started along the path from the
+    largest penalty down) and scored by Verweij & van Houwelingen's contribution
+    ``l(b_-i; all persons) - l(b_-i; persons outside fold i)`` (the Efron partial likelihood
+    of the held-out persons within the full risk sets). Returns ``(best, cvpl)``: ``best`` (K,)
+    the index into ``penalizers`` per outcome, ``cvpl`` (G, K) the summed scores (-inf where a
+    fit failed: singular, separation or no events). Ties, and outcomes where every candidate
+    failed, go to the largest penalty."""
+    X, time, event, include, _, columns = validate_inputs(X, time, event, include, 0.0, columns)
+    folds = np.asarray(inner_folds)
+    if folds.shape != (X.shape[0],):
+        raise CoxInputError(f"inner_folds must have one label per person ({X.shape[0]}).")
+    pens = [_penalty_vector(v, X.shape[1]) for v in penalizers]
+    if not pens:
+        raise CoxInputError("penalizers is empty; give at least one candidate.")
+    k = time.shape[0]
+    order = sorted(range(len(pens)), key=lambda g: -float(pens[g].sum()))
+    cvpl = np.zeros((len(pens), k))
+    fit_kw = {"compute_se": False, **fit_kw}
+    for f in np.unique(folds):
+        out = folds != f
+        inc_out = include & out[None, :]
+        init = None
+        for g in order:
+            res = fit_cox(
+                X[out],
+                time[:, out],
+                event[:, out],
+                include[:, out],
+                pens[g],
+                columns,
+                init=init,
+                **fit_kw,
+            )
+            ok = np.array([s in ("ok", "not_converged") for s in res.status])
+            coef = np.nan_to_num(res.coef, nan=0.0)
+            score = partial_loglik(X, time, event, include, coef) - partial_loglik(
+                X, time, event, inc_out, coef
+            )
+            cvpl[g] += np.where(ok, score, -np.inf)
+            init = coef
+    best = np.array(
+        [max(order, key=lambda g, j=j: (cvpl[g, j], -order.index(g))) for j in range(k)]
+    )
+    return best, cvpl

@@ -28,7 +28,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from psgfm.atlas import metrics as M
-from psgfm.atlas.cox import fit_cox
+from psgfm.atlas.cox import cv_penalizer, fit_cox
 from psgfm.atlas.design import (
     TRAIN_ONLY,
     AtlasInputError,
@@ -51,6 +51,7 @@ DEFAULTS = {
     "covariates": {"table": None, "columns": []},
     "penalizer": 0.01,
     "penalizer_demographics": 0.0,
+    "penalizer_folds": 5,
     "backend": "fast",
     "hessian_dtype": "float32",
     "max_iter": 50,
@@ -161,6 +162,7 @@ class FoldFits:
     fold_ids: np.ndarray
     status: list[str]  # worst status over folds per phecode
     message: list[str]
+    penalizer: list[str]  # embedding penalizer per fold ("0.1;1;..."), "" for the baseline
 
 
 def _demographics(cohort: Cohort) -> tuple[np.ndarray, list[str]]:
@@ -175,6 +177,18 @@ def _worst(statuses: list[str]) -> str:
     return "ok"
 
 
+def penalizer_grid(cfg: dict) -> list[float]:
+    """The embedding penalizer candidates: ``atlas.penalizer`` as a list (one value: fixed)."""
+    pen = cfg["penalizer"]
+    return [float(v) for v in (pen if isinstance(pen, (list, tuple)) else [pen])]
+
+
+def inner_folds(n: int, k: int, seed) -> np.ndarray:
+    """(n,) inner fold labels 0..k-1 in random order, as balanced as n allows."""
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.arange(n) % k)
+
+
 def fit_folds(
     cohort: Cohort,
     folds: np.ndarray,
@@ -186,7 +200,11 @@ def fit_folds(
     eval_days: np.ndarray,
     with_embedding: bool,
 ) -> FoldFits:
-    """Fit the model (or the baseline) per held-out fold; pool the held-out predictions."""
+    """Fit the model (or the baseline) per held-out fold; pool the held-out predictions.
+
+    With several ``atlas.penalizer`` values the model's embedding penalizer is chosen per
+    phecode and fold by the cross-validated partial likelihood over ``penalizer_folds`` inner
+    folds of that fold's training persons (:func:`psgfm.atlas.cox.cv_penalizer`)."""
     k, n = time.shape
     D, dnames = _demographics(cohort)
     fold_ids = np.unique(folds[folds != TRAIN_ONLY])
@@ -194,6 +212,14 @@ def fit_folds(
     cumhaz = np.full((k, len(fold_ids), len(eval_days)), np.nan)
     statuses = [[] for _ in range(k)]
     messages = [[] for _ in range(k)]
+    chosen = [[] for _ in range(k)]
+    grid = penalizer_grid(cfg) if with_embedding else [0.0]
+    fit_kw = {
+        "backend": cfg["backend"],
+        "max_iter": cfg["max_iter"],
+        "hessian_dtype": cfg["hessian_dtype"],
+        "compute_se": False,
+    }
     init = None
     for fi, f in enumerate(fold_ids):
         train, test = folds != f, folds == f
@@ -202,38 +228,59 @@ def fit_folds(
                 cohort, train, cfg["combine"], cfg["pca_components"], cfg["pca_scope"]
             )
             X = np.hstack([E, D])
-            pen = np.r_[np.full(E.shape[1], cfg["penalizer"]), np.full(D.shape[1], 0.0)]
         else:
             X = D
-            pen = np.zeros(D.shape[1])
-        pen[X.shape[1] - D.shape[1] :] = cfg["penalizer_demographics"]
+        n_emb = X.shape[1] - D.shape[1]
+        pens = [
+            np.r_[np.full(n_emb, g), np.full(D.shape[1], cfg["penalizer_demographics"])]
+            for g in grid
+        ]
         cols = np.ones((k, X.shape[1]), dtype=bool)
-        cols[sex_restricted, X.shape[1] - D.shape[1] + dnames.index("male")] = False
+        cols[sex_restricted, n_emb + dnames.index("male")] = False
+        best = np.zeros(k, dtype=np.int64)
+        if len(grid) > 1:
+            inner = inner_folds(
+                int(train.sum()), cfg["penalizer_folds"], [cfg["seed"], 0x1AB0DA, int(f)]
+            )
+            best, _ = cv_penalizer(
+                X[train],
+                time[:, train],
+                event[:, train],
+                include[:, train],
+                pens,
+                inner,
+                columns=cols,
+                **fit_kw,
+            )
         warm = (
             init if (init is not None and not (with_embedding and cfg["pca_components"])) else None
         )
-        res = fit_cox(
-            X[train],
-            time[:, train],
-            event[:, train],
-            include[:, train],
-            penalizer=pen,
-            columns=cols,
-            backend=cfg["backend"],
-            max_iter=cfg["max_iter"],
-            hessian_dtype=cfg["hessian_dtype"],
-            compute_se=False,
-            init=warm,
-        )
-        init = np.nan_to_num(res.coef, nan=0.0)
-        lp_test = res.linear_predictor(X[test]) - res.offset[:, None]
-        ok = np.array([s in ("ok", "not_converged") for s in res.status], dtype=bool)
-        lp[:, test] = np.where(ok[:, None] & include[:, test], lp_test, np.nan)
-        cumhaz[:, fi] = res.cumulative_hazard(eval_days)
-        for j in range(k):
-            statuses[j].append(res.status[j])
-            if res.message[j]:
-                messages[j].append(f"fold {f}: {res.message[j]}")
+        coef_all = np.zeros((k, X.shape[1]))
+        for g in np.unique(best):
+            rows = np.flatnonzero(best == g)
+            res = fit_cox(
+                X[train],
+                time[rows][:, train],
+                event[rows][:, train],
+                include[rows][:, train],
+                penalizer=pens[g],
+                columns=cols[rows],
+                init=None if warm is None else warm[rows],
+                **fit_kw,
+            )
+            coef_all[rows] = np.nan_to_num(res.coef, nan=0.0)
+            lp_test = res.linear_predictor(X[test]) - res.offset[:, None]
+            ok = np.array([s in ("ok", "not_converged") for s in res.status], dtype=bool)
+            lp[np.ix_(rows, np.flatnonzero(test))] = np.where(
+                ok[:, None] & include[rows][:, test], lp_test, np.nan
+            )
+            cumhaz[rows, fi] = res.cumulative_hazard(eval_days)
+            for r, j in enumerate(rows):
+                statuses[j].append(res.status[r])
+                if res.message[r]:
+                    messages[j].append(f"fold {f}: {res.message[r]}")
+                chosen[j].append(f"{grid[g]:g}")
+        init = coef_all
     return FoldFits(
         lp=lp,
         fold=folds,
@@ -241,6 +288,7 @@ def fit_folds(
         fold_ids=fold_ids,
         status=[_worst(s) for s in statuses],
         message=["; ".join(m) for m in messages],
+        penalizer=[";".join(c) if with_embedding else "" for c in chosen],
     )
 
 
@@ -481,6 +529,7 @@ def _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, ou
             "status_model": model.status[j],
             "status_baseline": base.status[j],
             "converged": model.status[j] == "ok" and base.status[j] == "ok",
+            "penalizer": model.penalizer[j],
             "fit_messages": "; ".join(m for m in (model.message[j], base.message[j]) if m),
         }
         try:

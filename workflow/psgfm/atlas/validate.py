@@ -135,6 +135,28 @@ def summarise(df: pd.DataFrame, alpha: float = 0.05) -> dict:
     }
 
 
+def atlas_block(configfiles) -> dict:
+    """The validated ``atlas`` block of config/config.yaml with ``configfiles`` layered over it
+    (nested dicts merge, everything else replaces: snakemake's ``--configfile``)."""
+    from pathlib import Path
+
+    import yaml
+
+    from psgfm.config import validate_config
+
+    def layer(base, over):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = layer(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    root = Path(__file__).resolve().parents[3]
+    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    for f in configfiles:
+        cfg = layer(cfg, yaml.safe_load(Path(f).read_text()) or {})
+    return dict(validate_config(cfg, " + ".join(map(str, configfiles)))["atlas"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=40)
@@ -154,6 +176,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--truth", help="truth.json of the generated cohort (--oracle)")
     ap.add_argument("--sheet", help="its sample sheet (--oracle)")
+    ap.add_argument(
+        "--configfile",
+        nargs="+",
+        default=[],
+        help="config files layered over config/config.yaml as snakemake does; their atlas "
+        "block is the oracle's (--oracle; --pca and --min-events override it)",
+    )
     ap.add_argument("--pca", type=int, default=None, help="atlas.pca_components (--oracle)")
     ap.add_argument("--min-events", type=int, default=None, help="atlas.min_events (--oracle)")
     ap.add_argument("--map", default="resources/phecode_maps/phecode12.csv")
@@ -162,11 +191,14 @@ def main(argv=None) -> int:
         if args.oracle:
             if not (args.truth and args.sheet):
                 ap.error("--oracle needs --truth and --sheet")
-            cfg = {
-                k: v
-                for k, v in {"pca_components": args.pca, "min_events": args.min_events}.items()
-                if v is not None
-            }
+            cfg = atlas_block(args.configfile) if args.configfile else {}
+            cfg.update(
+                {
+                    k: v
+                    for k, v in {"pca_components": args.pca, "min_events": args.min_events}.items()
+                    if v is not None
+                }
+            )
             results, out = args.oracle
             t = oracle_atlas_run(results, args.truth, args.sheet, out, atlas_config=cfg)
         else:
