@@ -5,6 +5,7 @@ and traits without an effect are significant at about the nominal false-positive
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from psgfm.atlas.validate import coverage_run, planted_survival, summarise
@@ -79,3 +80,53 @@ def test_oracle_run_reproduces_the_stand_in_run(tmp_path):
     )
     assert len(direct) > 5 and (direct["status_model"] == "ok").any()
     pd.testing.assert_frame_equal(direct, oracle)
+
+
+def _tiny_cohort(root, n, pooling=b"token_mean,token_std"):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "ehr").mkdir(parents=True)
+    ids = [f"S{i:03d}" for i in range(1, n + 1)]
+    pq.write_table(pa.table({"person_id": ids, "sex": ["M"] * n}), root / "ehr/persons.parquet")
+    pq.write_table(
+        pa.table({"person_id": ids[:1] * 2, "code": ["I10", "I10"]}),
+        root / "ehr/diagnoses.parquet",
+    )
+    pd.DataFrame(
+        {"recording_id": [f"demo-{i:03d}" for i in range(1, n + 1)], "subject_id": ids}
+    ).to_csv(root / "recordings.tsv", sep="\t", index=False)
+    (root / "embeddings").mkdir()
+    night = pa.table(
+        {"recording_id": [f"demo-{i:03d}" for i in range(1, n + 1)], "subject_id": ids}
+    )
+    pq.write_table(
+        night.replace_schema_metadata({b"psgfm.night_pooling": pooling}),
+        root / "embeddings/night.parquet",
+    )
+    return root
+
+
+def test_pooled_cohorts_keep_their_persons_apart(tmp_path):
+    import pyarrow.parquet as pq
+
+    from psgfm.atlas.validate import pool_inputs
+
+    a, b = _tiny_cohort(tmp_path / "a", 3), _tiny_cohort(tmp_path / "b", 2)
+    paths = pool_inputs([("c3", a, a), ("c4", b, b)], tmp_path / "pool")
+    persons = pq.read_table(paths["persons"]).column("person_id").to_pylist()
+    assert persons == ["c3-S001", "c3-S002", "c3-S003", "c4-S001", "c4-S002"]
+    assert (
+        pq.read_table(paths["diagnoses"]).column("person_id").to_pylist()
+        == ["c3-S001"] * 2 + ["c4-S001"] * 2
+    )
+    sheet = pd.read_csv(paths["sheet"], sep="\t")
+    night = pq.read_table(paths["night"])
+    assert sheet["recording_id"].tolist() == night.column("recording_id").to_pylist()
+    assert sheet["subject_id"].tolist() == persons
+    assert night.schema.metadata == {b"psgfm.night_pooling": b"token_mean,token_std"}
+    with pytest.raises(ValueError, match="distinct"):
+        pool_inputs([("c3", a, a), ("c3", b, b)], tmp_path / "pool2")
+    c = _tiny_cohort(tmp_path / "c", 2, pooling=b"chunk_mean")
+    with pytest.raises(ValueError, match="night pooling differs"):
+        pool_inputs([("c3", a, a), ("c5", c, c)], tmp_path / "pool3")

@@ -135,9 +135,9 @@ def summarise(df: pd.DataFrame, alpha: float = 0.05) -> dict:
     }
 
 
-def atlas_block(configfiles) -> dict:
-    """The validated ``atlas`` block of config/config.yaml with ``configfiles`` layered over it
-    (nested dicts merge, everything else replaces: snakemake's ``--configfile``)."""
+def layered_config(configfiles) -> dict:
+    """config/config.yaml with ``configfiles`` layered over it (nested dicts merge, everything
+    else replaces: snakemake's ``--configfile``), validated with defaults filled."""
     from pathlib import Path
 
     import yaml
@@ -154,7 +154,12 @@ def atlas_block(configfiles) -> dict:
     cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
     for f in configfiles:
         cfg = layer(cfg, yaml.safe_load(Path(f).read_text()) or {})
-    return dict(validate_config(cfg, " + ".join(map(str, configfiles)))["atlas"])
+    return validate_config(cfg, " + ".join(map(str, configfiles)))
+
+
+def atlas_block(configfiles) -> dict:
+    """The validated ``atlas`` block of :func:`layered_config`."""
+    return dict(layered_config(configfiles)["atlas"])
 
 
 def main(argv=None) -> int:
@@ -174,6 +179,13 @@ def main(argv=None) -> int:
         help="instead: the atlas of a generated cohort's workflow run (its phenome outputs) "
         "with stand-in embeddings built from the planted traits (needs --truth, --sheet)",
     )
+    ap.add_argument(
+        "--pool",
+        nargs="+",
+        metavar="OUT_DIR PREFIX:RESOURCES:RESULTS",
+        help="instead: the phenome and atlas stages over generated cohorts pooled into OUT_DIR "
+        "(ids prefixed by PREFIX; blocks of --configfile)",
+    )
     ap.add_argument("--truth", help="truth.json of the generated cohort (--oracle)")
     ap.add_argument("--sheet", help="its sample sheet (--oracle)")
     ap.add_argument(
@@ -187,8 +199,15 @@ def main(argv=None) -> int:
     ap.add_argument("--min-events", type=int, default=None, help="atlas.min_events (--oracle)")
     ap.add_argument("--map", default="resources/phecode_maps/phecode12.csv")
     args = ap.parse_args(argv)
-    if args.end_to_end or args.oracle:
-        if args.oracle:
+    if args.end_to_end or args.oracle or args.pool:
+        if args.pool:
+            if len(args.pool) < 2:
+                ap.error("--pool needs OUT_DIR and at least one PREFIX:RESOURCES:RESULTS")
+            cohorts = [tuple(c.split(":")) for c in args.pool[1:]]
+            if any(len(c) != 3 for c in cohorts):
+                ap.error("--pool cohorts are PREFIX:RESOURCES:RESULTS")
+            t = pooled_atlas_run(cohorts, args.pool[0], args.configfile, args.map)
+        elif args.oracle:
             if not (args.truth and args.sheet):
                 ap.error("--oracle needs --truth and --sheet")
             cfg = atlas_block(args.configfile) if args.configfile else {}
@@ -381,6 +400,97 @@ def oracle_atlas_run(results, truth, sheet, out_dir, atlas_config=None, seed: in
     pq.write_table(stand_in_embeddings(traits, seed), out / "night.parquet")
     io = _atlas_inputs(out / "night.parquet", results / "phenome", Path(sheet))
     return atlas_from(io, out, {"seed": seed, **(atlas_config or {})})
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooled generated cohorts
+# ---------------------------------------------------------------------------------------------
+
+
+def pool_inputs(cohorts, out_dir) -> dict:
+    """Pool generated cohorts' inputs of the phenome and atlas stages into ``out_dir``.
+
+    ``cohorts``: (prefix, resources_dir, results_dir) per cohort, where resources_dir holds
+    ``ehr/persons.parquet``, ``ehr/diagnoses.parquet`` and ``recordings.tsv`` and results_dir
+    ``embeddings/night.parquet``. Person, subject and recording ids get ``{prefix}-`` so that
+    cohorts drawn with different seeds (which reuse ids like S001) stay distinct persons.
+    Returns the pooled paths (persons, diagnoses, sheet, night)."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prefixes = [c[0] for c in cohorts]
+    if len(set(prefixes)) != len(prefixes) or not all(prefixes):
+        raise ValueError(f"cohort prefixes must be distinct and non-empty; got {prefixes}.")
+
+    def pre(table, prefix, cols):
+        for c in cols:
+            i = table.schema.get_field_index(c)
+            table = table.set_column(
+                i, c, pc.binary_join_element_wise(prefix, table[c].cast(pa.string()), "-")
+            )
+        return table
+
+    persons, diagnoses, sheets, nights = [], [], [], []
+    metadata = None
+    for prefix, res, results in cohorts:
+        res, results = Path(res), Path(results)
+        persons.append(pre(pq.read_table(res / "ehr" / "persons.parquet"), prefix, ["person_id"]))
+        diagnoses.append(
+            pre(pq.read_table(res / "ehr" / "diagnoses.parquet"), prefix, ["person_id"])
+        )
+        sheet = pd.read_csv(res / "recordings.tsv", sep="\t", dtype=str, keep_default_na=False)
+        for c in ("recording_id", "subject_id"):
+            sheet[c] = prefix + "-" + sheet[c]
+        sheets.append(sheet)
+        night = pq.read_table(results / "embeddings" / "night.parquet")
+        if metadata is not None and night.schema.metadata != metadata:
+            raise ValueError(
+                f"{results}/embeddings/night.parquet: its night pooling differs from the first "
+                "cohort's; pool only cohorts embedded the same way."
+            )
+        metadata = night.schema.metadata
+        nights.append(pre(night, prefix, ["recording_id", "subject_id"]))
+    paths = {
+        "persons": out / "persons.parquet",
+        "diagnoses": out / "diagnoses.parquet",
+        "sheet": out / "recordings.tsv",
+        "night": out / "night.parquet",
+    }
+    pq.write_table(pa.concat_tables(persons, promote_options="permissive"), paths["persons"])
+    pq.write_table(pa.concat_tables(diagnoses, promote_options="permissive"), paths["diagnoses"])
+    pd.concat(sheets, ignore_index=True).to_csv(paths["sheet"], sep="\t", index=False)
+    night = pa.concat_tables(nights).replace_schema_metadata(metadata)
+    pq.write_table(night, paths["night"])
+    return paths
+
+
+def pooled_atlas_run(cohorts, out_dir, configfiles, map_csv) -> pd.DataFrame:
+    """The phenome and atlas stages over pooled generated cohorts (:func:`pool_inputs`), with
+    the ``phenome`` and ``atlas`` blocks of ``configfiles`` layered over config/config.yaml."""
+    from pathlib import Path
+
+    from psgfm.phenome.build import run_phenome
+
+    out = Path(out_dir)
+    paths = pool_inputs(cohorts, out)
+    cfg = layered_config(configfiles)
+    ph = out / "phenome"
+    ph.mkdir(parents=True, exist_ok=True)
+    run_phenome(
+        str(paths["diagnoses"]),
+        str(paths["persons"]),
+        str(paths["sheet"]),
+        str(map_csv),
+        out={k: ph / v for k, v in PHENOME_OUTPUTS.items()},
+        config=cfg["phenome"],
+    )
+    io = _atlas_inputs(paths["night"], ph, paths["sheet"])
+    return atlas_from(io, out, dict(cfg["atlas"]))
 
 
 if __name__ == "__main__":
