@@ -52,6 +52,10 @@ def test_validation_overlays_are_valid_configs():
     seeds = {cfg["demo"]["seed"], both["demo"]["seed"], follow["demo"]["seed"]}
     assert check["demo"]["seed"] not in seeds
     assert len({check["results"], follow["results"], both["results"], cfg["results"]}) == 4
+    fifth = yaml.safe_load((ROOT / "config" / "validation-atlas4.yaml").read_text())
+    confirm = validate_config(_layer(cfg, fifth), "config/validation-atlas4.yaml")
+    assert confirm["atlas"] == check["atlas"] and confirm["demo"]["n_subjects"] == 1200
+    assert confirm["demo"]["seed"] not in seeds | {check["demo"]["seed"]}
     # the oracle command's --configfile reads the same layered atlas block
     from psgfm.atlas.validate import atlas_block
 
