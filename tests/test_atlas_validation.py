@@ -130,3 +130,42 @@ def test_pooled_cohorts_keep_their_persons_apart(tmp_path):
     c = _tiny_cohort(tmp_path / "c", 2, pooling=b"chunk_mean")
     with pytest.raises(ValueError, match="night pooling differs"):
         pool_inputs([("c3", a, a), ("c5", c, c)], tmp_path / "pool3")
+
+
+def test_faithful_stand_ins_put_each_trait_in_its_own_modality_only():
+    from types import SimpleNamespace
+
+    from psgfm.atlas.validate import stand_in_embeddings
+
+    rng = np.random.default_rng(2)
+    n = 3000
+    traits = [
+        SimpleNamespace(
+            recording_id=f"r{i}",
+            subject_id=f"S{i}",
+            site=["alpha", "charlie"][i % 2],
+            ahi=float(np.exp(rng.normal(2, 1))),
+            heart_rate=float(rng.normal(65, 8)),
+            n3_fraction=float(rng.uniform(0.05, 0.3)),
+        )
+        for i in range(n)
+    ]
+    z = np.array([[np.log(t.ahi), t.heart_rate, t.n3_fraction] for t in traits])
+
+    def r2(table, mod, col):
+        """In-sample R² of a trait from one modality block (least squares, with intercept)."""
+        rows = [i for i, v in enumerate(table.column(mod).to_pylist()) if v is not None]
+        X = np.c_[np.ones(len(rows)), np.array([table.column(mod)[i].as_py() for i in rows])]
+        y = z[rows, col]
+        resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+        return 1 - resid.var() / y.var()
+
+    mixed = stand_in_embeddings(traits, seed=5)
+    own = stand_in_embeddings(traits, seed=5, faithful=True)
+    assert r2(mixed, "BAS", 0) > 0.5 and r2(mixed, "EMG", 1) > 0.5  # every block: every trait
+    assert r2(own, "RESP", 0) > 0.5 and r2(own, "EKG", 1) > 0.5 and r2(own, "BAS", 2) > 0.5
+    for mod, col in [("BAS", 0), ("RESP", 2), ("EKG", 0), ("EMG", 0), ("EMG", 1), ("EMG", 2)]:
+        assert r2(own, mod, col) < 0.02, (mod, col)  # 16 noise columns: R² ~ 16/n
+    assert own.column("RESP").null_count == n // 2  # charlie has no respiration
+    assert own.column("RESP")[0].as_py() != mixed.column("RESP")[0].as_py()
+    assert own.column("recording_id").to_pylist() == mixed.column("recording_id").to_pylist()

@@ -195,6 +195,12 @@ def main(argv=None) -> int:
         help="config files layered over config/config.yaml as snakemake does; their atlas "
         "block is the oracle's (--oracle; --pca and --min-events override it)",
     )
+    ap.add_argument(
+        "--faithful",
+        action="store_true",
+        help="--oracle: each modality block carries only its own trait (RESP log AHI, EKG "
+        "heart rate, BAS N3 fraction), not all three",
+    )
     ap.add_argument("--pca", type=int, default=None, help="atlas.pca_components (--oracle)")
     ap.add_argument("--min-events", type=int, default=None, help="atlas.min_events (--oracle)")
     ap.add_argument("--map", default="resources/phecode_maps/phecode12.csv")
@@ -219,7 +225,9 @@ def main(argv=None) -> int:
                 }
             )
             results, out = args.oracle
-            t = oracle_atlas_run(results, args.truth, args.sheet, out, atlas_config=cfg)
+            t = oracle_atlas_run(
+                results, args.truth, args.sheet, out, atlas_config=cfg, faithful=args.faithful
+            )
         else:
             t = demo_atlas_run(args.end_to_end, args.map, n=args.n)
         cols = [
@@ -254,10 +262,18 @@ def main(argv=None) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def stand_in_embeddings(traits, seed: int, dim: int = 16, noise: float = 1.0):
+OWN_TRAIT = {"BAS": 2, "RESP": 0, "EKG": 1, "EMG": None}  # index into (log AHI, HR, N3)
+
+
+def stand_in_embeddings(
+    traits, seed: int, dim: int = 16, noise: float = 1.0, faithful: bool = False
+):
     """Night embeddings that carry the latent sleep traits (log AHI, heart rate, N3 fraction)
     through a random linear map per modality plus noise: what a good encoder might capture.
 
+    By default every modality block carries all three traits. ``faithful``: each block carries
+    only the trait its signals hold (BAS the N3 fraction, RESP log AHI, EKG heart rate, EMG
+    none), as an encoder of that modality could; the same draws otherwise.
     Sites as in the demo cohort: charlie records no respiration (RESP null), delta no ECG.
     Age and sex are *not* put in, so any gain over the baseline comes from the sleep traits.
     """
@@ -272,7 +288,13 @@ def stand_in_embeddings(traits, seed: int, dim: int = 16, noise: float = 1.0):
         "n_chunks": pa.array(np.full(len(traits), 96), pa.int32()),
     }
     for m in ("BAS", "RESP", "EKG", "EMG"):
-        v = z @ rng.standard_normal((3, dim)) + noise * rng.standard_normal((len(traits), dim))
+        w = rng.standard_normal((3, dim))
+        if faithful:
+            keep = np.zeros((3, 1))
+            if OWN_TRAIT[m] is not None:
+                keep[OWN_TRAIT[m]] = 1.0
+            w = w * keep
+        v = z @ w + noise * rng.standard_normal((len(traits), dim))
         absent = np.array(
             [
                 (m == "RESP" and t.site == "charlie") or (m == "EKG" and t.site == "delta")
@@ -371,7 +393,9 @@ def atlas_from(io: dict, out, cfg: dict) -> pd.DataFrame:
     return table
 
 
-def oracle_atlas_run(results, truth, sheet, out_dir, atlas_config=None, seed: int = 20261124):
+def oracle_atlas_run(
+    results, truth, sheet, out_dir, atlas_config=None, seed: int = 20261124, faithful=False
+):
     """The atlas of a generated cohort's workflow run with its night embeddings replaced by
     stand-ins built from the planted traits (:func:`stand_in_embeddings`): same persons,
     labels and folds, an encoder that captured the traits. It separates the cohort's power
@@ -397,7 +421,7 @@ def oracle_atlas_run(results, truth, sheet, out_dir, atlas_config=None, seed: in
         for r in rows["recording_id"]
         if r in subjects
     ]
-    pq.write_table(stand_in_embeddings(traits, seed), out / "night.parquet")
+    pq.write_table(stand_in_embeddings(traits, seed, faithful=faithful), out / "night.parquet")
     io = _atlas_inputs(out / "night.parquet", results / "phenome", Path(sheet))
     return atlas_from(io, out, {"seed": seed, **(atlas_config or {})})
 
