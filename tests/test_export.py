@@ -220,3 +220,30 @@ def test_cohort_tables_without_warnings_and_with_export_rejections(tmp_path, har
         assert not audit.loc[("s", label), "used"]
         assert "but the recording was rejected: export failed" in audit.loc[("s", label), "reason"]
     assert audit.loc[("s", "M2"), "reason"].startswith("would be the reference (M2) for C3-M2")
+
+
+def test_a_full_disk_stops_the_batch_instead_of_rejecting_recordings(
+    harmonised, tmp_path, monkeypatch
+):
+    import errno
+
+    from psgfm.io import EnvironmentFailure, raise_if_environment
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ex, "export_recording", full)
+    with pytest.raises(EnvironmentFailure, match="exporting r: .*free disk space"):
+        ex.export_batch(harmonised, tmp_path / "t", {})
+    assert not (tmp_path / "t" / "manifest.parquet").exists()  # the batch is not done
+
+    def corrupt(*args, **kwargs):
+        raise OSError(errno.EINVAL, "bad data")
+
+    monkeypatch.setattr(ex, "export_recording", corrupt)
+    manifest = ex.export_batch(harmonised, tmp_path / "t", {})  # a data error: recorded
+    assert manifest.empty
+    assert "bad data" in pd.read_parquet(tmp_path / "t" / "failures.parquet")["reason"][0]
+    with pytest.raises(EnvironmentFailure):
+        raise_if_environment(MemoryError(), "x")
+    raise_if_environment(ValueError("not the machine"), "x")  # returns: the caller records it

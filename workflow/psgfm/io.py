@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,6 +32,30 @@ TRACKED_PACKAGES = (
     "scikit-survival",
     "snakemake",
 )
+
+
+# errors of the machine, not of a recording: a batch must fail (and be retried) on them,
+# never record its recordings as rejected
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOMEM})
+
+
+class EnvironmentFailure(RuntimeError):
+    """The machine failed (disk full, quota, read-only file system, out of memory) while a
+    batch was processed: the job stops, so that no recording is recorded as bad for it."""
+
+
+def raise_if_environment(err: BaseException, what: str) -> None:
+    """Re-raise ``err`` as :class:`EnvironmentFailure` if the machine, not the data, failed.
+
+    Batch loops record a failing recording and go on; a full disk is not a bad recording, and
+    recording it as one would silently drop it from a 10,000-recording run."""
+    if isinstance(err, MemoryError) or (
+        isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS
+    ):
+        raise EnvironmentFailure(
+            f"{what}: {err}. This is the machine, not the recording: free disk space or "
+            "memory (or fix the quota / mount) and re-run; the batch was not marked done."
+        ) from err
 
 
 @contextlib.contextmanager

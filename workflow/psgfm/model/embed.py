@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from psgfm import MODALITIES
-from psgfm.io import provenance, write_json, write_parquet
+from psgfm.io import provenance, raise_if_environment, write_json, write_parquet
 from psgfm.model.checkpoint import load_encoder
 from psgfm.model.data import ChunkDataset, SeededSampler, collate, to_device
 from psgfm.model.encoder import SleepEncoder, encoder_config
@@ -267,6 +267,7 @@ def embed_batch(
                 }
             )
         except Exception as err:  # one bad recording never kills the batch
+            raise_if_environment(err, f"embedding {rid}")
             log.error("embedding of %s failed: %s", rid, err)
             failures.append({"recording_id": rid, "reason": f"embedding failed: {err}"})
     write_parquet(

@@ -21,7 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from psgfm import MODALITIES
-from psgfm.io import atomic_path, provenance, sha256_file, write_json, write_parquet
+from psgfm.io import (
+    atomic_path,
+    provenance,
+    raise_if_environment,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
 from psgfm.signals.harmonise import read_signals
 from psgfm.signals.hypnogram import UNSCORED
 
@@ -216,6 +223,7 @@ def export_batch(harmonised_dir: str | Path, out_dir: str | Path, cfg: dict) -> 
                 )
             )
         except Exception as err:  # recorded, never fatal for the batch
+            raise_if_environment(err, f"exporting {rid}")
             log.error("export of %s failed: %s", rid, err)
             failures.append({"recording_id": rid, "reason": f"export failed: {err}"})
     # typed tables: an empty batch has the same column types as a full one

@@ -32,7 +32,7 @@ import pyarrow as pa
 from scipy.signal import resample_poly
 
 from psgfm import MODALITIES
-from psgfm.io import atomic_path, provenance, write_json, write_parquet
+from psgfm.io import atomic_path, provenance, raise_if_environment, write_json, write_parquet
 from psgfm.signals.edfheader import EDFError, EDFHeader, SampleReader, read_header
 from psgfm.signals.hypnogram import HypnogramError, read_hypnogram
 from psgfm.signals.montage import Assignment, RuleSet, assign_channels, load_rules, unit_scale_to_uv
@@ -580,6 +580,7 @@ def process_recording(row: dict, ruleset: RuleSet, cfg: dict, out_dir: Path) -> 
         qc.update(status="rejected", reason=str(err))
         audit = err.audit if err.audit is not None else audit
     except Exception as err:  # one bad recording never kills the batch
+        raise_if_environment(err, f"harmonising {rid}")
         log.error("%s failed unexpectedly:\n%s", rid, traceback.format_exc())
         qc.update(status="rejected", reason=f"unexpected error ({type(err).__name__}: {err})")
     if qc["status"] == "rejected":
