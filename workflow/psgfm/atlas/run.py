@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time as _time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -162,7 +162,8 @@ class FoldFits:
     fold_ids: np.ndarray
     status: list[str]  # worst status over folds per phecode
     message: list[str]
-    penalizer: list[str]  # embedding penalizer per fold ("0.1;1;..."), "" for the baseline
+    # embedding penalizer per fold ("0.1;1;..."), "" for the baseline
+    penalizer: list[str] = field(default_factory=list)
 
 
 def _demographics(cohort: Cohort) -> tuple[np.ndarray, list[str]]:
