@@ -912,12 +912,22 @@ def partial_loglik(X, time, event, include=None, coef=None) -> np.ndarray:
     coef = np.nan_to_num(np.atleast_2d(np.asarray(coef, dtype=np.float64)), nan=0.0)
     if coef.shape != (k, X.shape[1]):
         raise CoxInputError(f"coef must have shape ({k}, {X.shape[1]}); got {coef.shape}.")
-    ll = np.zeros(k)
+    return _loglik_scorer(time, event, include)(X, coef)
+
+
+def _loglik_scorer(time, event, include):
+    """``f(X, coef) -> (K,)`` Efron partial log-likelihoods, the sort done once for many
+    coefficient vectors (validated inputs)."""
     has = (event & include).any(axis=1)
-    if has.any():
-        S = _sorted_structure(time[has], event[has], include[has])
-        ll[has] = _evaluate(S, X, coef[has]).ll
-    return ll
+    S = _sorted_structure(time[has], event[has], include[has]) if has.any() else None
+
+    def score(X, coef):
+        ll = np.zeros(len(has))
+        if S is not None:
+            ll[has] = _evaluate(S, X, coef[has]).ll
+        return ll
+
+    return score
 
 
 def cv_penalizer(
@@ -952,9 +962,10 @@ def cv_penalizer(
     order = sorted(range(len(pens)), key=lambda g: -float(pens[g].sum()))
     cvpl = np.zeros((len(pens), k))
     fit_kw = {"compute_se": False, **fit_kw}
+    score_all = _loglik_scorer(time, event, include)
     for f in np.unique(folds):
         out = folds != f
-        inc_out = include & out[None, :]
+        score_out = _loglik_scorer(time, event, include & out[None, :])
         init = None
         for g in order:
             res = fit_cox(
@@ -969,9 +980,7 @@ def cv_penalizer(
             )
             ok = np.array([s in ("ok", "not_converged") for s in res.status])
             coef = np.nan_to_num(res.coef, nan=0.0)
-            score = partial_loglik(X, time, event, include, coef) - partial_loglik(
-                X, time, event, inc_out, coef
-            )
+            score = score_all(X, coef) - score_out(X, coef)
             cvpl[g] += np.where(ok, score, -np.inf)
             init = coef
     best = np.array(
