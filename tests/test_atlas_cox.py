@@ -143,6 +143,21 @@ def test_warm_start_reaches_the_same_optimum():
     np.testing.assert_allclose(warm.coef, cold.coef, atol=1e-8)
 
 
+def test_fit_does_not_depend_on_the_order_of_the_persons():
+    # the fast path reorders persons by their latest time; a shuffled input must give the
+    # same model (coefficients, SEs, likelihood, baseline hazard) and the same statuses
+    X, time, event, include = _cohort(seed=5, k=4)
+    perm = np.random.default_rng(0).permutation(X.shape[0])
+    a = fit_cox(X, time, event, include, penalizer=0.05)
+    b = fit_cox(X[perm], time[:, perm], event[:, perm], include[:, perm], penalizer=0.05)
+    assert a.status == b.status
+    np.testing.assert_allclose(b.coef, a.coef, atol=1e-10)
+    np.testing.assert_allclose(b.se, a.se, rtol=1e-5)
+    np.testing.assert_allclose(b.loglik, a.loglik, rtol=1e-12)
+    for j in range(4):
+        np.testing.assert_allclose(b.baseline_cumhaz[j], a.baseline_cumhaz[j], rtol=1e-9)
+
+
 def _efron_loglik(x, t, e, b):
     """Textbook Efron partial log-likelihood of a one-covariate model (a plain loop)."""
     ll = 0.0

@@ -18,7 +18,10 @@ How the batch is fitted (N persons, P covariates, K outcomes):
 
 * every outcome keeps its own time order, but all outcomes are processed together as (K, N)
   arrays of sorted positions, so risk-set sums are row-wise cumulative sums and Efron's tie
-  terms are computed per event;
+  terms are computed per event; the persons are first put in the order of their latest time
+  over all outcomes (in a cohort, the shared end of follow-up), so that every outcome's own
+  order is close to it: sorts are near-sorted merges and the per-iteration gathers read
+  memory almost in sequence;
 * the gradient is ``X^T (e - v)`` with one person-level weight ``v`` per outcome: one matrix
   product for all outcomes;
 * Newton-type iterations: the first step uses ``d_k * Cov_k(X)`` (the information matrix at
@@ -216,10 +219,18 @@ class _Sorted:
     grp_end: np.ndarray  # (K, Gmax) last sorted position of each event group
     grp_d: np.ndarray  # (K, Gmax) events in each group (0 = padding)
     _flat: tuple | None = None
+    _ev_flat: np.ndarray | None = None
 
     @property
     def gmax(self) -> int:
         return self.grp_end.shape[1]
+
+    @property
+    def ev_flat(self) -> np.ndarray:
+        """(E,) flat index of each event's group in a (K, Gmax + 1) array."""
+        if self._ev_flat is None:
+            self._ev_flat = self.ev_k * (self.gmax + 1) + self.ev_g
+        return self._ev_flat
 
     @property
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -318,13 +329,20 @@ def _weighted_gram(Xs: np.ndarray, V: np.ndarray, dtype):
     """(K, P, P) ``sum_i V[k, i] x_i x_i^T`` (V >= 0) as ``(sqrt(v) X)^T (sqrt(v) X)`` per
     outcome, in ``dtype``, over the persons with v > 0 (one matrix product each: per outcome
     products beat one product with the covariate-pair matrix on one core)."""
-    k = V.shape[0]
+    k, n = V.shape
     p = Xs.shape[1]
     Xd = Xs.astype(dtype, copy=False)
     out = np.empty((k, p, p))
+    buf = np.empty((n, p), dtype=dtype)
     for j in range(k):
-        idx = np.flatnonzero(V[j] > 0)
-        a = Xd[idx] * np.sqrt(V[j, idx]).astype(dtype)[:, None]
+        pos = V[j] > 0
+        m = int(np.count_nonzero(pos))
+        if m > 0.8 * n:  # (a row copy costs more than multiplying the few zero rows)
+            np.multiply(Xd, np.sqrt(np.maximum(V[j], 0.0)).astype(dtype)[:, None], out=buf)
+            a = buf
+        else:
+            idx = np.flatnonzero(pos)
+            a = np.multiply(Xd[idx], np.sqrt(V[j, idx]).astype(dtype)[:, None], out=buf[:m])
         out[j] = a.T @ a
     return out
 
@@ -364,16 +382,19 @@ def _evaluate(S: _Sorted, Xs: np.ndarray, beta: np.ndarray) -> _Eval:
     cs = np.cumsum(w, axis=1)
     s0_grp = np.take_along_axis(cs, S.grp_end, axis=1)  # (K, Gmax)
     ek, eg = S.ev_k, S.ev_g
+    eflat = S.ev_flat  # ek * (Gmax + 1) + eg: one bincount per group sum
+
+    def group_sum(x, size):  # (float64 also when there are no events)
+        return np.bincount(eflat, weights=x, minlength=size).astype(np.float64, copy=False)
+
     w_ev = w[ek, S.ev_q]
-    s0d = np.zeros((k, gm))
-    np.add.at(s0d, (ek, eg), w_ev)
-    phi = s0_grp[ek, eg] - S.ev_frac * s0d[ek, eg]
+    s0d = group_sum(w_ev, k * (gm + 1))
+    phi = s0_grp[ek, eg] - S.ev_frac * s0d[eflat]
     ll = np.bincount(ek, weights=eta[ek, S.ev_q] - c[ek] - np.log(phi), minlength=k)
+    ll = ll.astype(np.float64, copy=False)
     inv = 1.0 / phi
-    a_grp = np.zeros((k, gm + 1))
-    np.add.at(a_grp, (ek, eg), inv)
-    b_grp = np.zeros((k, gm))
-    np.add.at(b_grp, (ek, eg), S.ev_frac * inv)
+    a_grp = group_sum(inv, k * (gm + 1)).reshape(k, gm + 1)
+    b_grp = group_sum(S.ev_frac * inv, k * (gm + 1)).reshape(k, gm + 1)
     rc = np.cumsum(a_grp[:, ::-1], axis=1)[:, ::-1]  # sum over groups >= j
     v = rc.ravel()[f_jbin].reshape(k, n)
     v *= w
@@ -382,6 +403,18 @@ def _evaluate(S: _Sorted, Xs: np.ndarray, beta: np.ndarray) -> _Eval:
     resid[ek, S.ev_q] += 1.0
     r = resid.ravel()[f_rank].reshape(k, n)  # back to person order
     return _Eval(ll=ll, grad=r @ Xs, w=w, c=c, s0_grp=s0_grp, v=v, phi=phi)
+
+
+def _store(ev: _Eval, S: _Sorted, rows: np.ndarray, e: _Eval) -> None:
+    """Write ``e``, the evaluation of the outcomes ``rows`` (ascending) of ``S`` as
+    ``S.take(rows)`` orders them, into the evaluation ``ev`` of all of ``S``'s outcomes."""
+    ev.ll[rows] = e.ll
+    ev.grad[rows] = e.grad
+    ev.w[rows] = e.w
+    ev.c[rows] = e.c
+    ev.s0_grp[rows] = e.s0_grp
+    ev.v[rows] = e.v
+    ev.phi[np.isin(S.ev_k, rows)] = e.phi
 
 
 def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
@@ -541,15 +574,14 @@ def _fit_chunk(
         todo = np.arange(len(a))
         new_beta = beta[a] + delta
         new_llp = np.full(len(a), -np.inf)
-        new_ev = None
         for _h in range(40):  # step halving until the penalised likelihood does not fall
-            Sa = S.take(a[todo])
-            e = _evaluate(Sa, Xs, new_beta[todo])
-            lp = e.ll - 0.5 * (lam[a[todo]] * new_beta[todo] ** 2).sum(axis=1)
-            if new_ev is None:
-                new_ev = e
+            rows = a[todo]
+            if len(rows) == k:
+                ev = e = _evaluate(S, Xs, new_beta[todo])
             else:
-                new_ev.grad[todo] = e.grad
+                e = _evaluate(S.take(rows), Xs, new_beta[todo])
+                _store(ev, S, rows, e)  # ev always holds the evaluation at the newest beta
+            lp = e.ll - 0.5 * (lam[rows] * new_beta[todo] ** 2).sum(axis=1)
             new_llp[todo] = lp
             fell = ~(lp >= llp[a[todo]] - 1e-12 * np.abs(llp[a[todo]]))
             if not fell.any():
@@ -560,7 +592,7 @@ def _fit_chunk(
         else:
             status[a[todo]] = "not_converged"
             active[a[todo]] = False
-        new_grad = (new_ev.grad - lam[a] * new_beta) * used[a]
+        new_grad = (ev.grad[a] - lam[a] * new_beta) * used[a]
         s_vec = new_beta - beta[a]
         y_vec = grad[a] - new_grad  # change of the gradient of the negative likelihood
         sy = np.einsum("kp,kp->k", s_vec, y_vec)
@@ -588,7 +620,6 @@ def _fit_chunk(
     cov = None
     if compute_se:
         fit = status == ""
-        ev = _evaluate(S, Xs, beta)
         H = _hessian(S, Xs, ev, hessian_dtype)
         inv, ok = _inverse(_information(H, lam, used))
         status[fit & ~ok] = "singular"
@@ -599,15 +630,16 @@ def _fit_chunk(
             g = (ev.grad - lam * beta) * used
             delta = np.einsum("kpq,kq->kp", inv[todo], g[todo])
             beta[todo] += delta
-            ev = _evaluate(S, Xs, beta)
+            if len(todo) == k:
+                ev = _evaluate(S, Xs, beta)
+            else:
+                _store(ev, S, todo, _evaluate(S.take(todo), Xs, beta[todo]))
             todo = todo[np.abs(delta).max(axis=1) >= np.sqrt(tol)]
             if len(todo) == 0:
                 break
         else:
             converged[todo] = False
         cov = inv
-    else:
-        ev = _evaluate(S, Xs, beta)
     for j in range(k):
         if status[j] == "" and np.abs(beta[j]).max() > separation_threshold:
             status[j] = "separation"
@@ -635,6 +667,12 @@ def _fit_fast(
 ) -> CoxResult:
     n, p = X.shape
     k = time.shape[0]
+    # persons in descending order of their latest time over the outcomes (the shared end of
+    # follow-up, in a cohort): each outcome's own order is then close to this one, so its
+    # sort is a near-sorted merge and the row gathers of every iteration read memory almost
+    # in sequence. The fit does not depend on the order of the persons.
+    perm = np.argsort(-time.max(axis=0), kind="stable")
+    X, time, event, include = X[perm], time[:, perm], event[:, perm], include[:, perm]
     mu = X.mean(axis=0)
     sd = X.std(axis=0)
     sd = np.where(sd > 0, sd, 1.0)
