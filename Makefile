@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slurm lint dag report clean validate validate-atlas
+.PHONY: install demo test test-slurm lint dag report clean validate validate-seeds validate-atlas
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,19 @@ VALIDATION_N ?= 300
 validate: install
 	$(BIN)/psgfm demo --out resources/validation --n-subjects $(VALIDATION_N) --hours 1 --seed 20261125
 	$(BIN)/snakemake --cores $(CORES) --configfile config/validation.yaml --rerun-incomplete
+
+# Pretraining seeds at 8 epochs (docs/model.md, "All three seeds at 8 epochs"): each seed in
+# results-validation-long-s$SEED on make validate's harmonised signals, tensors, splits and
+# random-init baseline (run make validate first), then the atlas on its embeddings. ~50 min a seed.
+SEEDS ?= 42 43 44
+validate-seeds: install
+	@for s in $(SEEDS); do \
+	  d=results-validation-long-s$$s; mkdir -p $$d/probe; \
+	  for f in harmonised tensors events qc; do [ -e $$d/$$f ] || ln -s ../results-validation/$$f $$d/$$f; done; \
+	  [ -e $$d/probe/random_init ] || ln -s ../../results-validation/probe/random_init $$d/probe/random_init; \
+	  printf 'results: %s\nmodel:\n  seed: %s\n  split_file: results-validation/model/splits.tsv\npretrain:\n  epochs: 8\n' $$d $$s > $$d/overlay.yaml; \
+	  $(BIN)/snakemake --cores $(CORES) $$d/probe/probe.tsv $$d/atlas/atlas.tsv --configfile config/validation.yaml config/validation-long.yaml $$d/overlay.yaml --rerun-incomplete || exit 1; \
+	done
 
 # The atlas end to end on a second, larger generated cohort (docs/atlas.md), embedded with the
 # encoder `make validate` pretrained (results-validation/model/encoder.pt must exist).
