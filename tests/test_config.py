@@ -56,6 +56,13 @@ def test_validation_overlays_are_valid_configs():
     confirm = validate_config(_layer(cfg, fifth), "config/validation-atlas4.yaml")
     assert confirm["atlas"] == check["atlas"] and confirm["demo"]["n_subjects"] == 1200
     assert confirm["demo"]["seed"] not in seeds | {check["demo"]["seed"]}
+    # make validate-seeds: the 8-epoch seed runs keep make validate's cohort and phenome, with
+    # the atlas block of the third to fifth cohorts
+    long = yaml.safe_load((ROOT / "config" / "validation-long.yaml").read_text())
+    seed = {"results": "results-validation-long-s43", "model": {"seed": 43}}
+    run = validate_config(_layer(_layer(cfg, long), seed), "config/validation-long.yaml")
+    assert run["atlas"] == check["atlas"] and run["samples"] == cfg["samples"]
+    assert run["phenome"] == cfg["phenome"] and run["model"]["seed"] == 43
     # the oracle command's --configfile reads the same layered atlas block
     from psgfm.atlas.validate import atlas_block
 
