@@ -325,25 +325,25 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
 # ---------------------------------------------------------------------------------------------
 
 
-def _weighted_gram(Xs: np.ndarray, V: np.ndarray, dtype):
+def _weighted_gram(Xs: np.ndarray, V: np.ndarray, dtype, block: int = 4096):
     """(K, P, P) ``sum_i V[k, i] x_i x_i^T`` (V >= 0) as ``(sqrt(v) X)^T (sqrt(v) X)`` per
-    outcome, in ``dtype``, over the persons with v > 0 (one matrix product each: per outcome
-    products beat one product with the covariate-pair matrix on one core)."""
+    outcome, in ``dtype`` (one symmetric product per outcome: per outcome products beat one
+    product with the covariate-pair matrix on one core). The scaled rows are formed and
+    multiplied ``block`` rows at a time, so that they are still in cache for the product."""
     k, n = V.shape
     p = Xs.shape[1]
     Xd = Xs.astype(dtype, copy=False)
     out = np.empty((k, p, p))
-    buf = np.empty((n, p), dtype=dtype)
+    buf = np.empty((min(block, n), p), dtype=dtype)
+    G = np.empty((p, p), dtype=dtype)
     for j in range(k):
-        pos = V[j] > 0
-        m = int(np.count_nonzero(pos))
-        if m > 0.8 * n:  # (a row copy costs more than multiplying the few zero rows)
-            np.multiply(Xd, np.sqrt(np.maximum(V[j], 0.0)).astype(dtype)[:, None], out=buf)
-            a = buf
-        else:
-            idx = np.flatnonzero(pos)
-            a = np.multiply(Xd[idx], np.sqrt(V[j, idx]).astype(dtype)[:, None], out=buf[:m])
-        out[j] = a.T @ a
+        s = np.sqrt(np.maximum(V[j], 0.0)).astype(dtype)
+        G[:] = 0
+        for i in range(0, n, block):
+            m = min(block, n - i)
+            a = np.multiply(Xd[i : i + m], s[i : i + m, None], out=buf[:m])
+            G += a.T @ a
+        out[j] = G
     return out
 
 
@@ -455,8 +455,9 @@ def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
             pos = np.searchsorted(tg, eg[in_t])
             q = S.ev_q[e][in_t]
             wx = ev.w[j, q][:, None] * Xs[S.order[j, q]]
-            B = np.zeros((len(tg), Xs.shape[1]))
-            np.add.at(B, pos, wx)
+            o = np.argsort(pos, kind="stable")  # (already ascending: events in time order)
+            first = np.flatnonzero(np.r_[True, np.diff(pos[o]) != 0])
+            B = np.add.reduceat(wx[o], first, axis=0)  # every group in tg has a tied event
             At = s1[tg]
             AtB = At.T @ (c1[:, None] * B)
             H[j] += AtB + AtB.T - B.T @ (c2[:, None] * B)
