@@ -156,6 +156,8 @@ def test_fit_does_not_depend_on_the_order_of_the_persons():
     np.testing.assert_allclose(b.loglik, a.loglik, rtol=1e-12)
     for j in range(4):
         np.testing.assert_allclose(b.baseline_cumhaz[j], a.baseline_cumhaz[j], rtol=1e-9)
+    none = fit_cox(X, time[:0], event[:0], include[:0], penalizer=0.05)  # an empty batch
+    assert none.coef.shape == (0, X.shape[1]) and none.status == []
 
 
 def _efron_loglik(x, t, e, b):

@@ -672,7 +672,7 @@ def _fit_fast(
     # follow-up, in a cohort): each outcome's own order is then close to this one, so its
     # sort is a near-sorted merge and the row gathers of every iteration read memory almost
     # in sequence. The fit does not depend on the order of the persons.
-    perm = np.argsort(-time.max(axis=0), kind="stable")
+    perm = np.argsort(-time.max(axis=0, initial=-np.inf), kind="stable")
     X, time, event, include = X[perm], time[:, perm], event[:, perm], include[:, perm]
     mu = X.mean(axis=0)
     sd = X.std(axis=0)
