@@ -48,7 +48,7 @@ validate-seeds: install
 	  d=results-validation-long-s$$s; mkdir -p $$d/probe; \
 	  for f in harmonised tensors events qc; do [ -e $$d/$$f ] || ln -s ../results-validation/$$f $$d/$$f; done; \
 	  [ -e $$d/probe/random_init ] || ln -s ../../results-validation/probe/random_init $$d/probe/random_init; \
-	  printf 'results: %s\nmodel:\n  seed: %s\n  split_file: results-validation/model/splits.tsv\npretrain:\n  epochs: 8\n' $$d $$s > $$d/overlay.yaml; \
+	  printf 'results: %s\nmodel:\n  seed: %s\n' $$d $$s > $$d/overlay.yaml; \
 	  $(BIN)/snakemake --cores $(CORES) $$d/probe/probe.tsv $$d/atlas/atlas.tsv --configfile config/validation.yaml config/validation-long.yaml $$d/overlay.yaml --rerun-incomplete || exit 1; \
 	done
 

@@ -368,6 +368,11 @@ class _Eval:
     phi: np.ndarray | None = None  # (E,)
 
 
+def _sum_by(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """(size,) float64 sums of ``weights`` by ``index`` (float64 also with no entries)."""
+    return np.bincount(index, weights=weights, minlength=size).astype(np.float64, copy=False)
+
+
 def _evaluate(S: _Sorted, Xs: np.ndarray, beta: np.ndarray) -> _Eval:
     """Efron partial log-likelihood and its gradient for every outcome of ``S``."""
     k, n = S.order.shape
@@ -382,19 +387,15 @@ def _evaluate(S: _Sorted, Xs: np.ndarray, beta: np.ndarray) -> _Eval:
     cs = np.cumsum(w, axis=1)
     s0_grp = np.take_along_axis(cs, S.grp_end, axis=1)  # (K, Gmax)
     ek, eg = S.ev_k, S.ev_g
-    eflat = S.ev_flat  # ek * (Gmax + 1) + eg: one bincount per group sum
-
-    def group_sum(x, size):  # (float64 also when there are no events)
-        return np.bincount(eflat, weights=x, minlength=size).astype(np.float64, copy=False)
-
+    eflat = S.ev_flat  # ek * (Gmax + 1) + eg: group sums as one bincount each
+    size = k * (gm + 1)
     w_ev = w[ek, S.ev_q]
-    s0d = group_sum(w_ev, k * (gm + 1))
+    s0d = _sum_by(eflat, w_ev, size)
     phi = s0_grp[ek, eg] - S.ev_frac * s0d[eflat]
-    ll = np.bincount(ek, weights=eta[ek, S.ev_q] - c[ek] - np.log(phi), minlength=k)
-    ll = ll.astype(np.float64, copy=False)
+    ll = _sum_by(ek, eta[ek, S.ev_q] - c[ek] - np.log(phi), k)
     inv = 1.0 / phi
-    a_grp = group_sum(inv, k * (gm + 1)).reshape(k, gm + 1)
-    b_grp = group_sum(S.ev_frac * inv, k * (gm + 1)).reshape(k, gm + 1)
+    a_grp = _sum_by(eflat, inv, size).reshape(k, gm + 1)
+    b_grp = _sum_by(eflat, S.ev_frac * inv, size).reshape(k, gm + 1)
     rc = np.cumsum(a_grp[:, ::-1], axis=1)[:, ::-1]  # sum over groups >= j
     v = rc.ravel()[f_jbin].reshape(k, n)
     v *= w
@@ -405,9 +406,14 @@ def _evaluate(S: _Sorted, Xs: np.ndarray, beta: np.ndarray) -> _Eval:
     return _Eval(ll=ll, grad=r @ Xs, w=w, c=c, s0_grp=s0_grp, v=v, phi=phi)
 
 
-def _store(ev: _Eval, S: _Sorted, rows: np.ndarray, e: _Eval) -> None:
-    """Write ``e``, the evaluation of the outcomes ``rows`` (ascending) of ``S`` as
-    ``S.take(rows)`` orders them, into the evaluation ``ev`` of all of ``S``'s outcomes."""
+def _evaluate_rows(ev: _Eval, S: _Sorted, Xs: np.ndarray, rows: np.ndarray, beta) -> tuple:
+    """Evaluate the outcomes ``rows`` (ascending) of ``S`` at ``beta`` (one row each) and
+    write the result into ``ev``, the evaluation of all of ``S``'s outcomes, so that ``ev``
+    always holds each outcome's newest evaluation. Returns ``(ev, e)``, ``e`` the rows' own."""
+    if len(rows) == S.order.shape[0]:
+        e = _evaluate(S, Xs, beta)
+        return e, e
+    e = _evaluate(S.take(rows), Xs, beta)
     ev.ll[rows] = e.ll
     ev.grad[rows] = e.grad
     ev.w[rows] = e.w
@@ -415,6 +421,7 @@ def _store(ev: _Eval, S: _Sorted, rows: np.ndarray, e: _Eval) -> None:
     ev.s0_grp[rows] = e.s0_grp
     ev.v[rows] = e.v
     ev.phi[np.isin(S.ev_k, rows)] = e.phi
+    return ev, e
 
 
 def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
@@ -577,11 +584,7 @@ def _fit_chunk(
         new_llp = np.full(len(a), -np.inf)
         for _h in range(40):  # step halving until the penalised likelihood does not fall
             rows = a[todo]
-            if len(rows) == k:
-                ev = e = _evaluate(S, Xs, new_beta[todo])
-            else:
-                e = _evaluate(S.take(rows), Xs, new_beta[todo])
-                _store(ev, S, rows, e)  # ev always holds the evaluation at the newest beta
+            ev, e = _evaluate_rows(ev, S, Xs, rows, new_beta[todo])
             lp = e.ll - 0.5 * (lam[rows] * new_beta[todo] ** 2).sum(axis=1)
             new_llp[todo] = lp
             fell = ~(lp >= llp[a[todo]] - 1e-12 * np.abs(llp[a[todo]]))
@@ -631,10 +634,7 @@ def _fit_chunk(
             g = (ev.grad - lam * beta) * used
             delta = np.einsum("kpq,kq->kp", inv[todo], g[todo])
             beta[todo] += delta
-            if len(todo) == k:
-                ev = _evaluate(S, Xs, beta)
-            else:
-                _store(ev, S, todo, _evaluate(S.take(todo), Xs, beta[todo]))
+            ev, _ = _evaluate_rows(ev, S, Xs, todo, beta[todo])
             todo = todo[np.abs(delta).max(axis=1) >= np.sqrt(tol)]
             if len(todo) == 0:
                 break
