@@ -56,6 +56,16 @@ def test_validation_overlays_are_valid_configs():
     confirm = validate_config(_layer(cfg, fifth), "config/validation-atlas4.yaml")
     assert confirm["atlas"] == check["atlas"] and confirm["demo"]["n_subjects"] == 1200
     assert confirm["demo"]["seed"] not in seeds | {check["demo"]["seed"]}
+    # the read-out heads' declared check: a sixth cohort, the same block plus atlas.readout
+    sixth = yaml.safe_load((ROOT / "config" / "validation-atlas5.yaml").read_text())
+    ro = validate_config(_layer(cfg, sixth), "config/validation-atlas5.yaml")
+    assert {k: v for k, v in ro["atlas"].items() if k != "readout"} == {
+        k: v for k, v in check["atlas"].items() if k != "readout"
+    }
+    assert ro["atlas"]["readout"]["enabled"] and not check["atlas"]["readout"]["enabled"]
+    assert ro["atlas"]["readout"]["targets"] == ["ahi", "n3_fraction"]
+    assert ro["demo"]["seed"] not in seeds | {check["demo"]["seed"], confirm["demo"]["seed"]}
+    assert ro["model"]["checkpoint"] == check["model"]["checkpoint"]
     # make validate-seeds: the 8-epoch seed runs keep make validate's cohort and phenome, with
     # the atlas block of the third to fifth cohorts
     long = yaml.safe_load((ROOT / "config" / "validation-long.yaml").read_text())

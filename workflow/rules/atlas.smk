@@ -23,10 +23,32 @@ if ATLAS["covariates"]["table"]:
     ATLAS_INPUTS["covariates"] = ATLAS["covariates"]["table"]
 if ATLAS["split"]["method"] == "file":
     ATLAS_INPUTS["split"] = ATLAS["split"]["file"]
+if ATLAS["readout"]["enabled"]:
+    ATLAS_INPUTS["readout_targets"] = f"{ATLAS_OUT}/readout_targets.parquet"
 ATLAS_BATCH_FILES = {
     kind: [f"{ATLAS_OUT}/batches/{b}.{kind}.parquet" for b in ATLAS_BATCHES]
     for kind in ("table", "subgroups", "calibration", "risk")
 }
+
+
+rule atlas_readout_targets:
+    input:
+        events=f"{RESULTS}/events/events.parquet",
+        events_qc=f"{RESULTS}/qc/events_qc.tsv",
+        harmonised=expand(f"{RESULTS}/harmonised/{{batch}}", batch=BATCHES),
+    output:
+        table=f"{ATLAS_OUT}/readout_targets.parquet",
+        tsv=f"{ATLAS_OUT}/readout_targets.tsv",
+    log:
+        f"{RESULTS}/logs/atlas_readout_targets.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/atlas_readout_targets.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        min_sleep_hours=ATLAS["readout"]["min_sleep_hours"],
+    script:
+        "../scripts/atlas_readout_targets.py"
 
 
 rule atlas_batch:

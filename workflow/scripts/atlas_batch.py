@@ -17,4 +17,5 @@ run_batch(
     config=cfg,
     out=dict(snakemake.output.items()),
     threads=snakemake.threads,
+    readout_targets=snakemake.input.get("readout_targets"),
 )

@@ -38,6 +38,7 @@ from psgfm.atlas.design import (
     embedding_features,
     read_night_embeddings,
 )
+from psgfm.atlas.readout import read_targets, readout_config, readout_features
 from psgfm.io import provenance, write_json, write_parquet, write_text
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def _cfg(config: dict | None) -> dict:
     cfg = {**DEFAULTS, **(config or {})}
     cfg["split"] = {**DEFAULTS["split"], **(cfg.get("split") or {})}
     cfg["covariates"] = {**DEFAULTS["covariates"], **(cfg.get("covariates") or {})}
+    cfg["readout"] = readout_config(cfg.get("readout"))
     return cfg
 
 
@@ -200,13 +202,20 @@ def fit_folds(
     cfg: dict,
     eval_days: np.ndarray,
     with_embedding: bool,
+    readout_y: np.ndarray | None = None,
 ) -> FoldFits:
     """Fit the model (or the baseline) per held-out fold; pool the held-out predictions.
 
     With several ``atlas.penalizer`` values the model's embedding penalizer is chosen per
     phecode and fold by the cross-validated partial likelihood over ``penalizer_folds`` inner
-    folds of that fold's training persons (:func:`psgfm.atlas.cox.cv_penalizer`)."""
+    folds of that fold's training persons (:func:`psgfm.atlas.cox.cv_penalizer`).
+
+    ``readout_y`` ((N, T) night targets, ``atlas.readout``): the embedding features are
+    replaced (``features: readout``) or joined (``both``) by their ridge read-outs of these
+    targets, fitted on the fold's training persons (:func:`psgfm.atlas.readout.
+    readout_features`)."""
     k, n = time.shape
+    rc = cfg["readout"]
     D, dnames = _demographics(cohort)
     fold_ids = np.unique(folds[folds != TRAIN_ONLY])
     lp = np.full((k, n), np.nan)
@@ -228,6 +237,17 @@ def fit_folds(
             E, _ = embedding_features(
                 cohort, train, cfg["combine"], cfg["pca_components"], cfg["pca_scope"]
             )
+            if readout_y is not None:
+                R, _, _ = readout_features(
+                    E,
+                    readout_y,
+                    train,
+                    rc["alphas"],
+                    int(rc["folds"]),
+                    [cfg["seed"], 0x4EAD, int(f)],
+                    list(rc["targets"]),
+                )
+                E = R if rc["features"] == "readout" else np.hstack([R, E])
             X = np.hstack([E, D])
         else:
             X = D
@@ -479,6 +499,7 @@ def run_batch(
     config: dict,
     out: dict | None = None,
     threads: int | None = 1,
+    readout_targets=None,
 ) -> dict[str, pd.DataFrame]:
     """Fit and evaluate one batch of phecodes; write the batch files if ``out`` is given.
 
@@ -487,10 +508,14 @@ def run_batch(
     machine can be far slower than one thread).
     """
     with threadpool_limits(limits=threads):
-        return _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, out)
+        return _run_batch(
+            phecodes, embeddings, labels, summary, persons, sheet, config, out, readout_targets
+        )
 
 
-def _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, out):
+def _run_batch(
+    phecodes, embeddings, labels, summary, persons, sheet, config, out, readout_targets=None
+):
     cfg = _cfg(config)
     t0 = _time.perf_counter()
     night = read_night_embeddings(embeddings, cfg["modalities"])
@@ -506,8 +531,25 @@ def _run_batch(phecodes, embeddings, labels, summary, persons, sheet, config, ou
     log.info(
         "batch of %d phecodes, %d persons, folds %s", len(phecodes), cohort.n, np.unique(folds)
     )
+    readout_y = None
+    if cfg["readout"]["enabled"]:
+        if readout_targets is None:
+            raise AtlasInputError(
+                "atlas.readout.enabled is true but no night targets table was given "
+                "(rule atlas_readout_targets writes atlas/readout_targets.parquet)."
+            )
+        readout_y = read_targets(readout_targets, cohort.recording_id, cfg["readout"]["targets"])
     model = fit_folds(
-        cohort, folds, time, event, include, sex_restricted, cfg, eval_days, with_embedding=True
+        cohort,
+        folds,
+        time,
+        event,
+        include,
+        sex_restricted,
+        cfg,
+        eval_days,
+        with_embedding=True,
+        readout_y=readout_y,
     )
     base = fit_folds(
         cohort, folds, time, event, include, sex_restricted, cfg, eval_days, with_embedding=False

@@ -359,17 +359,20 @@ def _atlas_inputs(embeddings, phenome_dir, sheet) -> dict:
 
 
 def atlas_from(io: dict, out, cfg: dict) -> pd.DataFrame:
-    """Run the atlas on ``io`` (embeddings, labels, summary, persons, sheet) into ``out`` in one
-    batch, as the workflow's rules would; write table, plots; return the table."""
+    """Run the atlas on ``io`` (embeddings, labels, summary, persons, sheet; readout_targets
+    with ``atlas.readout``) into ``out`` in one batch, as the workflow's rules would; write
+    table, plots; return the table."""
     from pathlib import Path
 
     from psgfm.atlas.plots import make_plots
     from psgfm.atlas.run import batch_phecodes, gather, read_summary, run_batch
 
     out = Path(out)
+    io = dict(io)
+    readout_targets = io.pop("readout_targets", None)
     codes = batch_phecodes(read_summary(io["summary"]), 1)[0]
     b = {k: out / f"batch.{k}.parquet" for k in ("table", "subgroups", "calibration", "risk")}
-    run_batch(codes, **io, config=cfg, out=b)
+    run_batch(codes, **io, config=cfg, out=b, readout_targets=readout_targets)
     a = out / "atlas"
     fin = {
         "table": a / "atlas.parquet",
