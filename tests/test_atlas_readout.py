@@ -201,3 +201,72 @@ def test_atlas_with_readout_features_finds_a_trait_the_annotations_carry(tmp_pat
         readout_targets=tpath,
     )["table"]
     assert both["c_harrell"].iloc[0] != t.loc["401.1", "c_harrell"]
+
+
+@pytest.mark.slow
+def test_readout_rules_run_under_snakemake(tmp_path):
+    """Rule atlas_readout_targets feeds the atlas batches under Snakemake (synthetic model,
+    phenome, events and harmonised outputs; one harmonise batch)."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import ROOT
+
+    s = write_synthetic_atlas_inputs(tmp_path / "in", n=300, dim=6, seed=4)
+    results = tmp_path / "results"
+    for sub in ("phenome", "embeddings", "events", "qc", "harmonised/b0000"):
+        (results / sub).mkdir(parents=True)
+    for src, dst in (
+        ("labels", "phenome/labels.parquet"),
+        ("summary", "phenome/summary.parquet"),
+        ("persons", "phenome/persons.parquet"),
+        ("embeddings", "embeddings/night.parquet"),
+    ):
+        (results / dst).write_bytes(s[src].read_bytes())
+    rids = pq.read_table(s["embeddings"]).column("recording_id").to_pylist()
+    rng = np.random.default_rng(0)
+    n_ev = rng.poisson(np.exp(1 + 0.5 * s["trait"]))
+    rows = [(r, 100.0 + 30.0 * k, 15.0, "hypopnea") for r, n in zip(rids, n_ev) for k in range(n)]
+    _events(rows).assign(concept="hypopnea").to_parquet(results / "events/events.parquet")
+    qc = pd.DataFrame({"recording_id": rids, "status": "ok"})
+    qc.to_csv(results / "qc/events_qc.tsv", sep="\t", index=False)
+    for r in rids:  # 2 h of N2 after 90 s of wake
+        _stages(["W"] * 3 + ["N2"] * 240).to_parquet(
+            results / f"harmonised/b0000/{r}.stages.parquet"
+        )
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["samples"] = str(s["sheet"])
+    cfg["results"] = str(results)
+    cfg["demo"]["enabled"] = False
+    cfg["harmonise"]["batch_size"] = 1000
+    cfg["atlas"].update(bootstrap=10, n_batches=1)
+    cfg["atlas"]["readout"].update(enabled=True, targets=["ahi", "sleep_efficiency"])
+    cfgfile = tmp_path / "config.yaml"
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            str(results / "atlas" / "atlas.tsv"),
+            "--configfile",
+            str(cfgfile),
+            "--cores",
+            "2",
+            "--allowed-rules",
+            "atlas_readout_targets",
+            "atlas_batch",
+            "atlas_table",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    t = pd.read_parquet(results / "atlas" / "readout_targets.parquet").set_index("recording_id")
+    np.testing.assert_allclose(t.loc[rids, "ahi"], n_ev / 2.0)  # events per hour of 2 h sleep
+    np.testing.assert_allclose(t["sleep_efficiency"], 240 / 243)
+    table = pd.read_csv(results / "atlas" / "atlas.tsv", sep="\t", dtype={"phecode": str})
+    assert table.set_index("phecode").loc["401.1", "delta_c_harrell_lo"] > 0

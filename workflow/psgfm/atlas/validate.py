@@ -186,8 +186,20 @@ def main(argv=None) -> int:
         help="instead: the phenome and atlas stages over generated cohorts pooled into OUT_DIR "
         "(ids prefixed by PREFIX; blocks of --configfile)",
     )
+    ap.add_argument(
+        "--rerun",
+        nargs=2,
+        metavar=("RESULTS_DIR", "OUT_DIR"),
+        help="instead: the atlas of a finished workflow run (night embeddings, phenome "
+        "outputs; with atlas.readout its events table and harmonised hypnograms) again, into "
+        "OUT_DIR, with the atlas block and sample sheet of --configfile",
+    )
     ap.add_argument("--truth", help="truth.json of the generated cohort (--oracle)")
-    ap.add_argument("--sheet", help="its sample sheet (--oracle)")
+    ap.add_argument(
+        "--sheet",
+        help="its sample sheet (--oracle); --rerun: a sheet to use instead of the config's, "
+        "whose events files are read again",
+    )
     ap.add_argument(
         "--configfile",
         nargs="+",
@@ -205,8 +217,10 @@ def main(argv=None) -> int:
     ap.add_argument("--min-events", type=int, default=None, help="atlas.min_events (--oracle)")
     ap.add_argument("--map", default="resources/phecode_maps/phecode12.csv")
     args = ap.parse_args(argv)
-    if args.end_to_end or args.oracle or args.pool:
-        if args.pool:
+    if args.end_to_end or args.oracle or args.pool or args.rerun:
+        if args.rerun:
+            t = rerun_atlas(*args.rerun, args.configfile, sheet=args.sheet)
+        elif args.pool:
             if len(args.pool) < 2:
                 ap.error("--pool needs OUT_DIR and at least one PREFIX:RESOURCES:RESULTS")
             cohorts = [tuple(c.split(":")) for c in args.pool[1:]]
@@ -427,6 +441,46 @@ def oracle_atlas_run(
     pq.write_table(stand_in_embeddings(traits, seed, faithful=faithful), out / "night.parquet")
     io = _atlas_inputs(out / "night.parquet", results / "phenome", Path(sheet))
     return atlas_from(io, out, {"seed": seed, **(atlas_config or {})})
+
+
+def rerun_atlas(results, out_dir, configfiles, sheet=None) -> pd.DataFrame:
+    """The atlas of a finished workflow run in ``results`` run again into ``out_dir`` with the
+    atlas block of ``configfiles`` (layered over config/config.yaml), without touching the
+    run's own atlas; with ``atlas.readout`` the night targets are scored first from the run's
+    events table and harmonised hypnograms (``out_dir/readout_targets.parquet``). ``sheet``:
+    a sample sheet to use instead of the config's; its events files are read again into
+    ``out_dir/events`` (for a run whose sheet named none)."""
+    from pathlib import Path
+
+    from psgfm.atlas.readout import write_night_targets
+    from psgfm.io import write_parquet
+    from psgfm.signals.annotations import events_batch, events_cohort
+
+    results, out = Path(results), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = layered_config(configfiles)
+    io = _atlas_inputs(results / "embeddings" / "night.parquet", results / "phenome", None)
+    io["sheet"] = Path(sheet or cfg["samples"])
+    events, events_qc = results / "events" / "events.parquet", results / "qc" / "events_qc.tsv"
+    atlas = dict(cfg["atlas"])
+    if atlas["readout"]["enabled"] and sheet:
+        rows = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+        events_batch(rows.to_dict("records"), out / "events" / "b0000")
+        ev, qc = events_cohort([out / "events" / "b0000"])
+        events, events_qc = out / "events" / "events.parquet", out / "events" / "events_qc.tsv"
+        write_parquet(ev, events)
+        qc.to_csv(events_qc, sep="\t", index=False)
+    if atlas["readout"]["enabled"]:
+        targets = {"table": out / "readout_targets.parquet", "tsv": out / "readout_targets.tsv"}
+        write_night_targets(
+            events,
+            events_qc,
+            sorted((results / "harmonised").glob("b*")),
+            min_sleep_hours=atlas["readout"]["min_sleep_hours"],
+            out=targets,
+        )
+        io["readout_targets"] = targets["table"]
+    return atlas_from(io, out, atlas)
 
 
 # ---------------------------------------------------------------------------------------------
