@@ -270,3 +270,13 @@ def test_readout_rules_run_under_snakemake(tmp_path):
     np.testing.assert_allclose(t["sleep_efficiency"], 240 / 243)
     table = pd.read_csv(results / "atlas" / "atlas.tsv", sep="\t", dtype={"phecode": str})
     assert table.set_index("phecode").loc["401.1", "delta_c_harrell_lo"] > 0
+
+
+def test_plots_say_what_the_model_features_are():
+    from psgfm.atlas.plots import model_label
+
+    assert model_label({}) == "night embedding + demographics"
+    ro = {"enabled": True, "targets": ["ahi", "n3_fraction"]}
+    assert model_label({"readout": ro}) == "night read-outs (ahi, n3_fraction) + demographics"
+    both = model_label({"readout": {**ro, "features": "both"}})
+    assert both == "night embedding + read-outs (ahi, n3_fraction) + demographics"

@@ -85,7 +85,18 @@ def manhattan(table: pd.DataFrame, path, alpha: float = 0.05) -> None:
     _save(fig, path)
 
 
-def forest(table: pd.DataFrame, path, top_n: int = 20) -> None:
+def model_label(config: dict | None) -> str:
+    """What the model's night features are, for axis labels and legends."""
+    ro = (config or {}).get("readout") or {}
+    if ro.get("enabled"):
+        targets = ", ".join(ro.get("targets") or [])
+        if ro.get("features", "readout") == "both":
+            return f"night embedding + read-outs ({targets}) + demographics"
+        return f"night read-outs ({targets}) + demographics"
+    return "night embedding + demographics"
+
+
+def forest(table: pd.DataFrame, path, top_n: int = 20, label: str = model_label(None)) -> None:
     """Harrell's C with 95 % CI, model and baseline, for the phecodes with the largest delta C."""
     t = evaluated(table)
     if t.empty:
@@ -96,7 +107,7 @@ def forest(table: pd.DataFrame, path, top_n: int = 20) -> None:
     y = np.arange(len(t))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(t) + 1.2))
     for prefix, dy, color, name in (
-        ("", 0.15, "C0", "embedding + demographics"),
+        ("", 0.15, "C0", label),
         ("base_", -0.15, "C7", "demographics"),
     ):
         c = f"{prefix}c_harrell"
@@ -114,7 +125,7 @@ def forest(table: pd.DataFrame, path, top_n: int = 20) -> None:
     _save(fig, path)
 
 
-def c_scatter(table: pd.DataFrame, path) -> None:
+def c_scatter(table: pd.DataFrame, path, label: str = model_label(None)) -> None:
     """Model against baseline C per phecode; filled where the delta C CI excludes 0."""
     t = evaluated(table)
     if t.empty or "base_c_harrell" not in t:
@@ -137,7 +148,7 @@ def c_scatter(table: pd.DataFrame, path) -> None:
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_xlabel("C, demographics only")
-    ax.set_ylabel("C, night embedding + demographics")
+    ax.set_ylabel(f"C, {label}")
     ax.legend(loc="lower right", fontsize=7)
     _save(fig, path)
 
@@ -215,8 +226,9 @@ def make_plots(table_path, calibration_path, risk_paths, out: dict, config: dict
     table = pd.read_parquet(table_path)
     plots = config.get("plots", {})
     manhattan(table, out["manhattan"], config.get("alpha", 0.05))
-    forest(table, out["forest"], plots.get("top_n", 20))
-    c_scatter(table, out["scatter"])
+    label = model_label(config)
+    forest(table, out["forest"], plots.get("top_n", 20), label)
+    c_scatter(table, out["scatter"], label)
     chosen = select_phecodes(table, plots.get("km_phecodes", []), plots.get("n_km", 6))
     risk = pd.concat(
         [pd.read_parquet(p, filters=[("phecode", "in", chosen)]) for p in risk_paths]
