@@ -66,6 +66,10 @@ def test_validation_overlays_are_valid_configs():
     assert ro["atlas"]["readout"]["targets"] == ["ahi", "n3_fraction"]
     assert ro["demo"]["seed"] not in seeds | {check["demo"]["seed"], confirm["demo"]["seed"]}
     assert ro["model"]["checkpoint"] == check["model"]["checkpoint"]
+    rep = yaml.safe_load((ROOT / "config" / "validation-atlas6.yaml").read_text())
+    again = validate_config(_layer(cfg, rep), "config/validation-atlas6.yaml")
+    assert again["atlas"] == ro["atlas"] and again["model"] == ro["model"]
+    assert again["demo"]["seed"] not in seeds | {ro["demo"]["seed"], confirm["demo"]["seed"]}
     # make validate-seeds: the 8-epoch seed runs keep make validate's cohort and phenome, with
     # the atlas block of the third to fifth cohorts
     long = yaml.safe_load((ROOT / "config" / "validation-long.yaml").read_text())
