@@ -203,16 +203,9 @@ def test_atlas_with_readout_features_finds_a_trait_the_annotations_carry(tmp_pat
     assert both["c_harrell"].iloc[0] != t.loc["401.1", "c_harrell"]
 
 
-@pytest.mark.slow
-def test_readout_rules_run_under_snakemake(tmp_path):
-    """Rule atlas_readout_targets feeds the atlas batches under Snakemake (synthetic model,
-    phenome, events and harmonised outputs; one harmonise batch)."""
-    import subprocess
-    import sys
-
-    import yaml
-    from conftest import ROOT
-
+def _finished_run(tmp_path):
+    """A finished workflow run's folder as the atlas reads it (synthetic model, phenome,
+    events and harmonised outputs; one harmonise batch)."""
     s = write_synthetic_atlas_inputs(tmp_path / "in", n=300, dim=6, seed=4)
     results = tmp_path / "results"
     for sub in ("phenome", "embeddings", "events", "qc", "harmonised/b0000"):
@@ -235,6 +228,47 @@ def test_readout_rules_run_under_snakemake(tmp_path):
         _stages(["W"] * 3 + ["N2"] * 240).to_parquet(
             results / f"harmonised/b0000/{r}.stages.parquet"
         )
+    return s, results, rids, n_ev
+
+
+def test_rerun_of_a_finished_run_with_readouts(tmp_path):
+    """python -m psgfm.atlas.validate --rerun: the same table as run_batch on the scored
+    targets, the run's own atlas untouched."""
+    import yaml
+
+    from psgfm.atlas.validate import atlas_block, main
+
+    s, results, rids, n_ev = _finished_run(tmp_path)
+    over = tmp_path / "over.yaml"
+    atlas = {"bootstrap": 10, "readout": {"enabled": True, "targets": ["ahi"]}}
+    over.write_text(yaml.safe_dump({"samples": str(s["sheet"]), "atlas": atlas}))
+    out = tmp_path / "rerun"
+    assert main(["--rerun", str(results), str(out), "--configfile", str(over)]) == 0
+    t = pd.read_parquet(out / "readout_targets.parquet").set_index("recording_id")
+    np.testing.assert_allclose(t.loc[rids, "ahi"], n_ev / 2.0)
+    io = {k: s[k] for k in ("labels", "summary", "persons", "sheet")}
+    io["embeddings"] = results / "embeddings/night.parquet"
+    ref = run_batch(
+        ["401.1", "540.0"],
+        **io,
+        config=atlas_block([over]),
+        readout_targets=out / "readout_targets.parquet",
+    )["table"].set_index("phecode")
+    got = pd.read_parquet(out / "atlas" / "atlas.parquet").set_index("phecode")
+    np.testing.assert_allclose(got.loc[ref.index, "c_harrell"], ref["c_harrell"], rtol=1e-12)
+    assert not (results / "atlas").exists()
+
+
+@pytest.mark.slow
+def test_readout_rules_run_under_snakemake(tmp_path):
+    """Rule atlas_readout_targets feeds the atlas batches under Snakemake."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import ROOT
+
+    s, results, rids, n_ev = _finished_run(tmp_path)
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["samples"] = str(s["sheet"])
     cfg["results"] = str(results)
