@@ -70,6 +70,10 @@ def test_validation_overlays_are_valid_configs():
     again = validate_config(_layer(cfg, rep), "config/validation-atlas6.yaml")
     assert again["atlas"] == ro["atlas"] and again["model"] == ro["model"]
     assert again["demo"]["seed"] not in seeds | {ro["demo"]["seed"], confirm["demo"]["seed"]}
+    big = yaml.safe_load((ROOT / "config" / "validation-atlas7.yaml").read_text())
+    larger = validate_config(_layer(cfg, big), "config/validation-atlas7.yaml")
+    assert larger["atlas"] == ro["atlas"] and larger["demo"]["n_subjects"] == 1000
+    assert larger["demo"]["seed"] not in {again["demo"]["seed"], ro["demo"]["seed"]} | seeds
     # make validate-seeds: the 8-epoch seed runs keep make validate's cohort and phenome, with
     # the atlas block of the third to fifth cohorts
     long = yaml.safe_load((ROOT / "config" / "validation-long.yaml").read_text())
