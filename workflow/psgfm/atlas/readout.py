@@ -28,12 +28,15 @@ import numpy as np
 import pandas as pd
 
 from psgfm.atlas.design import AtlasInputError
+from psgfm.signals.annotations import EVENT_KINDS
+from psgfm.signals.hypnogram import STAGES
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("ahi", "n3_fraction", "rem_fraction", "sleep_efficiency", "sleep_hours")
-RESPIRATORY = ("obstructive_apnea", "central_apnea", "mixed_apnea", "hypopnea")
-SLEEP_STAGES = ("N1", "N2", "N3", "REM")
+# the events schema's apneas and hypopneas (not desaturations or arousals)
+RESPIRATORY = tuple(k for k in EVENT_KINDS if k.endswith(("apnea", "hypopnea")))
+SLEEP_STAGES = tuple(s for s in STAGES if s != "W")
 DEFAULTS = {
     "enabled": False,
     "targets": ["ahi", "n3_fraction"],

@@ -238,7 +238,7 @@ def fit_folds(
                 cohort, train, cfg["combine"], cfg["pca_components"], cfg["pca_scope"]
             )
             if readout_y is not None:
-                R, _, _ = readout_features(
+                R, _, info = readout_features(
                     E,
                     readout_y,
                     train,
@@ -247,6 +247,7 @@ def fit_folds(
                     [cfg["seed"], 0x4EAD, int(f)],
                     list(rc["targets"]),
                 )
+                log.info("fold %s read-outs: %s", f, info)
                 E = R if rc["features"] == "readout" else np.hstack([R, E])
             X = np.hstack([E, D])
         else:
