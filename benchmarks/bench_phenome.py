@@ -102,8 +102,7 @@ def generate(out_dir: Path, rows: int, persons: int, seed: int, part_rows: int, 
 
 
 def _run_polars(data: Path, out: Path, map_csv: Path) -> dict:
-    from psgfm.phenome.__main__ import OUTPUTS
-    from psgfm.phenome.build import run_phenome
+    from psgfm.phenome.build import OUTPUTS, run_phenome
 
     cfg = {"map": {"name": "phecode12"}, "min_records": 2, "min_cases": 50, "washout_days": 0}
     prov = run_phenome(

@@ -232,11 +232,11 @@ def _finished_run(tmp_path):
 
 
 def test_rerun_of_a_finished_run_with_readouts(tmp_path):
-    """python -m psgfm.atlas.validate --rerun: the same table as run_batch on the scored
+    """python -m psgfm.validation.atlas --rerun: the same table as run_batch on the scored
     targets, the run's own atlas untouched."""
     import yaml
 
-    from psgfm.atlas.validate import atlas_block, main
+    from psgfm.validation.atlas import atlas_block, main
 
     s, results, rids, n_ev = _finished_run(tmp_path)
     over = tmp_path / "over.yaml"
@@ -262,11 +262,9 @@ def test_rerun_of_a_finished_run_with_readouts(tmp_path):
 @pytest.mark.slow
 def test_readout_rules_run_under_snakemake(tmp_path):
     """Rule atlas_readout_targets feeds the atlas batches under Snakemake."""
-    import subprocess
-    import sys
 
     import yaml
-    from conftest import ROOT
+    from conftest import ROOT, run_snakemake
 
     s, results, rids, n_ev = _finished_run(tmp_path)
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -278,27 +276,19 @@ def test_readout_rules_run_under_snakemake(tmp_path):
     cfg["atlas"]["readout"].update(enabled=True, targets=["ahi", "sleep_efficiency"])
     cfgfile = tmp_path / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            str(results / "atlas" / "atlas.tsv"),
-            "--configfile",
-            str(cfgfile),
-            "--cores",
-            "2",
-            "--allowed-rules",
-            "atlas_readout_targets",
-            "atlas_batch",
-            "atlas_table",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    run_snakemake(
+        ROOT,
+        str(results / "atlas" / "atlas.tsv"),
+        "--configfile",
+        str(cfgfile),
+        "--cores",
+        "2",
+        "--allowed-rules",
+        "atlas_readout_targets",
+        "atlas_batch",
+        "atlas_table",
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     t = pd.read_parquet(results / "atlas" / "readout_targets.parquet").set_index("recording_id")
     np.testing.assert_allclose(t.loc[rids, "ahi"], n_ev / 2.0)  # events per hour of 2 h sleep
     np.testing.assert_allclose(t["sleep_efficiency"], 240 / 243)

@@ -3,9 +3,6 @@ batch end to end, the gathered table and plots, and the Snakemake rules."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -13,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from atlas_synth import PHECODES, write_synthetic_atlas_inputs
-from conftest import ROOT
+from conftest import ROOT, run_snakemake
 
 from psgfm.atlas.design import (
     TRAIN_ONLY,
@@ -242,27 +239,19 @@ def test_atlas_rules_run_under_snakemake(synth, tmp_path):
         str(results / "atlas" / x)
         for x in ("atlas.tsv", "plots/manhattan.png", "plots/km_risk_quartiles.png")
     ]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            *targets,
-            "--configfile",
-            str(cfgfile),
-            "--cores",
-            "2",
-            "--allowed-rules",
-            "atlas_batch",
-            "atlas_table",
-            "atlas_plots",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    run_snakemake(
+        ROOT,
+        *targets,
+        "--configfile",
+        str(cfgfile),
+        "--cores",
+        "2",
+        "--allowed-rules",
+        "atlas_batch",
+        "atlas_table",
+        "atlas_plots",
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = pd.read_csv(results / "atlas" / "atlas.tsv", sep="\t", dtype={"phecode": str})
     assert set(table["phecode"]) == set(PHECODES)
     for name in ("manhattan", "forest", "c_model_vs_baseline", "km_risk_quartiles", "calibration"):

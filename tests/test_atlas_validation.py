@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from psgfm.atlas.validate import coverage_run, planted_survival, summarise
+from psgfm.validation.atlas import coverage_run, planted_survival, summarise
 
 
 def test_planted_survival_data_follow_the_simulator():
@@ -45,10 +45,10 @@ def test_oracle_run_reproduces_the_stand_in_run(tmp_path):
 
     import pandas as pd
 
-    from psgfm.atlas.validate import demo_atlas_run, oracle_atlas_run
     from psgfm.demo.cohort import site_of
     from psgfm.demo.physiology import draw_traits
     from psgfm.phenome.maps import MAPS, sha256_file
+    from psgfm.validation.atlas import demo_atlas_run, oracle_atlas_run
 
     real_map = Path(__file__).resolve().parents[1] / "resources/phecode_maps/phecode12.csv"
     if not (real_map.exists() and sha256_file(real_map) == MAPS["phecode12"]["sha256"]):
@@ -110,7 +110,7 @@ def _tiny_cohort(root, n, pooling=b"token_mean,token_std"):
 def test_pooled_cohorts_keep_their_persons_apart(tmp_path):
     import pyarrow.parquet as pq
 
-    from psgfm.atlas.validate import pool_inputs
+    from psgfm.validation.atlas import pool_inputs
 
     a, b = _tiny_cohort(tmp_path / "a", 3), _tiny_cohort(tmp_path / "b", 2)
     paths = pool_inputs([("c3", a, a), ("c4", b, b)], tmp_path / "pool")
@@ -135,7 +135,7 @@ def test_pooled_cohorts_keep_their_persons_apart(tmp_path):
 def test_faithful_stand_ins_put_each_trait_in_its_own_modality_only():
     from types import SimpleNamespace
 
-    from psgfm.atlas.validate import stand_in_embeddings
+    from psgfm.validation.atlas import stand_in_embeddings
 
     rng = np.random.default_rng(2)
     n = 3000

@@ -82,7 +82,7 @@ def test_validation_overlays_are_valid_configs():
     assert run["atlas"] == check["atlas"] and run["samples"] == cfg["samples"]
     assert run["phenome"] == cfg["phenome"] and run["model"]["seed"] == 43
     # the oracle command's --configfile reads the same layered atlas block
-    from psgfm.atlas.validate import atlas_block
+    from psgfm.validation.atlas import atlas_block
 
     files = [ROOT / "config" / "validation.yaml", ROOT / "config" / "validation-atlas3.yaml"]
     assert atlas_block(files) == check["atlas"]

@@ -549,7 +549,7 @@ def test_embeddings_cover_every_recording_and_are_reproducible(tensors, tmp_path
     np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6)
     # the probe's pooling comparison rebuilds the arrays from the stored files: same vectors
     from psgfm.model.embed import night_vector
-    from psgfm.model.probe import stored_result
+    from psgfm.validation.probe import stored_result
 
     for r in man["recording_id"]:
         res = stored_result(tmp_path / "e1", r)

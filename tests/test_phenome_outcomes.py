@@ -16,12 +16,12 @@ import pandas as pd
 import polars as pl
 import pytest
 from conftest import MAP_CSV, D
-from test_phenome import (
+from phenome_cohort import (
     DIAGNOSES,
     PERSONS,
     SHEET,
-    _pdsorted,
     expected_labels,
+    pdsorted,
     random_cohort,
 )
 
@@ -371,7 +371,7 @@ def test_named_outcomes_match_pandas_reference(hf_map, outcomes, min_records, ce
     )
     ref = reference_phenome(diagnoses, persons, sheet, hf_map, outcomes=outcomes, **rules)
     want = ref["labels"][COLS].sort_values(["person_id", "phecode"], ignore_index=True)
-    got = _pdsorted(out["labels"], COLS)
+    got = pdsorted(out["labels"], COLS)
     for name in ("death", "Diabetes", "Heart Failure"):
         sub = got[got.phecode == name]
         assert {"case", "control"} <= set(sub.status), name
@@ -501,7 +501,7 @@ def test_omop_extract_gives_the_native_labels(tmp_path, hand_map, fmt):
     assert_same(native, out, KEYS + ("persons",))
     want = expected_labels().assign(person_id=lambda x: x.person_id.str[1:])
     pd.testing.assert_frame_equal(
-        _pdsorted(out["labels"], COLS),
+        pdsorted(out["labels"], COLS),
         want.sort_values(["person_id", "phecode"], ignore_index=True),
     )
 
@@ -616,7 +616,7 @@ def test_module_command_runs_the_stage_on_relative_days(tmp_path):
     assert res.returncode == 0, res.stderr
     labels = pl.read_parquet(out / "labels.parquet")
     plain = labels.filter(~pl.col("phecode").is_in(["death", "Diabetes", "Heart Failure"]))
-    pd.testing.assert_frame_equal(_pdsorted(plain, COLS), expected_labels())
+    pd.testing.assert_frame_equal(pdsorted(plain, COLS), expected_labels())
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["time"] == "days_from_psg"
     assert [o["name"] for o in prov["outcomes"]["outcomes"]] == [
@@ -658,7 +658,7 @@ def test_module_command_runs_the_stage_on_an_omop_extract(tmp_path):
     plain = labels.filter(~pl.col("phecode").is_in(["death", "Diabetes", "Heart Failure"]))
     want = expected_labels().assign(person_id=lambda x: x.person_id.str[1:])
     pd.testing.assert_frame_equal(
-        _pdsorted(plain, COLS), want.sort_values(["person_id", "phecode"], ignore_index=True)
+        pdsorted(plain, COLS), want.sort_values(["person_id", "phecode"], ignore_index=True)
     )
 
 
@@ -717,7 +717,7 @@ def test_docs_walkthrough_runs_on_generated_examples(tmp_path):
         assert res.returncode == 0, res.stderr
     days = pl.read_parquet(tmp_path / "results" / "phenome_days" / "labels.parquet")
     plain = days.filter(pl.col("phecode").str.contains(r"^\d"))
-    pd.testing.assert_frame_equal(_pdsorted(plain, COLS), expected_labels())
+    pd.testing.assert_frame_equal(pdsorted(plain, COLS), expected_labels())
     omop = pl.read_parquet(tmp_path / "results" / "phenome_omop" / "labels.parquet")
     for labels, ids in ((days, ["P11", "P2", "P4"]), (omop, ["11", "2", "4"])):
         death = labels.filter(pl.col("phecode") == "death", pl.col("event") == 1)

@@ -24,17 +24,19 @@ class ConfigError(ValueError):
     """A configuration or sample-sheet problem the user must fix."""
 
 
-def _load_schema(path: Path) -> dict:
+def load_schema(path: Path) -> dict:
+    """A YAML schema file as a dict."""
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
 
-def _fill_defaults(instance: dict, schema: dict) -> None:
+def fill_defaults(instance: dict, schema: dict) -> None:
+    """Fill the schema's ``default`` values into ``instance`` where keys are absent, recursively."""
     for key, sub in schema.get("properties", {}).items():
         if "default" in sub and key not in instance:
             instance[key] = copy.deepcopy(sub["default"])
         if isinstance(instance.get(key), dict):
-            _fill_defaults(instance[key], sub)
+            fill_defaults(instance[key], sub)
 
 
 def _where(error: jsonschema.ValidationError) -> str:
@@ -54,7 +56,7 @@ def _explain(error: jsonschema.ValidationError, schema: dict) -> str:
 
 def validate_config(config: dict, source: str = "config/config.yaml") -> dict:
     """Validate ``config`` against the schema; return a copy with defaults filled in."""
-    schema = _load_schema(CONFIG_SCHEMA)
+    schema = load_schema(CONFIG_SCHEMA)
     cfg = copy.deepcopy(dict(config))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
@@ -65,7 +67,7 @@ def validate_config(config: dict, source: str = "config/config.yaml") -> dict:
             + "\n".join(lines)
             + f"\nFix the keys above; the schema is {CONFIG_SCHEMA}."
         )
-    _fill_defaults(cfg, schema)
+    fill_defaults(cfg, schema)
     exp = cfg["export"]
     if exp["chunk_seconds"] % exp["patch_seconds"]:
         raise ConfigError(
@@ -122,7 +124,7 @@ def validate_recordings(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     for col in OPTIONAL_COLUMNS:
         if col not in df.columns:
             df[col] = ""
-    schema = _load_schema(RECORDINGS_SCHEMA)
+    schema = load_schema(RECORDINGS_SCHEMA)
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for i, row in enumerate(df.to_dict("records")):

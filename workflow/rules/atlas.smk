@@ -163,8 +163,7 @@ if ATLAS["neural"]["enabled"]:
             "../scripts/atlas_neural.py"
 
 
-# Not in all_targets() yet: night.parquet has no producing rule on this branch. Wire these in
-# with the model stage.
+# The atlas's final outputs (all_targets() in common.smk requests them).
 ATLAS_TARGETS = [
     f"{ATLAS_OUT}/atlas.tsv",
     f"{ATLAS_OUT}/atlas.parquet",

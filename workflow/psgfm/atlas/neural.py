@@ -1,8 +1,8 @@
 """Optional SleepFM-style multi-label neural Cox head: all phecodes at once.
 
 Architecture and state_dict layout of the release's ``DiagnosisFinetuneFullLSTMCOXPHWithDemo``
-(../shared/reference/sleepfm-model-spec.md §3.3; names and shapes in
-sleepfm_state_dict_layout.json): attention pooling over the four modalities of each token
+(the release's model specification §3.3, summarised in docs/atlas.md; its parameter names and
+shapes are those of the release's checkpoint, tested in tests/test_atlas_neural.py): attention pooling over the four modalities of each token
 (``spatial_pooling``, one post-norm TransformerEncoderLayer), a packed 2-layer BiLSTM over the
 tokens, the mean over valid tokens, a demographics embedding ``Linear(n_demo, 32) -> ReLU ->
 Dropout`` and ``disease_heads = Linear(128 + 32, L)`` giving one log-hazard per label. The
@@ -32,36 +32,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from psgfm.model.encoder import AttentionPooling, PositionalEncoding
 
-class AttentionPooling(nn.Module):
-    """One post-norm transformer layer over a set, then the (masked) mean."""
-
-    def __init__(self, d: int, heads: int, dropout: float):
-        super().__init__()
-        self.transformer_layer = nn.TransformerEncoderLayer(
-            d_model=d, nhead=heads, dropout=dropout, batch_first=True
-        )
-
-    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, S, d); pad (B, S) True where padded. Every row needs one valid element."""
-        y = self.transformer_layer(x, src_key_padding_mask=pad)
-        if pad is None:
-            return y.mean(dim=1)
-        valid = (~pad).unsqueeze(-1).to(y.dtype)
-        return (y * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)
-
-
-class PositionalEncoding(nn.Module):
-    """Sinusoidal table kept for layout compatibility (the release never uses it here)."""
-
-    def __init__(self, max_len: int, d: int):
-        super().__init__()
-        pos = torch.arange(max_len, dtype=torch.float32)[:, None]
-        div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
-        pe = torch.zeros(1, max_len, d)
-        pe[0, :, 0::2] = torch.sin(pos * div)
-        pe[0, :, 1::2] = torch.cos(pos * div)
-        self.register_buffer("pe", pe)
+# the release's pooling layer keeps PyTorch's default feed-forward width
+RELEASE_POOLING_FF_DIM = 2048
 
 
 class DiagnosisCoxHead(nn.Module):
@@ -79,7 +53,10 @@ class DiagnosisCoxHead(nn.Module):
         demo_dim: int = 32,
     ):
         super().__init__()
-        self.spatial_pooling = AttentionPooling(embed_dim, pooling_heads, dropout)
+        self.spatial_pooling = AttentionPooling(
+            embed_dim, pooling_heads, RELEASE_POOLING_FF_DIM, dropout
+        )
+        # kept for the layout only: the release never adds it here
         self.positional_encoding = PositionalEncoding(max_seq_length, embed_dim)
         self.layer_norm = nn.LayerNorm(embed_dim)
         self.lstm = nn.LSTM(
@@ -273,10 +250,16 @@ def run_neural(
 
     from psgfm.atlas.design import TRAIN_ONLY, assign_folds, build_cohort, read_night_embeddings
     from psgfm.atlas.metrics import MetricInputError, concordance
-    from psgfm.atlas.run import _cfg, batch_phecodes, label_persons, load_labels, read_summary
+    from psgfm.atlas.run import (
+        atlas_config,
+        batch_phecodes,
+        label_persons,
+        load_labels,
+        read_summary,
+    )
     from psgfm.io import write_text
 
-    cfg = _cfg(config)
+    cfg = atlas_config(config)
     ncfg = {**cfg.get("neural", {})}
     night = read_night_embeddings(embeddings, cfg["modalities"])
     cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])

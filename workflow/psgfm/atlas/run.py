@@ -73,7 +73,8 @@ DEFAULTS = {
 }
 
 
-def _cfg(config: dict | None) -> dict:
+def atlas_config(config: dict | None) -> dict:
+    """The ``atlas`` block with the module defaults filled in (nested blocks merged)."""
     cfg = {**DEFAULTS, **(config or {})}
     cfg["split"] = {**DEFAULTS["split"], **(cfg.get("split") or {})}
     cfg["covariates"] = {**DEFAULTS["covariates"], **(cfg.get("covariates") or {})}
@@ -517,7 +518,7 @@ def run_batch(
 def _run_batch(
     phecodes, embeddings, labels, summary, persons, sheet, config, out, readout_targets=None
 ):
-    cfg = _cfg(config)
+    cfg = atlas_config(config)
     t0 = _time.perf_counter()
     night = read_night_embeddings(embeddings, cfg["modalities"])
     cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
@@ -676,7 +677,7 @@ def gather(
     ``out`` keys: table (Parquet), tsv, subgroups (TSV), calibration (Parquet), persons (TSV,
     the cohort's dropped persons), provenance (JSON).
     """
-    cfg = _cfg(config)
+    cfg = atlas_config(config)
     table = _concat([pd.read_parquet(p) for p in tables])
     if table.empty:  # e.g. no phecode reaches phenome.min_cases in a small cohort
         log.warning("no phecode was fitted: the atlas tables are empty")

@@ -3,7 +3,7 @@ real Sleep-EDF hypnograms and to generated nights.
 
 The generator's stage model (:mod:`psgfm.demo.staging`) uses numbers estimated once from the
 real hypnograms and stored, with their provenance, in ``psgfm/data/hypnostats_sleep_edf.json``
-(written by ``python benchmarks/calibrate_demo.py hypnostats``). Everything is measured on the
+(written by ``python -m psgfm.validation.calibrate_demo hypnostats``). Everything is measured on the
 sleep period (first to last sleep epoch): Sleep-EDF cassette files span 24 h, with hours of
 wake before lights off and after lights on that say nothing about sleep. Stage 4 is merged
 into N3 and 'Movement time' counts as W; '?' epochs are unscored (-1).
@@ -169,7 +169,7 @@ def estimate(paths: list[str | Path]) -> dict:
                 "bout_hist[t][s][L-1] = bouts of stage s and L epochs starting in third t; "
                 "jumps[t][a][b] = bouts of stage a in third t followed by a bout of stage b"
             ),
-            "made_by": "python benchmarks/calibrate_demo.py hypnostats",
+            "made_by": "python -m psgfm.validation.calibrate_demo hypnostats",
         },
         "stages": list(STAGES),
         "epoch_seconds": EPOCH_S,

@@ -1,7 +1,7 @@
 """The sleep foundation-model encoder: SleepFM-Clinical's SetTransformer, fused and masked.
 
 Architecture (the release's ``SetTransformer(1, 640, 128, 8, 6, pooling_head=8, dropout=0.3)``,
-see ``../shared/reference/sleepfm-model-spec.md`` §3): per channel, each 5-s patch of 640
+docs/model.md, 'Encoder'): per channel, each 5-s patch of 640
 samples is tokenised by a 6-block 1-D CNN (``patch_embedding``); an attention-pooling layer
 pools the channels of a modality per patch (``spatial_pooling``); sinusoidal positions and a
 LayerNorm are added; a 6-layer pre-norm transformer runs over the 60 patches of a 5-min chunk

@@ -15,32 +15,19 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from psgfm.config import CONFIG_SCHEMA, _fill_defaults, _load_schema
-from psgfm.phenome.build import PhenomeInputError, run_phenome
+from psgfm.config import CONFIG_SCHEMA, fill_defaults, load_schema
+from psgfm.phenome.build import OUTPUTS, PhenomeInputError, run_phenome
 from psgfm.phenome.maps import PhecodeMapError, fetch_map
 from psgfm.phenome.outcomes import OutcomeDefinitionError
-
-OUTPUTS = {
-    "labels": "labels.parquet",
-    "summary": "summary.parquet",
-    "summary_tsv": "summary.tsv",
-    "is_event": "is_event.csv",
-    "time_to_event": "time_to_event.csv",
-    "unmapped": "qc/unmapped_codes.tsv",
-    "dropped": "qc/dropped_persons.tsv",
-    "records": "qc/records.tsv",
-    "persons": "persons.parquet",
-    "provenance": "provenance.json",
-}
 
 
 def phenome_config(path: str | Path) -> tuple[dict, str]:
     """(the phenome block with schema defaults, the sample sheet path) of a config file."""
     with open(path, encoding="utf-8") as fh:
         config = yaml.safe_load(fh) or {}
-    schema = _load_schema(CONFIG_SCHEMA)["properties"]
+    schema = load_schema(CONFIG_SCHEMA)["properties"]
     block = config.get("phenome") or {}
-    _fill_defaults(block, schema["phenome"])
+    fill_defaults(block, schema["phenome"])
     try:
         jsonschema.validate(block, schema["phenome"])
     except jsonschema.ValidationError as exc:

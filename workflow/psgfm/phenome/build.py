@@ -24,7 +24,6 @@ are extra columns of the grids.
 
 from __future__ import annotations
 
-import glob as globmod
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +56,29 @@ from psgfm.phenome.maps import (
     phecode_sort_key,
     phecode_table,
 )
+from psgfm.phenome.omop import read_omop
 from psgfm.phenome.outcomes import Outcome, check_names, outcome_rows, prefix_table
+from psgfm.phenome.tables import (
+    PhenomeInputError,
+    expand_source,
+    scan_table,
+    source_label,
+    to_date,
+)
 
+# the files of rule phenome, by role, relative to its output folder
+OUTPUTS = {
+    "labels": "labels.parquet",
+    "summary": "summary.parquet",
+    "summary_tsv": "summary.tsv",
+    "is_event": "is_event.csv",
+    "time_to_event": "time_to_event.csv",
+    "unmapped": "qc/unmapped_codes.tsv",
+    "dropped": "qc/dropped_persons.tsv",
+    "records": "qc/records.tsv",
+    "persons": "persons.parquet",
+    "provenance": "provenance.json",
+}
 DIAGNOSES_COLUMNS = ("person_id", "code", "code_system", "date")
 PERSONS_COLUMNS = ("person_id", "sex", "birth_date", "end_of_followup", "death")
 # the record time of a diagnosis: a calendar date, or days from the PSG / from a baseline
@@ -88,100 +108,6 @@ DEFAULT_RULES = {
 }
 
 
-class PhenomeInputError(ValueError):
-    """An input table of the phenome stage is malformed; the message names file, column, fix."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Input readers and validation
-# ---------------------------------------------------------------------------------------------
-
-
-def _label(source) -> str:
-    if isinstance(source, str | os.PathLike):
-        return str(source)
-    if isinstance(source, list | tuple):
-        return f"{source[0]} (+{len(source) - 1} more)" if len(source) > 1 else str(source[0])
-    return f"<{type(source).__name__}>"
-
-
-def _expand(source) -> list[str]:
-    """A file, a folder (every Parquet/CSV file below it) or a glob -> a list of files."""
-    if isinstance(source, list | tuple):
-        return [f for s in source for f in _expand(s)]
-    text = str(source)
-    if os.path.isdir(text):
-        files = sorted(
-            str(p) for p in Path(text).rglob("*") if p.suffix in (".parquet", ".csv", ".tsv")
-        )
-    elif any(ch in text for ch in "*?["):
-        files = sorted(globmod.glob(text, recursive=True))
-    else:
-        files = [text]
-    if not files or not all(os.path.exists(f) for f in files):
-        raise PhenomeInputError(
-            f"{text}: no such file (or the folder/glob matches nothing). Fix: set "
-            "phenome.diagnoses / phenome.persons to an existing Parquet or CSV file, folder or glob."
-        )
-    return files
-
-
-def scan_table(source, columns: tuple[str, ...], what: str, label=None) -> pl.LazyFrame:
-    """Lazy scan of a Parquet/CSV file, folder or glob (or a DataFrame) with column checks;
-    ``label`` names the source in messages when ``source`` is an already-opened frame."""
-    label = _label(source if label is None else label)
-    if isinstance(source, pl.LazyFrame):
-        lf = source
-    elif isinstance(source, pl.DataFrame):
-        lf = source.lazy()
-    elif hasattr(source, "to_pandas") or hasattr(source, "iloc"):  # pyarrow / pandas
-        lf = (
-            pl.from_pandas(source).lazy()
-            if hasattr(source, "iloc")
-            else pl.from_arrow(source).lazy()
-        )
-    else:
-        files = _expand(source)
-        if all(f.endswith(".parquet") for f in files):
-            lf = pl.scan_parquet(files)
-        elif all(f.endswith((".csv", ".tsv")) for f in files):
-            sep = "\t" if files[0].endswith(".tsv") else ","
-            lf = pl.scan_csv(files, separator=sep, infer_schema=False)
-        else:
-            raise PhenomeInputError(
-                f"{_label(source)}: {what} must be Parquet or CSV/TSV files (got {files[:3]})."
-            )
-    try:
-        names = lf.collect_schema().names()
-    except Exception as exc:  # noqa: BLE001 - unreadable file
-        raise PhenomeInputError(f"{label}: cannot read the {what} table ({exc}).") from exc
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise PhenomeInputError(
-            f"{label}: the {what} table lacks column(s) {missing} (it has {names}). "
-            f"Fix: provide columns {list(columns)}."
-        )
-    return lf
-
-
-def _to_date(lf: pl.LazyFrame, col: str, out: str | None = None) -> pl.LazyFrame:
-    dtype = lf.collect_schema()[col]
-    out = out or col
-    if dtype == pl.Date:
-        expr = pl.col(col)
-    elif isinstance(dtype, pl.Datetime):
-        expr = pl.col(col).dt.date()
-    else:
-        expr = (
-            pl.col(col)
-            .cast(pl.String)
-            .str.strip_chars()
-            .str.slice(0, 10)
-            .str.to_date("%Y-%m-%d", strict=False)
-        )
-    return lf.with_columns(expr.alias(out))
-
-
 def _examples(df: pl.DataFrame, bad: pl.Series, id_col: str, col: str) -> list[str]:
     """Up to three offending rows of ``df``, as 'id: value', for an error message."""
     return [f"{r[id_col]}: {r[col]!r}" for r in df.filter(bad).head(3).iter_rows(named=True)]
@@ -191,14 +117,14 @@ def _strict_dates(df: pl.DataFrame, cols, source, what: str, id_col: str) -> pl.
     """Parse date columns of a small table; unparseable values raise PhenomeInputError."""
     for col in cols:
         raw = df[col]
-        parsed = _to_date(df.lazy(), col).collect()[col]
+        parsed = to_date(df.lazy(), col).collect()[col]
         bad = parsed.is_null() & raw.is_not_null()
         if raw.dtype == pl.String:
             bad = bad & (raw.str.strip_chars() != "")
         if bad.any():
             examples = _examples(df, bad, id_col, col)
             raise PhenomeInputError(
-                f"{_label(source)}: column {col} of the {what} table has {int(bad.sum())} "
+                f"{source_label(source)}: column {col} of the {what} table has {int(bad.sum())} "
                 f"value(s) that are not dates (e.g. {examples}). Fix: write dates as YYYY-MM-DD."
             )
         df = df.with_columns(parsed.alias(col))
@@ -224,10 +150,14 @@ def diagnosis_source(diagnoses) -> DiagnosisSource:
     if len(found) != 1:
         what = f"both {found}" if found else "none of them"
         raise PhenomeInputError(
-            f"{_label(diagnoses)}: the diagnoses table needs exactly one time column of "
+            f"{source_label(diagnoses)}: the diagnoses table needs exactly one time column of "
             f"{list(TIME_COLUMNS)} and has {what} (columns: {names}). {RELATIVE_FIX}"
         )
-    files = _expand(diagnoses) if isinstance(diagnoses, str | os.PathLike | list | tuple) else None
+    files = (
+        expand_source(diagnoses)
+        if isinstance(diagnoses, str | os.PathLike | list | tuple)
+        else None
+    )
     columns = {c: c for c in ("person_id", "code", "code_system")}
     columns["time"] = found[0]
     return DiagnosisSource(diagnoses, files, lf, columns, time_kind=found[0])
@@ -240,17 +170,17 @@ def _person_form(names: list[str], source, time_kind: str, diagnoses_label: str 
     diag = f"the diagnoses ({diagnoses_label})" if diagnoses_label else "the diagnoses"
     if dated and rel:
         raise PhenomeInputError(
-            f"{_label(source)}: the persons table mixes calendar columns {dated} with "
+            f"{source_label(source)}: the persons table mixes calendar columns {dated} with "
             f"relative-day columns {rel}. {RELATIVE_FIX}"
         )
     if time_kind == "date" and rel:
         raise PhenomeInputError(
-            f"{_label(source)}: the persons table has relative-day columns {rel} but {diag} "
+            f"{source_label(source)}: the persons table has relative-day columns {rel} but {diag} "
             f"carry calendar dates (column date). {RELATIVE_FIX}"
         )
     if time_kind != "date" and dated:
         raise PhenomeInputError(
-            f"{_label(source)}: the persons table has calendar columns {dated} but {diag} "
+            f"{source_label(source)}: the persons table has calendar columns {dated} but {diag} "
             f"carry days (column {time_kind}). {RELATIVE_FIX}"
         )
 
@@ -275,7 +205,7 @@ def read_persons(
     df = _strict_dates(df, ["birth_date", "end_of_followup"], source, "persons", "person_id")
     if df["birth_date"].is_null().any():
         raise PhenomeInputError(
-            f"{_label(source)}: column birth_date is empty for "
+            f"{source_label(source)}: column birth_date is empty for "
             f"{df.filter(pl.col('birth_date').is_null())['person_id'].head(3).to_list()}; fill it."
         )
     return df.with_columns(_death(df["death"], source).alias("death"))
@@ -289,16 +219,18 @@ def _person_ids_and_sex(df: pl.DataFrame, source) -> pl.DataFrame:
     if bad.any():
         examples = _examples(df, bad, "person_id", "sex")
         raise PhenomeInputError(
-            f"{_label(source)}: column sex has {int(bad.sum())} value(s) other than F/M "
+            f"{source_label(source)}: column sex has {int(bad.sum())} value(s) other than F/M "
             f"(e.g. {examples}). Fix: code sex as F or M."
         )
     df = df.with_columns(sex.alias("sex"))
     if df["person_id"].is_null().any():
-        raise PhenomeInputError(f"{_label(source)}: column person_id has empty values; fill them.")
+        raise PhenomeInputError(
+            f"{source_label(source)}: column person_id has empty values; fill them."
+        )
     dup = df["person_id"].filter(df["person_id"].is_duplicated()).unique().head(5).to_list()
     if dup:
         raise PhenomeInputError(
-            f"{_label(source)}: column person_id repeats {dup}; one row per person is required."
+            f"{source_label(source)}: column person_id repeats {dup}; one row per person is required."
         )
     return df
 
@@ -311,7 +243,7 @@ def _death(death: pl.Series, source) -> pl.Series:
         ok = text.is_in(list(mapping)) | text.is_null()
         if not ok.all():
             raise PhenomeInputError(
-                f"{_label(source)}: column death has values other than true/false/1/0 (e.g. "
+                f"{source_label(source)}: column death has values other than true/false/1/0 (e.g. "
                 f"{death.filter(~ok).head(3).to_list()}). Fix: code death as a boolean."
             )
         death = text.replace_strict(mapping, default=None, return_dtype=pl.Boolean)
@@ -323,14 +255,16 @@ def _numbers(df: pl.DataFrame, cols, source) -> pl.DataFrame:
     for col in cols:
         raw = df[col]
         if raw.dtype == pl.Boolean:
-            raise PhenomeInputError(f"{_label(source)}: column {col} must be a number of days.")
+            raise PhenomeInputError(
+                f"{source_label(source)}: column {col} must be a number of days."
+            )
         parsed = raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
         bad = parsed.is_null() & raw.is_not_null()
         if raw.dtype == pl.String:
             bad = bad & (raw.str.strip_chars() != "")
         if bad.any():
             raise PhenomeInputError(
-                f"{_label(source)}: column {col} of the persons table has {int(bad.sum())} "
+                f"{source_label(source)}: column {col} of the persons table has {int(bad.sum())} "
                 f"value(s) that are not numbers (e.g. {_examples(df, bad, 'person_id', col)}). "
                 "Fix: write plain numbers (days, or years for age_at_psg)."
             )
@@ -347,7 +281,7 @@ def _relative_persons(lf: pl.LazyFrame, source, time_kind: str, sheet) -> pl.Dat
     deaths = [c for c in ("death", "death_days") if c in names]
     if len(deaths) != 1:
         raise PhenomeInputError(
-            f"{_label(source)}: a persons table in days needs one of death (true/false) or "
+            f"{source_label(source)}: a persons table in days needs one of death (true/false) or "
             f"death_days (days to death, empty if alive) and has "
             f"{deaths or 'neither'}. Fix: keep one."
         )
@@ -357,7 +291,7 @@ def _relative_persons(lf: pl.LazyFrame, source, time_kind: str, sheet) -> pl.Dat
     df = _numbers(df, nums, source)
     if sheet is None:
         raise PhenomeInputError(
-            f"{_label(source)}: a persons table in days needs the sample sheet's psg_date to "
+            f"{source_label(source)}: a persons table in days needs the sample sheet's psg_date to "
             "anchor it; pass the sheet."
         )
     df = df.join(sheet, on="person_id", how="left")
@@ -365,7 +299,7 @@ def _relative_persons(lf: pl.LazyFrame, source, time_kind: str, sheet) -> pl.Dat
         empty = df.filter(pl.col(col).is_null(), pl.col("psg_date").is_not_null())
         if empty.height:
             raise PhenomeInputError(
-                f"{_label(source)}: column {col} is empty for "
+                f"{source_label(source)}: column {col} is empty for "
                 f"{empty['person_id'].head(3).to_list()} (persons with a PSG); fill it."
             )
     offset = pl.col("psg_days_from_baseline") if "psg_days_from_baseline" in need else pl.lit(0.0)
@@ -604,7 +538,7 @@ def prepare(
     ``persons``: a file/table in the form of the diagnoses' time column."""
     spec = diagnosis_source(diagnoses)
     sheet_df = read_sheet(sheet)
-    persons_df = read_persons(persons, spec.time_kind, sheet_df, _label(spec.source))
+    persons_df = read_persons(persons, spec.time_kind, sheet_df, source_label(spec.source))
     cohort, dropped = build_cohort(persons_df.drop("psg_offset", strict=False), sheet_df)
     if extra_dropped is not None and extra_dropped.height:  # e.g. OMOP persons of unknown sex
         dropped = dropped.filter(~pl.col("person_id").is_in(extra_dropped["person_id"].implode()))
@@ -631,7 +565,7 @@ def prepare(
     except TypeError as exc:  # e.g. a day column that holds dates
         rp.close()
         raise PhenomeInputError(
-            f"{_label(spec.source)}: column {spec.columns['time']} of the diagnoses: {exc}. "
+            f"{source_label(spec.source)}: column {spec.columns['time']} of the diagnoses: {exc}. "
             f"{RELATIVE_FIX}"
         ) from exc
     except Exception:
@@ -803,8 +737,6 @@ def phenome_inputs(diagnoses, persons, config: dict):
     the given tables (``input_format: native``) or an OMOP extract (``omop``)."""
     fmt = config.get("input_format", "native")
     if fmt == "omop":
-        from psgfm.phenome.omop import read_omop
-
         return read_omop(config.get("omop") or {})
     if fmt != "native":
         raise PhenomeInputError(f"phenome.input_format must be 'native' or 'omop', not {fmt!r}.")
@@ -930,11 +862,11 @@ def run_phenome(
         {
             "phenome": config,
             "inputs": {
-                "diagnoses": _label(diagnoses.source)
+                "diagnoses": source_label(diagnoses.source)
                 if isinstance(diagnoses, DiagnosisSource)
-                else _label(diagnoses),
-                "persons": _label(persons),
-                "sheet": _label(sheet),
+                else source_label(diagnoses),
+                "persons": source_label(persons),
+                "sheet": source_label(sheet),
             },
         },
     )

@@ -25,14 +25,14 @@ import os
 
 import polars as pl
 
-from psgfm.phenome.build import (
-    PhenomeInputError,
-    _expand,
-    _label,
-    _to_date,
-    scan_table,
-)
 from psgfm.phenome.engine import DiagnosisSource
+from psgfm.phenome.tables import (
+    PhenomeInputError,
+    expand_source,
+    scan_table,
+    source_label,
+    to_date,
+)
 
 MALE, FEMALE = 8507, 8532
 DEFAULT_COLUMNS = {
@@ -61,7 +61,7 @@ def _path(cfg: dict, table: str, required: bool = True) -> str | None:
             f"{table} table (Parquet or CSV file, folder or glob)."
         )
     try:
-        _expand(value)
+        expand_source(value)
     except PhenomeInputError as exc:
         raise PhenomeInputError(
             f"{value}: the OMOP {table} table does not exist. Fix: set phenome.omop.{table} to "
@@ -77,7 +77,7 @@ def _scan(path: str, table: str, need: dict[str, str]) -> pl.LazyFrame:
     for key, col in need.items():
         if col not in names:
             raise PhenomeInputError(
-                f"{_label(path)}: the OMOP {table} table has no column {col!r} (it has "
+                f"{source_label(path)}: the OMOP {table} table has no column {col!r} (it has "
                 f"{names}). Fix: set phenome.omop.columns.{key} to the column that holds it."
             )
     return lf
@@ -109,7 +109,7 @@ def read_omop(cfg: dict) -> tuple[DiagnosisSource, pl.DataFrame, pl.DataFrame]:
         need["year_of_birth"] = cols["year_of_birth"]
     lf = _ids(_scan(person_path, "person", need), pid)
     if birth_dt is not None:
-        lf = _to_date(lf, birth_dt, "_birth_dt")
+        lf = to_date(lf, birth_dt, "_birth_dt")
     else:
         lf = lf.with_columns(_birth_dt=pl.lit(None, pl.Date))
     # year/month/day of birth; a missing month is taken as July 1, a missing day as the 15th
@@ -135,7 +135,7 @@ def read_omop(cfg: dict) -> tuple[DiagnosisSource, pl.DataFrame, pl.DataFrame]:
     if person["person_id"].is_duplicated().any():
         dup = person.filter(pl.col("person_id").is_duplicated())["person_id"].unique().head(3)
         raise PhenomeInputError(
-            f"{_label(person_path)}: the OMOP person table repeats person_id {dup.to_list()}; "
+            f"{source_label(person_path)}: the OMOP person table repeats person_id {dup.to_list()}; "
             "one row per person is required."
         )
     dropped = pl.concat(
@@ -160,14 +160,14 @@ def read_omop(cfg: dict) -> tuple[DiagnosisSource, pl.DataFrame, pl.DataFrame]:
     obs = _scan(
         obs_path, "observation_period", {"person_id": pid, "observation_period_end_date": end_col}
     )
-    obs = _to_date(_ids(obs, pid), end_col, "_obs_end")
+    obs = to_date(_ids(obs, pid), end_col, "_obs_end")
     obs = obs.group_by("person_id").agg(obs_end=pl.col("_obs_end").max()).collect()
 
     # death: earliest date
     if paths["death"] is not None:
         dcol = cols["death_date"]
         death = _scan(paths["death"], "death", {"person_id": pid, "death_date": dcol})
-        death = _to_date(_ids(death, pid), dcol, "_death")
+        death = to_date(_ids(death, pid), dcol, "_death")
         death = death.group_by("person_id").agg(death_date=pl.col("_death").min()).collect()
     else:
         death = pl.DataFrame(schema={"person_id": pl.String, "death_date": pl.Date})
@@ -211,7 +211,7 @@ def read_omop(cfg: dict) -> tuple[DiagnosisSource, pl.DataFrame, pl.DataFrame]:
     }
     if cols["code_system"]:
         columns["code_system"] = cols["code_system"]
-    files = _expand(cond_path) if isinstance(cond_path, str | os.PathLike) else None
+    files = expand_source(cond_path) if isinstance(cond_path, str | os.PathLike) else None
     spec = DiagnosisSource(
         cond_path,
         files,

@@ -11,7 +11,7 @@ seeds, and a trait without an effect should be significant about 5 % of the time
 
 This module builds those survival data straight from the simulator's onsets (the statistics
 alone; the phenome stage's record rules are tested in its own suite) and fits all diseases of
-a seed in one batched call. ``python -m psgfm.atlas.validate --seeds 40 --n 4000`` prints the
+a seed in one batched call. ``python -m psgfm.validation.atlas --seeds 40 --n 4000`` prints the
 coverage table of docs/atlas.md.
 """
 
@@ -21,21 +21,34 @@ import argparse
 import datetime as dt
 import json
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
 
 from psgfm.atlas.cox import fit_cox
 from psgfm.atlas.metrics import wald
-from psgfm.phenome.__main__ import OUTPUTS as PHENOME_OUTPUTS
+from psgfm.atlas.plots import make_plots
+from psgfm.atlas.readout import write_night_targets
+from psgfm.atlas.run import batch_phecodes, gather, read_summary, run_batch
+from psgfm.config import validate_config
+from psgfm.demo.cohort import DISEASES, simulate_ehr, site_of
+from psgfm.demo.physiology import draw_traits
+from psgfm.io import write_parquet
+from psgfm.phenome.build import OUTPUTS as PHENOME_OUTPUTS
+from psgfm.phenome.build import run_phenome
+from psgfm.signals.annotations import events_batch, events_cohort
 
 COVARIATES = ("ahi", "heart_rate", "n3_fraction", "age", "male")
 
 
 def planted_survival(seed: int, n: int) -> dict:
     """Time to incident onset of every demo disease, with the traits as covariates."""
-    from psgfm.demo.cohort import DISEASES, simulate_ehr, site_of
-    from psgfm.demo.physiology import draw_traits
 
     traits = [draw_traits(seed, i, site_of(i)) for i in range(n)]
     ehr = simulate_ehr(seed, traits)
@@ -138,11 +151,6 @@ def summarise(df: pd.DataFrame, alpha: float = 0.05) -> dict:
 def layered_config(configfiles) -> dict:
     """config/config.yaml with ``configfiles`` layered over it (nested dicts merge, everything
     else replaces: snakemake's ``--configfile``), validated with defaults filled."""
-    from pathlib import Path
-
-    import yaml
-
-    from psgfm.config import validate_config
 
     def layer(base, over):
         out = dict(base)
@@ -291,7 +299,6 @@ def stand_in_embeddings(
     Sites as in the demo cohort: charlie records no respiration (RESP null), delta no ECG.
     Age and sex are *not* put in, so any gain over the baseline comes from the sleep traits.
     """
-    import pyarrow as pa
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xE3B]))
     z = np.array([[np.log(t.ahi), t.heart_rate, t.n3_fraction] for t in traits])
@@ -324,13 +331,6 @@ def stand_in_embeddings(
 
 def demo_atlas_run(out_dir, map_csv, n: int = 3000, seed: int = 20261124, atlas_config=None):
     """Generated data through the real phenome and atlas stages; returns the atlas table."""
-    from pathlib import Path
-
-    import pyarrow.parquet as pq
-
-    from psgfm.demo.cohort import simulate_ehr, site_of
-    from psgfm.demo.physiology import draw_traits
-    from psgfm.phenome.build import run_phenome
 
     out = Path(out_dir)
     (out / "phenome").mkdir(parents=True, exist_ok=True)
@@ -376,10 +376,6 @@ def atlas_from(io: dict, out, cfg: dict) -> pd.DataFrame:
     """Run the atlas on ``io`` (embeddings, labels, summary, persons, sheet; readout_targets
     with ``atlas.readout``) into ``out`` in one batch, as the workflow's rules would; write
     table, plots; return the table."""
-    from pathlib import Path
-
-    from psgfm.atlas.plots import make_plots
-    from psgfm.atlas.run import batch_phecodes, gather, read_summary, run_batch
 
     out = Path(out)
     io = dict(io)
@@ -417,10 +413,6 @@ def oracle_atlas_run(
     stand-ins built from the planted traits (:func:`stand_in_embeddings`): same persons,
     labels and folds, an encoder that captured the traits. It separates the cohort's power
     (cases per phecode) from what the real encoder learned."""
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    import pyarrow.parquet as pq
 
     results, out = Path(results), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -450,11 +442,6 @@ def rerun_atlas(results, out_dir, configfiles, sheet=None) -> pd.DataFrame:
     events table and harmonised hypnograms (``out_dir/readout_targets.parquet``). ``sheet``:
     a sample sheet to use instead of the config's; its events files are read again into
     ``out_dir/events`` (for a run whose sheet named none)."""
-    from pathlib import Path
-
-    from psgfm.atlas.readout import write_night_targets
-    from psgfm.io import write_parquet
-    from psgfm.signals.annotations import events_batch, events_cohort
 
     results, out = Path(results), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -496,11 +483,6 @@ def pool_inputs(cohorts, out_dir) -> dict:
     ``embeddings/night.parquet``. Person, subject and recording ids get ``{prefix}-`` so that
     cohorts drawn with different seeds (which reuse ids like S001) stay distinct persons.
     Returns the pooled paths (persons, diagnoses, sheet, night)."""
-    from pathlib import Path
-
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -553,9 +535,6 @@ def pool_inputs(cohorts, out_dir) -> dict:
 def pooled_atlas_run(cohorts, out_dir, configfiles, map_csv) -> pd.DataFrame:
     """The phenome and atlas stages over pooled generated cohorts (:func:`pool_inputs`), with
     the ``phenome`` and ``atlas`` blocks of ``configfiles`` layered over config/config.yaml."""
-    from pathlib import Path
-
-    from psgfm.phenome.build import run_phenome
 
     out = Path(out_dir)
     paths = pool_inputs(cohorts, out)

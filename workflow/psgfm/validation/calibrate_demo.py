@@ -24,9 +24,9 @@ Subcommands (run from the repository root):
 
 Usage::
 
-    .venv/bin/python benchmarks/calibrate_demo.py hypnostats
-    .venv/bin/python benchmarks/calibrate_demo.py run --n-subjects 120 --hours 1
-    .venv/bin/python benchmarks/calibrate_demo.py run --cohort benchmarks/out/calibrate/cohort
+    .venv/bin/python -m psgfm.validation.calibrate_demo hypnostats
+    .venv/bin/python -m psgfm.validation.calibrate_demo run --n-subjects 120 --hours 1
+    .venv/bin/python -m psgfm.validation.calibrate_demo run --cohort benchmarks/out/calibrate/cohort
 """
 
 from __future__ import annotations
@@ -42,12 +42,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
+from psgfm.demo import hypnostats, staging
+from psgfm.demo.cohort import generate_demo_cohort
+from psgfm.demo.physiology import n3_age_factor
 
-from psgfm.demo import hypnostats, staging  # noqa: E402
-from psgfm.demo.cohort import generate_demo_cohort  # noqa: E402
-from psgfm.demo.physiology import n3_age_factor  # noqa: E402
+ROOT = Path.cwd()  # run from the repository root (the shared data sit beside it)
 
 SHARED = ROOT.parent / "shared" / "data" / "psg" / "hypnograms" / "sleep-edf"
 OUT = ROOT / "benchmarks" / "out" / "calibrate"
@@ -345,7 +344,9 @@ def main(argv=None) -> int:
         args = ap.parse_args(["run", *(argv or sys.argv[1:])])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"command": " ".join(["benchmarks/calibrate_demo.py", *(argv or sys.argv[1:])])}
+    report = {
+        "command": " ".join(["python -m psgfm.validation.calibrate_demo", *(argv or sys.argv[1:])])
+    }
     if args.cohort:
         cohort = Path(args.cohort)
         truth = json.loads((cohort / "truth.json").read_text())["generator"]
