@@ -1,5 +1,5 @@
-"""Every relative link and image in README.md, docs/ and experiments/ points to a file that
-exists, and every #anchor to a heading of the target (GitHub's heading slugs)."""
+"""Every relative link and image in README.md, benchmarks/README.md, docs/ and experiments/
+points to a file that exists, and every #anchor to a heading of the target (GitHub's slugs)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
 
 
 def markdown_files() -> list[Path]:
-    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    files = [
+        ROOT / "README.md",
+        ROOT / "benchmarks" / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+    ]
     return files + sorted((ROOT / "experiments").rglob("*.md"))
 
 
