@@ -39,7 +39,7 @@ validate: install
 	$(BIN)/psgfm demo --out resources/validation --n-subjects $(VALIDATION_N) --hours 1 --seed 20261125
 	$(BIN)/snakemake --cores $(CORES) --configfile config/validation.yaml --rerun-incomplete
 
-# Pretraining seeds at 8 epochs (docs/model.md, "All three seeds at 8 epochs"): each seed in
+# Pretraining seeds at 8 epochs (experiments/2026-11-26-pretrain-8-epochs): each seed in
 # results-validation-long-s$SEED on make validate's harmonised signals, tensors, splits and
 # random-init baseline (run make validate first), then the atlas on its embeddings. ~50 min a seed.
 SEEDS ?= 42 43 44
@@ -49,14 +49,15 @@ validate-seeds: install
 	  for f in harmonised tensors events qc; do [ -e $$d/$$f ] || ln -s ../results-validation/$$f $$d/$$f; done; \
 	  [ -e $$d/probe/random_init ] || ln -s ../../results-validation/probe/random_init $$d/probe/random_init; \
 	  printf 'results: %s\nmodel:\n  seed: %s\n' $$d $$s > $$d/overlay.yaml; \
-	  $(BIN)/snakemake --cores $(CORES) $$d/probe/probe.tsv $$d/atlas/atlas.tsv --configfile config/validation.yaml config/validation-long.yaml $$d/overlay.yaml --rerun-incomplete || exit 1; \
+	  $(BIN)/snakemake --cores $(CORES) $$d/probe/probe.tsv $$d/atlas/atlas.tsv --configfile config/validation.yaml experiments/2026-11-26-pretrain-8-epochs/validation-long.yaml $$d/overlay.yaml --rerun-incomplete || exit 1; \
 	done
 
-# The atlas end to end on a second, larger generated cohort (docs/atlas.md), embedded with the
-# encoder `make validate` pretrained (results-validation/model/encoder.pt must exist).
+# The atlas end to end on a second, larger generated cohort (experiments/2026-11-26-atlas-cohort2),
+# embedded with the encoder `make validate` pretrained (results-validation/model/encoder.pt must
+# exist).
 validate-atlas: install
 	$(BIN)/psgfm demo --out resources/validation-atlas --n-subjects 600 --hours 1 --seed 20261126
-	$(BIN)/snakemake --cores $(CORES) --configfile config/validation.yaml config/validation-atlas.yaml --rerun-incomplete
+	$(BIN)/snakemake --cores $(CORES) --configfile config/validation.yaml experiments/2026-11-26-atlas-cohort2/validation-atlas.yaml --rerun-incomplete
 
 # The real-SLURM integration test (tests/test_slurm.py): start a single-node SLURM on this
 # machine (.ci/slurm.sh; root, Debian 12) or join the one another checkout started, run the

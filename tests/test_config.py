@@ -29,36 +29,47 @@ def _layer(base: dict, over: dict) -> dict:
     return out
 
 
+def _overlay_path(name: str):
+    """An experiment's config overlay: experiments/<folder>/<name>, exactly one of them."""
+    found = sorted((ROOT / "experiments").glob(f"*/{name}"))
+    assert len(found) == 1, f"{name}: expected one experiments/*/{name}, found {found}"
+    return found[0]
+
+
+def _overlay(name: str) -> dict:
+    return yaml.safe_load(_overlay_path(name).read_text())
+
+
 def test_validation_overlays_are_valid_configs():
     val = yaml.safe_load((ROOT / "config" / "validation.yaml").read_text())
-    atlas = yaml.safe_load((ROOT / "config" / "validation-atlas.yaml").read_text())
+    atlas = _overlay("validation-atlas.yaml")
     cfg = validate_config(_layer(CONFIG, val), "config/validation.yaml")
     assert cfg["probe"]["enabled"] and cfg["pretrain"]["spectral_weight"] == 1.0
-    both = validate_config(_layer(_layer(CONFIG, val), atlas), "config/validation-atlas.yaml")
+    both = validate_config(_layer(_layer(CONFIG, val), atlas), "validation-atlas.yaml")
     # the larger atlas cohort: embedded with make validate's encoder, everything else as there
     assert both["model"]["checkpoint"] == f"{cfg['results']}/model/encoder.pt"
     assert not both["probe"]["enabled"] and both["results"] != cfg["results"]
     assert both["atlas"] == cfg["atlas"] and both["embed"] == cfg["embed"]
     assert both["phenome"]["min_cases"] == cfg["phenome"]["min_cases"]
-    third = yaml.safe_load((ROOT / "config" / "validation-atlas2.yaml").read_text())
-    follow = validate_config(_layer(cfg, third), "config/validation-atlas2.yaml")
+    third = _overlay("validation-atlas2.yaml")
+    follow = validate_config(_layer(cfg, third), "validation-atlas2.yaml")
     assert follow["model"]["checkpoint"] == both["model"]["checkpoint"]
     assert (follow["atlas"]["combine"], follow["atlas"]["pca_scope"]) == ("concat", "modality")
     assert follow["demo"]["seed"] not in (cfg["demo"]["seed"], both["demo"]["seed"])
-    fourth = yaml.safe_load((ROOT / "config" / "validation-atlas3.yaml").read_text())
-    check = validate_config(_layer(cfg, fourth), "config/validation-atlas3.yaml")
+    fourth = _overlay("validation-atlas3.yaml")
+    check = validate_config(_layer(cfg, fourth), "validation-atlas3.yaml")
     assert check["atlas"]["penalizer"] == [0.01, 0.1, 1, 10, 100]
     assert check["atlas"]["pca_components"] is None and check["atlas"]["combine"] == "concat"
     seeds = {cfg["demo"]["seed"], both["demo"]["seed"], follow["demo"]["seed"]}
     assert check["demo"]["seed"] not in seeds
     assert len({check["results"], follow["results"], both["results"], cfg["results"]}) == 4
-    fifth = yaml.safe_load((ROOT / "config" / "validation-atlas4.yaml").read_text())
-    confirm = validate_config(_layer(cfg, fifth), "config/validation-atlas4.yaml")
+    fifth = _overlay("validation-atlas4.yaml")
+    confirm = validate_config(_layer(cfg, fifth), "validation-atlas4.yaml")
     assert confirm["atlas"] == check["atlas"] and confirm["demo"]["n_subjects"] == 1200
     assert confirm["demo"]["seed"] not in seeds | {check["demo"]["seed"]}
     # the read-out heads' declared check: a sixth cohort, the same block plus atlas.readout
-    sixth = yaml.safe_load((ROOT / "config" / "validation-atlas5.yaml").read_text())
-    ro = validate_config(_layer(cfg, sixth), "config/validation-atlas5.yaml")
+    sixth = _overlay("validation-atlas5.yaml")
+    ro = validate_config(_layer(cfg, sixth), "validation-atlas5.yaml")
     assert {k: v for k, v in ro["atlas"].items() if k != "readout"} == {
         k: v for k, v in check["atlas"].items() if k != "readout"
     }
@@ -66,26 +77,47 @@ def test_validation_overlays_are_valid_configs():
     assert ro["atlas"]["readout"]["targets"] == ["ahi", "n3_fraction"]
     assert ro["demo"]["seed"] not in seeds | {check["demo"]["seed"], confirm["demo"]["seed"]}
     assert ro["model"]["checkpoint"] == check["model"]["checkpoint"]
-    rep = yaml.safe_load((ROOT / "config" / "validation-atlas6.yaml").read_text())
-    again = validate_config(_layer(cfg, rep), "config/validation-atlas6.yaml")
+    rep = _overlay("validation-atlas6.yaml")
+    again = validate_config(_layer(cfg, rep), "validation-atlas6.yaml")
     assert again["atlas"] == ro["atlas"] and again["model"] == ro["model"]
     assert again["demo"]["seed"] not in seeds | {ro["demo"]["seed"], confirm["demo"]["seed"]}
-    big = yaml.safe_load((ROOT / "config" / "validation-atlas7.yaml").read_text())
-    larger = validate_config(_layer(cfg, big), "config/validation-atlas7.yaml")
+    big = _overlay("validation-atlas7.yaml")
+    larger = validate_config(_layer(cfg, big), "validation-atlas7.yaml")
     assert larger["atlas"] == ro["atlas"] and larger["demo"]["n_subjects"] == 1000
     assert larger["demo"]["seed"] not in {again["demo"]["seed"], ro["demo"]["seed"]} | seeds
     # make validate-seeds: the 8-epoch seed runs keep make validate's cohort and phenome, with
     # the atlas block of the third to fifth cohorts
-    long = yaml.safe_load((ROOT / "config" / "validation-long.yaml").read_text())
+    long = _overlay("validation-long.yaml")
     seed = {"results": "results-validation-long-s43", "model": {"seed": 43}}
-    run = validate_config(_layer(_layer(cfg, long), seed), "config/validation-long.yaml")
+    run = validate_config(_layer(_layer(cfg, long), seed), "validation-long.yaml")
     assert run["atlas"] == check["atlas"] and run["samples"] == cfg["samples"]
     assert run["phenome"] == cfg["phenome"] and run["model"]["seed"] == 43
     # the oracle command's --configfile reads the same layered atlas block
     from psgfm.validation.atlas import atlas_block
 
-    files = [ROOT / "config" / "validation.yaml", ROOT / "config" / "validation-atlas3.yaml"]
+    files = [ROOT / "config" / "validation.yaml", _overlay_path("validation-atlas3.yaml")]
     assert atlas_block(files) == check["atlas"]
+
+
+def test_config_holds_only_the_user_config_and_every_experiment_overlay_is_valid():
+    """config/ is the pipeline's; every experiment overlay layers over config/validation.yaml."""
+    assert sorted(p.name for p in (ROOT / "config").iterdir()) == [
+        "config.yaml",
+        "recordings.tsv",
+        "validation.yaml",
+    ]
+    val = _layer(CONFIG, yaml.safe_load((ROOT / "config" / "validation.yaml").read_text()))
+    overlays = sorted((ROOT / "experiments").glob("*/*.yaml"))
+    assert len(overlays) >= 9
+    for path in overlays:
+        cfg = validate_config(_layer(val, yaml.safe_load(path.read_text())), str(path))
+        assert cfg["results"].startswith("results-validation"), path
+    # the read-outs' re-run overlay, layered as its comment says (over the 8-epoch overlay)
+    readout = _layer(
+        _layer(val, _overlay("validation-long.yaml")), _overlay("validation-readout.yaml")
+    )
+    ro = validate_config(readout, "validation-readout.yaml")
+    assert ro["atlas"]["readout"]["enabled"] and ro["atlas"]["combine"] == "concat"
 
 
 def _reversed_keys(value):
