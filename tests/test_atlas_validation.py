@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from psgfm.demo.cohort import simulate_ehr, site_of
+from psgfm.demo.physiology import draw_traits
 from psgfm.validation.atlas import coverage_run, planted_survival, summarise
 
 
@@ -20,6 +22,18 @@ def test_planted_survival_data_follow_the_simulator():
     assert (d["time"][d["include"]] > 0).all()
     assert d["truth"][names.index("dementia"), 2] == -10.0
     assert (d["truth"][names.index("wrist_fracture")] == 0).all()
+    # all-cause mortality: the planted death hazard (demo/cohort.py: age 0.08, AHI 0.015 per
+    # unit), the event and its day from the persons table the simulator writes
+    death = names.index("death")
+    assert death == len(names) - 1
+    assert d["truth"][death].tolist() == [0.015, 0.0, 0.0, 0.08, 0.0]
+    assert d["columns"][death].all() and d["include"][death].all()
+    traits = [draw_traits(11, i, site_of(i)) for i in range(300)]
+    persons = simulate_ehr(11, traits)["persons"].to_pylist()
+    np.testing.assert_array_equal(d["event"][death], [p["death"] for p in persons])
+    days = np.array([(p["end_of_followup"] - t.psg_date).days for p, t in zip(persons, traits)])
+    np.testing.assert_array_equal(d["time"][death], np.maximum(days, 0.5))
+    assert 0 < d["event"][death].sum() < 300
 
 
 @pytest.mark.slow
@@ -34,6 +48,9 @@ def test_coverage_and_false_positive_rate_over_seeds():
     assert abs(z.mean()) < 0.5  # no systematic bias in the planted effects
     strong = df[(df["disease"] == "obstructive_sleep_apnea") & (df["covariate"] == "ahi")]
     assert (strong["p"] < 1e-6).all()  # and the strong links are found every time
+    death = df[df["disease"] == "death"]
+    assert len(death) == 3 * 5  # mortality is fitted in every seed, with all five traits
+    assert (death[death["covariate"] == "age"]["p"] < 1e-3).all()  # its age effect found
     assert np.isfinite(df["se"]).all()
 
 

@@ -37,7 +37,7 @@ from psgfm.atlas.plots import make_plots
 from psgfm.atlas.readout import write_night_targets
 from psgfm.atlas.run import batch_phecodes, gather, read_summary, run_batch
 from psgfm.config import validate_config
-from psgfm.demo.cohort import DISEASES, simulate_ehr, site_of
+from psgfm.demo.cohort import DEATH, DISEASES, simulate_ehr, site_of
 from psgfm.demo.physiology import draw_traits
 from psgfm.io import write_parquet
 from psgfm.phenome.build import OUTPUTS as PHENOME_OUTPUTS
@@ -45,10 +45,12 @@ from psgfm.phenome.build import run_phenome
 from psgfm.signals.annotations import events_batch, events_cohort
 
 COVARIATES = ("ahi", "heart_rate", "n3_fraction", "age", "male")
+MORTALITY = "death"  # the all-cause mortality outcome, named as the phenome stage names it
 
 
 def planted_survival(seed: int, n: int) -> dict:
-    """Time to incident onset of every demo disease, with the traits as covariates."""
+    """Time to incident onset of every demo disease, and to death (all-cause mortality, the
+    last outcome, ``MORTALITY``), with the traits as covariates."""
 
     traits = [draw_traits(seed, i, site_of(i)) for i in range(n)]
     ehr = simulate_ehr(seed, traits)
@@ -61,8 +63,8 @@ def planted_survival(seed: int, n: int) -> dict:
     psg = np.array([t.psg_date for t in traits])
     end = persons.loc[ids, "end_of_followup"].to_numpy()
     follow = np.array([(e - p).days for e, p in zip(end, psg)], dtype=np.float64)
-    k = len(DISEASES)
-    names = [d.name for d in DISEASES]
+    k = len(DISEASES) + 1
+    names = [d.name for d in DISEASES] + [MORTALITY]
     time = np.tile(follow, (k, 1))
     event = np.zeros((k, n), dtype=bool)
     include = np.ones((k, n), dtype=bool)
@@ -76,8 +78,12 @@ def planted_survival(seed: int, n: int) -> dict:
             continue
         event[j, i] = True
         time[j, i] = (dt.date.fromisoformat(o["onset_date"]) - psg[i]).days
+    # death ends follow-up (end_of_followup is its date), so its time is the follow-up itself;
+    # nobody has died before the PSG
+    event[-1] = persons.loc[ids, "death"].to_numpy(dtype=bool)
     include &= follow > 0
-    truth = np.array([[d.log_hazard.get(c, 0.0) for c in COVARIATES] for d in DISEASES])
+    hazards = [d.log_hazard for d in DISEASES] + [DEATH["log_hazard"]]
+    truth = np.array([[h.get(c, 0.0) for c in COVARIATES] for h in hazards])
     columns = np.ones((k, len(COVARIATES)), dtype=bool)
     for j, d in enumerate(DISEASES):
         if d.sex is not None:
