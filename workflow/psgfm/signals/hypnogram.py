@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from psgfm.signals.scoredfiles import HypnogramError, read_nsrr_stages
+
 STAGES = ("W", "N1", "N2", "N3", "REM")
 STAGE_CODE = {s: i for i, s in enumerate(STAGES)}
 UNSCORED = -1
@@ -25,10 +27,6 @@ _PATTERNS = [
 ]
 
 
-class HypnogramError(ValueError):
-    """A hypnogram that cannot be used; the recording keeps its signals, loses its labels."""
-
-
 def parse_stage(label: str) -> str | None:
     """Map a scorer's label to W/N1/N2/N3/REM, MOVE or UNK; None when it is no stage label."""
     text = " ".join(str(label).strip().lower().split())
@@ -41,8 +39,6 @@ def parse_stage(label: str) -> str | None:
 def _read_annotations(path: Path, epoch_seconds: float = 30.0) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix == ".xml":
-        from psgfm.signals.annotations import read_nsrr_stages
-
         return read_nsrr_stages(path, epoch_seconds)
     if suffix == ".csv" or suffix == ".tsv":
         sep = "\t" if suffix == ".tsv" else ","
