@@ -21,7 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from psgfm.io import provenance, write_json, write_parquet
+from psgfm.io import provenance, raise_if_environment, write_json, write_parquet
+from psgfm.signals.edfheader import EDFError, read_header
 from psgfm.signals.scoredfiles import (
     AnnotationError,
     HypnogramError,
@@ -192,38 +193,103 @@ def read_events(path: str | Path, recording_id: str) -> pd.DataFrame:
     )
 
 
-EVENTS_QC_COLUMNS = ["recording_id", "events_file", "status", "n_events", "reason"]
+EVENTS_QC_COLUMNS = ["recording_id", "events_file", "status", "n_events", "n_dropped", "reason"]
+
+
+def recording_duration(edf: str | Path | None) -> tuple[float | None, str]:
+    """(duration in seconds, '') of a recording from its EDF header, or (None, why not)."""
+    if not edf:
+        return None, "no EDF in the sample sheet"
+    try:
+        return read_header(edf).duration, ""
+    except EDFError as err:
+        return None, str(err)
+
+
+def drop_outside(events: pd.DataFrame, duration: float | None) -> tuple[pd.DataFrame, int, str]:
+    """Events whose onset lies inside the recording ([0, duration)); (kept, n dropped, why).
+
+    An onset before the recording start or at/after its end cannot belong to this night's
+    signals (a misaligned or foreign annotation file): such events are dropped and counted.
+    """
+    negative = (events["onset_s"] < 0).to_numpy()
+    late = np.zeros(len(events), dtype=bool)
+    if duration is not None:
+        late = (events["onset_s"] >= duration).to_numpy()
+    drop = negative | late
+    if not drop.any():
+        return events, 0, ""
+    parts = []
+    if negative.any():
+        parts.append(f"{int(negative.sum())} with a negative onset (before the recording start)")
+    if late.any():
+        parts.append(
+            f"{int(late.sum())} with an onset at or past the recording end ({duration:g} s)"
+        )
+    why = (
+        f"dropped {int(drop.sum())} of {len(events)} events: {', '.join(parts)}; check that the "
+        "events file belongs to this recording and that onsets are seconds from its start"
+    )
+    return events[~drop].reset_index(drop=True), int(drop.sum()), why
 
 
 def events_batch(recordings: list[dict], out_dir: str | Path) -> pd.DataFrame:
     """Write ``{id}.events.parquet`` for each recording of a batch that has an events file,
-    and ``qc.parquet``: one row per recording (status ok, failed or none; never raises)."""
+    and ``qc.parquet``: one row per recording (status ok, failed or none; never raises).
+
+    Events outside the recording (negative onsets, onsets at or past the end that the EDF
+    header gives) are dropped and counted in ``n_dropped``, with the reason.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     qc = []
     for row in recordings:
         rid, source = row["recording_id"], events_source(row)
-        entry = {"recording_id": rid, "events_file": source, "n_events": 0, "reason": ""}
+        entry = {
+            "recording_id": rid,
+            "events_file": source,
+            "n_events": 0,
+            "n_dropped": 0,
+            "reason": "",
+        }
         if not source:
             entry.update(status="none", reason="no events file (events column, NSRR XML)")
         else:
             try:
                 events = read_events(source, rid)
+                duration, why_unknown = recording_duration(row.get("edf"))
+                events, n_dropped, reason = drop_outside(events, duration)
+                if duration is None:
+                    reason = "; ".join(
+                        r
+                        for r in (
+                            reason,
+                            f"onsets past the recording end not checked ({why_unknown})",
+                        )
+                        if r
+                    )
+                if reason:
+                    log.warning("%s: %s", rid, reason)
                 write_parquet(
                     pa.Table.from_pandas(events, schema=EVENTS_SCHEMA, preserve_index=False),
                     out_dir / f"{rid}.events.parquet",
                 )
-                entry.update(status="ok", n_events=len(events))
+                entry.update(status="ok", n_events=len(events), n_dropped=n_dropped, reason=reason)
             except HypnogramError as err:
                 log.warning("%s: events not read: %s", rid, err)
                 entry.update(status="failed", reason=str(err))
             except Exception as err:  # one bad file never stops the batch
+                raise_if_environment(err, f"reading the events of {rid}")
                 log.error("%s: events failed unexpectedly:\n%s", rid, traceback.format_exc())
                 entry.update(
-                    status="failed", reason=f"unexpected error ({type(err).__name__}: {err})"
+                    status="failed",
+                    reason=f"{source}: the events file could not be read "
+                    f"({type(err).__name__}: {err})",
                 )
         qc.append(entry)
-    table = pd.DataFrame(qc, columns=EVENTS_QC_COLUMNS).astype({"n_events": "int64"})
+    table = pd.DataFrame(qc, columns=EVENTS_QC_COLUMNS).astype(
+        {"n_events": "int64", "n_dropped": "int64"}
+    )
     write_json(provenance("events"), out_dir / "provenance.json")
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), out_dir / "qc.parquet")
     return table

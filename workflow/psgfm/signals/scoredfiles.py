@@ -88,7 +88,9 @@ def scored_events(path: str | Path) -> tuple[Path, list[ET.Element], float | Non
 
 def read_nsrr_stages(path: str | Path, epoch_seconds: float = 30.0) -> pd.DataFrame:
     """Stage runs of an NSRR XML file: onset, duration, description (a label that
-    :func:`psgfm.signals.hypnogram.parse_stage` maps: W/N1/N2/N3/REM, movement, unscored)."""
+    :func:`psgfm.signals.hypnogram.parse_stage` maps: W/N1/N2/N3/REM, movement, unscored; a
+    stage concept with an unknown code is described as ``unknown stage concept '...'``, which
+    it does not map, so the hypnogram reader counts its epochs as unknown)."""
     path, events, epoch_length = scored_events(path)
     if epoch_length is not None and epoch_length != epoch_seconds:
         raise AnnotationError(
@@ -103,9 +105,8 @@ def read_nsrr_stages(path: str | Path, epoch_seconds: float = 30.0) -> pd.DataFr
         concept = ev.findtext("EventConcept") or ""
         code = concept.split("|")[-1].strip()
         stage = NSRR_STAGE_CODES.get(code)
-        if stage is None:
-            log.warning("%s: unknown stage concept %r, epochs masked", path, concept)
-            stage = "unscored"
+        if stage is None:  # no stage label: the hypnogram reader counts its epochs
+            stage = f"unknown stage concept {concept.strip()!r}"
         rows.append(
             (
                 event_float(ev, "Start", path, i, True),
