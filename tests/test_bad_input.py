@@ -928,3 +928,23 @@ def test_corpus_size():
     # the '#' sheet, the three diagnoses kinds and the Snakemake run count as five more
     n = len(KINDS) + len(EVENT_KINDS) + len(SHEET_KINDS) + len(EHR_KINDS) + 5
     assert n >= 54, n
+
+
+def test_unknown_stage_labels_below_the_threshold_are_counted_without_a_warning(tmp_path, caplog):
+    edf = write_edf(tmp_path / "r.edf", signals(0))
+    hyp = tmp_path / "r.csv"
+    hyp.write_text(_stage_csv([(0, 30, "W"), (30, 30, "Stage ?x"), (60, 60, "N2")]))
+    rows = [_row("r", edf, hypnogram=str(hyp))]
+    for limit, warned in ((0.5, False), (0.2, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            qc = harmonise_batch(
+                rows, tmp_path / str(limit), {**CFG, "unknown_stage_warn_fraction": limit}
+            )
+        row = qc.iloc[0]
+        assert row["stages"] and row["n_unknown_stage_epochs"] == 1
+        assert row["stages_reason"].startswith("1 of 4 epochs (25%) carry unknown stage labels")
+        assert ("unknown_stage_warn_fraction" in row["stages_reason"]) == warned
+        assert any("unknown stage labels" in r.getMessage() for r in caplog.records) == warned
+        stages = pd.read_parquet(tmp_path / str(limit) / "r.stages.parquet")
+        assert stages["stage"].tolist() == ["W", "UNK", "N2", "N2"]
