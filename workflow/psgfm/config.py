@@ -7,6 +7,7 @@ who read them are running a 10,000-recording cohort, not debugging Python.
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 
 import jsonschema
@@ -107,8 +108,21 @@ def load_recordings(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"sample sheet {path} does not exist; set `samples:` in the config.")
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
-    return validate_recordings(df, path)
+    return validate_recordings(read_sheet_tsv(path), path)
+
+
+def read_sheet_tsv(path: str | Path) -> pd.DataFrame:
+    """A TSV sample sheet as strings, values as they are: a ``#`` inside a value is part of
+    it (paths may hold ``#``, as ``psgfm sheet`` writes them); only lines whose first
+    character is ``#`` are comments."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        lines = [ln for ln in fh if not ln.startswith("#")]
+    return pd.read_csv(
+        io.StringIO("".join(lines)),
+        sep="\t",
+        dtype=str,
+        keep_default_na=False,
+    )
 
 
 def validate_recordings(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import traceback
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from psgfm.io import provenance, write_json, write_parquet
-from psgfm.signals.hypnogram import HypnogramError
+from psgfm.io import provenance, raise_if_environment, write_json, write_parquet
+from psgfm.signals.edfheader import EDFError, read_header
+from psgfm.signals.scoredfiles import (
+    AnnotationError,
+    HypnogramError,
+    event_float,
+    event_head,
+    scored_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +56,6 @@ EVENTS_SCHEMA = pa.schema(
 )
 EVENT_COLUMNS = tuple(EVENTS_SCHEMA.names)
 
-# EventConcept "Name|Code": stages are keyed by their numeric code.
-NSRR_STAGE_CODES = {
-    "0": "W",
-    "1": "N1",
-    "2": "N2",
-    "3": "N3",
-    "4": "N3",  # R&K stage 4 merged into N3
-    "5": "REM",
-    "6": "movement",  # masked (UNSCORED)
-    "9": "unscored",  # masked (UNSCORED)
-}
 # Respiratory concepts, keyed by the lower-case name before '|'; other respiratory
 # concepts (Unsure, Periodic breathing, ...) are `other_respiratory`.
 NSRR_RESPIRATORY = {
@@ -73,95 +68,6 @@ NSRR_RESPIRATORY = {
 CSV_KINDS = {k: k for k in EVENT_KINDS} | {
     k.replace(" ", "_"): v for k, v in NSRR_RESPIRATORY.items()
 }
-
-
-class AnnotationError(HypnogramError):
-    """An annotation file (NSRR XML or events CSV) that cannot be used; names the file and fix."""
-
-
-def _head(field: str | None) -> str:
-    """The part of an NSRR ``Name|Code`` field before '|', lower case, single-spaced."""
-    return " ".join((field or "").split("|")[0].lower().split())
-
-
-def _float(element: ET.Element, tag: str, path: Path, i: int, required: bool) -> float:
-    text = element.findtext(tag)
-    if text is None or not text.strip():
-        if required:
-            raise AnnotationError(
-                f"{path}: ScoredEvent #{i + 1} has no <{tag}>; every event needs Start and "
-                "Duration in seconds. Export the annotations again from the NSRR archive."
-            )
-        return float("nan")
-    try:
-        return float(text)
-    except ValueError:
-        raise AnnotationError(
-            f"{path}: ScoredEvent #{i + 1} has <{tag}>{text.strip()!r}</{tag}>, not a number of "
-            "seconds; the file is corrupt. Export the annotations again from the NSRR archive."
-        ) from None
-
-
-def _scored_events(path: str | Path) -> tuple[Path, list[ET.Element], float | None]:
-    """The ScoredEvent elements of an NSRR XML file and its EpochLength (None when absent)."""
-    path = Path(path)
-    if not path.exists():
-        raise AnnotationError(f"{path}: annotation file not found; fix the sample sheet.")
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as err:
-        raise AnnotationError(
-            f"{path}: not well-formed XML ({err}); the file is truncated or not an NSRR "
-            "annotation export. Download or export it again."
-        ) from err
-    if root.tag != "PSGAnnotation":
-        raise AnnotationError(
-            f"{path}: the XML root element is <{root.tag}>, not <PSGAnnotation>; this is not an "
-            "NSRR XML annotation export (use the `annotations-events-nsrr` files, "
-            "<id>-nsrr.xml)."
-        )
-    epoch = root.findtext("EpochLength")
-    try:
-        epoch_length = float(epoch) if epoch and epoch.strip() else None
-    except ValueError:
-        raise AnnotationError(f"{path}: <EpochLength>{epoch!r} is not a number.") from None
-    return path, root.findall("./ScoredEvents/ScoredEvent"), epoch_length
-
-
-def read_nsrr_stages(path: str | Path, epoch_seconds: float = 30.0) -> pd.DataFrame:
-    """Stage runs of an NSRR XML file: onset, duration, description (a label that
-    :func:`psgfm.signals.hypnogram.parse_stage` maps: W/N1/N2/N3/REM, movement, unscored)."""
-    path, events, epoch_length = _scored_events(path)
-    if epoch_length is not None and epoch_length != epoch_seconds:
-        raise AnnotationError(
-            f"{path}: <EpochLength> is {epoch_length:g} s but stages are read in "
-            f"{epoch_seconds:g}-s epochs; rescore or convert the hypnogram to "
-            f"{epoch_seconds:g}-s epochs."
-        )
-    rows = []
-    for i, ev in enumerate(events):
-        if _head(ev.findtext("EventType")) != "stages":
-            continue
-        concept = ev.findtext("EventConcept") or ""
-        code = concept.split("|")[-1].strip()
-        stage = NSRR_STAGE_CODES.get(code)
-        if stage is None:
-            log.warning("%s: unknown stage concept %r, epochs masked", path, concept)
-            stage = "unscored"
-        rows.append(
-            (
-                _float(ev, "Start", path, i, True),
-                _float(ev, "Duration", path, i, True),
-                stage,
-            )
-        )
-    if not rows:
-        raise AnnotationError(
-            f"{path}: no sleep-stage events (ScoredEvent with EventType 'Stages|Stages'); the "
-            "file holds no hypnogram. Leave the `hypnogram` column empty for this recording "
-            "or give its scored stages."
-        )
-    return pd.DataFrame(rows, columns=["onset", "duration", "description"])
 
 
 def _frame(rows: list[tuple], recording_id: str, source: str) -> pd.DataFrame:
@@ -184,13 +90,13 @@ def _frame(rows: list[tuple], recording_id: str, source: str) -> pd.DataFrame:
 
 def read_nsrr_events(path: str | Path, recording_id: str) -> pd.DataFrame:
     """Respiratory events and arousals of an NSRR XML file, in the events schema."""
-    path, events, _ = _scored_events(path)
+    path, events, _ = scored_events(path)
     rows, skipped = [], set()
     for i, ev in enumerate(events):
-        etype = _head(ev.findtext("EventType"))
+        etype = event_head(ev.findtext("EventType"))
         concept = (ev.findtext("EventConcept") or "").strip()
         if etype == "respiratory":
-            kind = NSRR_RESPIRATORY.get(_head(concept), "other_respiratory")
+            kind = NSRR_RESPIRATORY.get(event_head(concept), "other_respiratory")
         elif etype == "arousals":
             kind = "arousal"
         else:
@@ -199,12 +105,12 @@ def read_nsrr_events(path: str | Path, recording_id: str) -> pd.DataFrame:
             continue
         rows.append(
             (
-                _float(ev, "Start", path, i, True),
-                _float(ev, "Duration", path, i, True),
+                event_float(ev, "Start", path, i, True),
+                event_float(ev, "Duration", path, i, True),
                 kind,
                 concept,
-                _float(ev, "SpO2Nadir", path, i, False),
-                _float(ev, "SpO2Baseline", path, i, False),
+                event_float(ev, "SpO2Nadir", path, i, False),
+                event_float(ev, "SpO2Baseline", path, i, False),
             )
         )
     if skipped:
@@ -287,38 +193,103 @@ def read_events(path: str | Path, recording_id: str) -> pd.DataFrame:
     )
 
 
-EVENTS_QC_COLUMNS = ["recording_id", "events_file", "status", "n_events", "reason"]
+EVENTS_QC_COLUMNS = ["recording_id", "events_file", "status", "n_events", "n_dropped", "reason"]
+
+
+def recording_duration(edf: str | Path | None) -> tuple[float | None, str]:
+    """(duration in seconds, '') of a recording from its EDF header, or (None, why not)."""
+    if not edf:
+        return None, "no EDF in the sample sheet"
+    try:
+        return read_header(edf).duration, ""
+    except EDFError as err:
+        return None, str(err)
+
+
+def drop_outside(events: pd.DataFrame, duration: float | None) -> tuple[pd.DataFrame, int, str]:
+    """Events whose onset lies inside the recording ([0, duration)); (kept, n dropped, why).
+
+    An onset before the recording start or at/after its end cannot belong to this night's
+    signals (a misaligned or foreign annotation file): such events are dropped and counted.
+    """
+    negative = (events["onset_s"] < 0).to_numpy()
+    late = np.zeros(len(events), dtype=bool)
+    if duration is not None:
+        late = (events["onset_s"] >= duration).to_numpy()
+    drop = negative | late
+    if not drop.any():
+        return events, 0, ""
+    parts = []
+    if negative.any():
+        parts.append(f"{int(negative.sum())} with a negative onset (before the recording start)")
+    if late.any():
+        parts.append(
+            f"{int(late.sum())} with an onset at or past the recording end ({duration:g} s)"
+        )
+    why = (
+        f"dropped {int(drop.sum())} of {len(events)} events: {', '.join(parts)}; check that the "
+        "events file belongs to this recording and that onsets are seconds from its start"
+    )
+    return events[~drop].reset_index(drop=True), int(drop.sum()), why
 
 
 def events_batch(recordings: list[dict], out_dir: str | Path) -> pd.DataFrame:
     """Write ``{id}.events.parquet`` for each recording of a batch that has an events file,
-    and ``qc.parquet``: one row per recording (status ok, failed or none; never raises)."""
+    and ``qc.parquet``: one row per recording (status ok, failed or none; never raises).
+
+    Events outside the recording (negative onsets, onsets at or past the end that the EDF
+    header gives) are dropped and counted in ``n_dropped``, with the reason.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     qc = []
     for row in recordings:
         rid, source = row["recording_id"], events_source(row)
-        entry = {"recording_id": rid, "events_file": source, "n_events": 0, "reason": ""}
+        entry = {
+            "recording_id": rid,
+            "events_file": source,
+            "n_events": 0,
+            "n_dropped": 0,
+            "reason": "",
+        }
         if not source:
             entry.update(status="none", reason="no events file (events column, NSRR XML)")
         else:
             try:
                 events = read_events(source, rid)
+                duration, why_unknown = recording_duration(row.get("edf"))
+                events, n_dropped, reason = drop_outside(events, duration)
+                if duration is None:
+                    reason = "; ".join(
+                        r
+                        for r in (
+                            reason,
+                            f"onsets past the recording end not checked ({why_unknown})",
+                        )
+                        if r
+                    )
+                if reason:
+                    log.warning("%s: %s", rid, reason)
                 write_parquet(
                     pa.Table.from_pandas(events, schema=EVENTS_SCHEMA, preserve_index=False),
                     out_dir / f"{rid}.events.parquet",
                 )
-                entry.update(status="ok", n_events=len(events))
+                entry.update(status="ok", n_events=len(events), n_dropped=n_dropped, reason=reason)
             except HypnogramError as err:
                 log.warning("%s: events not read: %s", rid, err)
                 entry.update(status="failed", reason=str(err))
             except Exception as err:  # one bad file never stops the batch
+                raise_if_environment(err, f"reading the events of {rid}")
                 log.error("%s: events failed unexpectedly:\n%s", rid, traceback.format_exc())
                 entry.update(
-                    status="failed", reason=f"unexpected error ({type(err).__name__}: {err})"
+                    status="failed",
+                    reason=f"{source}: the events file could not be read "
+                    f"({type(err).__name__}: {err})",
                 )
         qc.append(entry)
-    table = pd.DataFrame(qc, columns=EVENTS_QC_COLUMNS).astype({"n_events": "int64"})
+    table = pd.DataFrame(qc, columns=EVENTS_QC_COLUMNS).astype(
+        {"n_events": "int64", "n_dropped": "int64"}
+    )
     write_json(provenance("events"), out_dir / "provenance.json")
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), out_dir / "qc.parquet")
     return table

@@ -2,9 +2,12 @@
 
 The header reader exists for what MNE hides or changes: the raw signal labels (MNE renames
 duplicates and strips type prefixes), physical dimensions, digital and physical ranges (for
-clipping checks), samples per record (native rates) and a size check that tells a truncated
-file from a good one before any sample is read, and the start date (the sample-sheet builder's
-``psg_date``). Patient and recording identification fields are skipped, never returned, so they
+clipping checks), samples per record (native rates), and the start date (the sample-sheet
+builder's ``psg_date``). :func:`check_header` is the one consistency check every reader path
+relies on before any sample is read: the record layout (samples per record of every signal,
+record duration, number of records, header size) must agree with itself and with the file size,
+and every data signal needs a usable calibration; it tells a truncated file from a header that
+cannot describe its file. Patient and recording identification fields are skipped, never returned, so they
 cannot leak into outputs.
 
 EDF requires ASCII header text, but some systems write UTF-8 (``Impédance``, ``°``) and older
@@ -22,7 +25,10 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import errno
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,13 +127,21 @@ class EDFHeader:
 def _number(raw: bytes, path: str, what: str, kind=float):
     text = raw.decode("latin-1").strip()
     try:
-        return kind(float(text)) if kind is int else kind(text)
+        value = float(text)
     except ValueError:
         raise EDFError(
             f"{path}: header field '{what}' is {text!r}, not a number; the file is not a valid "
             "EDF/BDF (corrupt header, or not an EDF file at all). Re-export it from the "
             "acquisition software."
         ) from None
+    if kind is int:
+        if not np.isfinite(value) or not value.is_integer():
+            raise EDFError(
+                f"{path}: header field '{what}' is {text!r}, not a whole number; the header is "
+                "corrupt. Re-export the recording from the acquisition software."
+            )
+        return int(value)
+    return value
 
 
 def parse_start_date(raw: bytes) -> dt.date | None:
@@ -152,15 +166,39 @@ def _looks_like(head: bytes) -> str:
     return ""
 
 
+def file_size(path: str) -> int:
+    """The size of a regular file, or an :class:`EDFError` that says why it cannot be read
+    (not found, a dangling or looping symbolic link, no permission, not a regular file)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise EDFError(
+                f"{path}: a symbolic link to {os.readlink(path)!r}, which does not exist; fix "
+                "the link or the `edf` column of the sample sheet."
+            ) from None
+        raise EDFError(
+            f"{path}: file not found; check the `edf` column of the sample sheet."
+        ) from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise EDFError(
+                f"{path}: symbolic link loop (the link points, directly or through other "
+                "links, back at itself); point it at the EDF file."
+            ) from None
+        raise EDFError(f"{path}: cannot be read ({err.strerror}); fix its permissions.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise EDFError(f"{path}: not a regular file; the sample sheet must name EDF files.")
+    if not os.access(path, os.R_OK):
+        raise EDFError(f"{path}: cannot be read (permission denied); fix its permissions.")
+    return st.st_size
+
+
 def read_header(path: str | os.PathLike) -> EDFHeader:
     """Parse the fixed-size header of an EDF, EDF+ or BDF file and check the file size."""
     path = str(path)
+    size = file_size(path)
     p = Path(path)
-    if not p.exists():
-        raise EDFError(f"{path}: file not found; check the `edf` column of the sample sheet.")
-    if not p.is_file():
-        raise EDFError(f"{path}: not a regular file; the sample sheet must name EDF files.")
-    size = p.stat().st_size
     with open(p, "rb") as fh:
         fixed = fh.read(256)
         if not fixed:
@@ -210,10 +248,8 @@ def read_header(path: str | os.PathLike) -> EDFHeader:
     base += ns * 8 + ns * 80
     nsamp = [block[base + i * 8 : base + (i + 1) * 8] for i in range(ns)]
 
-    if record_duration <= 0:
-        # EDF allows 0 for annotation-only files; a signal file needs a positive duration.
-        record_duration = 0.0
     signals = []
+    valid_duration = math.isfinite(record_duration) and record_duration > 0
     for i in range(ns):
         n = _number(nsamp[i], path, f"samples per record of signal {i + 1}", int)
         label, label_enc = decode_text(labels[i])
@@ -227,16 +263,13 @@ def read_header(path: str | os.PathLike) -> EDFHeader:
             digital_min=_number(dmin[i], path, f"digital minimum of signal {i + 1}", int),
             digital_max=_number(dmax[i], path, f"digital maximum of signal {i + 1}", int),
             samples_per_record=n,
-            sfreq=n / record_duration if record_duration > 0 else 0.0,
+            sfreq=n / record_duration if valid_duration else 0.0,
             encoding=max(label_enc, dim_enc, key=ENCODINGS.index),
             mne_label=labels[i].strip().decode("latin-1"),  # exactly as MNE reads it
             mne_dimension=dims[i].strip().decode("latin-1"),
         )
         signals.append(sig)
 
-    record_bytes = sum(s.samples_per_record for s in signals) * bytes_per_sample
-    data_bytes = size - header_bytes
-    available = data_bytes // record_bytes if record_bytes else 0
     if bytes_per_sample == 3:
         kind = "BDF"
     elif reserved.startswith("EDF+D"):
@@ -249,20 +282,126 @@ def read_header(path: str | os.PathLike) -> EDFHeader:
         path=path,
         kind=kind,
         n_records=n_records,
-        record_duration=record_duration,
+        record_duration=record_duration if valid_duration else 0.0,
         signals=signals,
         start_date=parse_start_date(fixed[168:176]),
     )
-    if n_records == -1:
-        header.n_records = available
-    elif available < n_records:
-        raise EDFError(
-            f"{path}: truncated: the header declares {n_records} data records "
-            f"({n_records * record_bytes + header_bytes} bytes) but the file has {size} bytes "
-            f"({available} complete records). The copy was cut short; copy or export it again.",
-            header,
-        )
+    check_header(header, size, record_duration)
     return header
+
+
+DIGITAL_RANGE = {2: (-32768, 32767), 3: (-(1 << 23), (1 << 23) - 1)}
+"""The digital values a 16-bit (EDF) or 24-bit (BDF) sample can hold."""
+
+
+def _signal_name(sig: SignalHeader) -> str:
+    return f"signal {sig.index + 1} ({sig.label!r})"
+
+
+def check_header(header: EDFHeader, size: int, record_duration: float | None = None) -> None:
+    """The one consistency check of a parsed header, before any sample is read.
+
+    Every reader (the memory-mapped one and MNE) takes the record layout from the header as a
+    whole: the samples per record of every signal, the record duration, the number of records
+    and the header size, against the size of the file. A header that cannot describe one
+    consistent record layout, or that gives a signal no usable calibration, raises
+    :class:`EDFError` naming the field, its declared value and what the file holds; its
+    ``header`` is set, so callers still know the channels (and the start date).
+    Sets ``header.n_records`` when the header leaves it open (-1).
+    """
+    path = header.path
+    duration = header.record_duration if record_duration is None else record_duration
+
+    def fail(message: str):
+        raise EDFError(f"{path}: {message}", header)
+
+    if header.n_records == 0 or header.n_records < -1:
+        fail(
+            f"header inconsistent: the number of data records is {header.n_records}, so the "
+            "file holds no samples (a recording that was never started, or a corrupt header). "
+            "Export the recording again."
+        )
+    data = header.data_signals
+    if not math.isfinite(duration) or duration < 0 or (duration == 0 and data):
+        fail(
+            f"header inconsistent: the duration of a data record is {duration!r} s; it must be "
+            "a positive number of seconds (0 is allowed only in annotation-only files), and "
+            "every sample rate is samples per record / record duration. Re-export the "
+            "recording from the acquisition software."
+        )
+    for sig in header.signals:
+        if sig.samples_per_record <= 0:
+            fail(
+                f"header inconsistent: samples per record of {_signal_name(sig)} is "
+                f"{sig.samples_per_record}; every signal needs at least one sample per record, "
+                "and without it the byte offsets of all later signals in a record are "
+                "undefined. Re-export the recording."
+            )
+    lo, hi = DIGITAL_RANGE[header.bytes_per_sample]
+    bits = 8 * header.bytes_per_sample
+    for sig in data:
+        name = _signal_name(sig)
+        if sig.digital_min == sig.digital_max:
+            fail(
+                f"header inconsistent: digital minimum = digital maximum = {sig.digital_min} "
+                f"for {name}, so its samples cannot be calibrated to physical values. Fix the "
+                "header or re-export the recording."
+            )
+        if sig.digital_min > sig.digital_max:
+            fail(
+                f"header inconsistent: digital minimum {sig.digital_min} > digital maximum "
+                f"{sig.digital_max} for {name} (the limits are swapped). Fix the header or "
+                "re-export the recording."
+            )
+        if sig.digital_min < lo or sig.digital_max > hi:
+            fail(
+                f"header inconsistent: digital range {sig.digital_min}..{sig.digital_max} of "
+                f"{name} is outside what a {bits}-bit {header.kind} sample holds ({lo}..{hi}). "
+                "Fix the header or re-export the recording."
+            )
+        pmin, pmax = sig.physical_min, sig.physical_max
+        if not (math.isfinite(pmin) and math.isfinite(pmax)) or pmin == pmax:
+            fail(
+                f"header inconsistent: physical minimum {pmin:g} and physical maximum {pmax:g} "
+                f"of {name} give no calibration (they must be finite and differ). Fix the "
+                "header or re-export the recording."
+            )
+
+    record_bytes = sum(s.samples_per_record for s in header.signals) * header.bytes_per_sample
+    data_bytes = size - header.header_bytes
+    spr = ", ".join(str(s.samples_per_record) for s in header.signals)
+    layout = (
+        f"a data record of {record_bytes} bytes (samples per record {spr}, "
+        f"{header.bytes_per_sample} bytes per sample)"
+    )
+    if header.n_records == -1:  # allowed while recording: as many records as the file holds
+        available = max(data_bytes, 0) // record_bytes
+        if available == 0:
+            fail(
+                f"header inconsistent with file size: the signal headers describe {layout}, "
+                f"but the file holds only {max(data_bytes, 0)} bytes after its "
+                f"{header.header_bytes}-byte header, not one complete record."
+            )
+        header.n_records = available
+        return
+    declared = header.n_records * record_bytes
+    if data_bytes == declared:
+        return
+    sizes = (
+        f"the header declares {header.n_records} records of {layout}, i.e. "
+        f"{header.header_bytes + declared} bytes with the {header.header_bytes}-byte header, "
+        f"but the file has {size} bytes"
+    )
+    if data_bytes > declared or data_bytes < record_bytes:
+        fail(
+            f"header inconsistent with file size: {sizes}. The samples-per-record, "
+            "record-count or signal-count fields are wrong (reading it would put samples at "
+            "the wrong offsets). Re-export the recording from the acquisition software."
+        )
+    fail(
+        f"truncated: {sizes} ({data_bytes // record_bytes} complete records). The copy was "
+        "cut short; copy or export it again."
+    )
 
 
 class SampleReader:

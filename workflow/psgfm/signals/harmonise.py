@@ -34,7 +34,7 @@ from scipy.signal import resample_poly
 from psgfm import MODALITIES
 from psgfm.io import atomic_path, provenance, raise_if_environment, write_json, write_parquet
 from psgfm.signals.edfheader import EDFError, EDFHeader, SampleReader, read_header
-from psgfm.signals.hypnogram import HypnogramError, read_hypnogram
+from psgfm.signals.hypnogram import HypnogramError, read_stages
 from psgfm.signals.montage import Assignment, RuleSet, assign_channels, load_rules, unit_scale_to_uv
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ DEFAULTS = {
     "nan_fraction": 0.5,
     "amplitude_check": True,
     "hypnogram_tolerance_s": 300.0,
+    "unknown_stage_warn_fraction": 0.1,
     "require_modalities": [],
     "reader": "auto",
 }
@@ -252,10 +253,6 @@ def harmonise_recording(
         if err.header is not None:  # e.g. truncated: the channels are known
             audit = reject_audit(mapping_audit(rid, err.header, ruleset, site, fs_out), str(err))
         raise RecordingRejected(str(err), audit) from None
-    if header.record_duration <= 0 or header.n_records <= 0:
-        reason = f"{row['edf']}: the EDF holds no data records."
-        audit = reject_audit(mapping_audit(rid, header, ruleset, site, fs_out), reason)
-        raise RecordingRejected(reason, audit)
     duration = header.duration
     n_out = int(np.floor(duration * fs_out))
     signals = header.data_signals
@@ -301,8 +298,11 @@ def harmonise_recording(
         reason = f"{row['edf']}: the samples could not be read: {err}"
         raise RecordingRejected(reason, reject_audit(list(audit.values()), reason)) from err
 
-    def to_target(i: int, unit: str | None) -> tuple[np.ndarray, float, float, float]:
-        """Native samples -> float32 at fs_out in the output unit (frees or reuses the native)."""
+    def to_target(i: int, unit: str | None) -> tuple[np.ndarray, float, float, float, bool]:
+        """Native samples -> float32 at fs_out in the output unit (frees or reuses the native),
+        with the scale, the clipped and NaN fractions, and whether every finite source sample
+        is the same value (flatness is judged before resampling: a constant resampled has
+        ripple at its edges)."""
         sig = signals[i]
         x = native.pop(sig.label)
         clipped = _clip_fraction(x, sig)
@@ -315,9 +315,11 @@ def harmonise_recording(
                 src = 1.0  # unit-less electrophysiology is taken to be µV; audit says so
             scale = src
         if nan_frac == 1:
-            return np.full(n_out, np.nan, dtype=np.float32), scale, clipped, nan_frac
+            return np.full(n_out, np.nan, dtype=np.float32), scale, clipped, nan_frac, True
         if nan_frac > 0:  # gaps are filled with the channel median before filtering
             x = np.where(finite, x, np.median(x[finite]))
+        # a strided look first: a varying channel (nearly always) costs no full pass
+        constant = np.ptp(x[:: max(1, len(x) // 4096)]) == 0 and np.ptp(x) == 0
         if x.dtype == np.float32:  # our own buffer (memory-mapped reader): scale in place
             if scale != 1.0:
                 x *= np.float32(scale)
@@ -327,7 +329,7 @@ def harmonise_recording(
         y = resample(x32, sig.sfreq, fs_out, n_out)
         if np.shares_memory(y, x32):  # same rate: never keep a view of a reused buffer
             y = y.copy()
-        return y, scale, clipped, nan_frac
+        return y, scale, clipped, nan_frac, bool(constant)
 
     # every needed source channel is converted once, in the unit of the first rule using it
     units: dict[int, str | None] = {}
@@ -345,7 +347,7 @@ def harmonise_recording(
     else:
         target = {i: to_target(i, unit) for i, unit in units.items()}
     for j in {j for a in assignments for j in a.reference_indices}:
-        y, scale, clipped, nan_frac = target[j]
+        y, scale, clipped, nan_frac, _ = target[j]
         audit[j].update(
             scale=scale,
             clipped_fraction=clipped,
@@ -359,7 +361,7 @@ def harmonise_recording(
         if a.role != "signal":
             continue
         sig = signals[a.index]
-        y, scale, clipped, nan_frac = target[a.index]
+        y, scale, clipped, nan_frac, constant = target[a.index]
         ref_names = [signals[j].label for j in a.reference_indices]
         if len(a.reference_indices) == 1:
             y = y - target[a.reference_indices[0]][0]
@@ -372,7 +374,7 @@ def harmonise_recording(
         )
         y = np.asarray(y, dtype=np.float32)
         stats = robust_stats(y) if np.isfinite(y).all() else None
-        reason = _check_channel(y, a, sig, clipped, nan_frac, cfg, stats)
+        reason = _check_channel(y, a, sig, clipped, nan_frac, cfg, stats, constant)
         row_audit["robust_std"] = stats["robust_std"] if stats else float("nan")
         if reason:
             row_audit.update(role="dropped", used=False, reason=reason)
@@ -401,10 +403,21 @@ def harmonise_recording(
 
 
 def _check_channel(
-    y, a: Assignment, sig, clipped: float, nan_frac: float, cfg: dict, stats: dict | None
+    y,
+    a: Assignment,
+    sig,
+    clipped: float,
+    nan_frac: float,
+    cfg: dict,
+    stats: dict | None,
+    source_constant: bool = False,
 ) -> str:
     if nan_frac > cfg["nan_fraction"]:
         return f"{nan_frac:.0%} of samples are NaN (limit {cfg['nan_fraction']:.0%})"
+    if source_constant:
+        return (
+            "flat: every source sample has the same value (disconnected electrode or empty channel)"
+        )
     if not np.isfinite(y).all():
         return "non-finite samples after resampling"
     if np.ptp(y) == 0:
@@ -518,6 +531,7 @@ QC_COLUMNS = [
     "n_dropped",
     "stages",
     "stages_reason",
+    "n_unknown_stage_epochs",
 ]
 
 
@@ -546,18 +560,7 @@ def process_recording(row: dict, ruleset: RuleSet, cfg: dict, out_dir: Path) -> 
         check_recording(row["edf"], channels, cfg)
         stages_reason = ""
         if row.get("hypnogram"):
-            try:
-                stages = read_hypnogram(
-                    row["hypnogram"], duration, 30.0, float(cfg["hypnogram_tolerance_s"])
-                )
-                write_parquet(
-                    pa.Table.from_pandas(stages, preserve_index=False),
-                    out_dir / f"{rid}.stages.parquet",
-                )
-                qc["stages"] = True
-            except HypnogramError as err:
-                stages_reason = str(err)
-                qc["stages"] = False
+            stages_reason = _write_stages(row, duration, cfg, out_dir, qc)
         else:
             qc["stages"] = False
             stages_reason = "no hypnogram in the sample sheet"
@@ -597,6 +600,40 @@ def process_recording(row: dict, ruleset: RuleSet, cfg: dict, out_dir: Path) -> 
     return qc
 
 
+def _write_stages(row: dict, duration: float, cfg: dict, out_dir: Path, qc: dict) -> str:
+    """Write ``{id}.stages.parquet`` and fill the QC row's stage columns; return the stages
+    reason. A hypnogram that cannot be used costs its labels, never the signals: every
+    failure becomes a named reason."""
+    rid, path = row["recording_id"], row["hypnogram"]
+    qc["stages"] = False
+    try:
+        stages, report = read_stages(path, duration, 30.0, float(cfg["hypnogram_tolerance_s"]))
+    except HypnogramError as err:
+        log.warning("%s: no stage labels: %s", rid, err)
+        return str(err)
+    except Exception as err:  # a reader failure we did not foresee still costs only labels
+        raise_if_environment(err, f"reading the hypnogram of {rid}")
+        reason = (
+            f"{path}: the hypnogram could not be read ({type(err).__name__}: {err}); the "
+            "signals are kept without stage labels. Check the file's format (docs/cohorts.md)."
+        )
+        log.warning("%s: no stage labels: %s", rid, reason)
+        return reason
+    write_parquet(
+        pa.Table.from_pandas(stages, preserve_index=False), out_dir / f"{rid}.stages.parquet"
+    )
+    qc.update(stages=True, n_unknown_stage_epochs=report.n_unknown_epochs)
+    reason = report.describe()
+    limit = float(cfg["unknown_stage_warn_fraction"])
+    if report.n_unknown_epochs and report.unknown_fraction > limit:
+        reason += (
+            f": more than harmonise.unknown_stage_warn_fraction ({limit:.0%}); map the labels "
+            "to W/N1/N2/N3/REM or check that the hypnogram belongs to this recording"
+        )
+        log.warning("%s: %s: %s", rid, path, reason)
+    return reason
+
+
 def _header_audit(row: dict, ruleset: RuleSet, cfg: dict) -> list[dict]:
     """Best-effort audit rows from the header alone; [] when even the header is unreadable."""
     try:
@@ -621,7 +658,13 @@ def harmonise_batch(recordings: list[dict], out_dir: str | Path, cfg: dict) -> p
         log.info("harmonising %s (%s)", row["recording_id"], row["edf"])
         rows.append(process_recording(row, ruleset, cfg, out_dir))
     qc = pd.DataFrame(rows, columns=QC_COLUMNS).astype(
-        {"duration_s": "float64", "n_channels": "Int64", "n_dropped": "Int64", "stages": "boolean"}
+        {
+            "duration_s": "float64",
+            "n_channels": "Int64",
+            "n_dropped": "Int64",
+            "stages": "boolean",
+            "n_unknown_stage_epochs": "Int64",
+        }
     )
     write_json(provenance("harmonise", cfg), out_dir / "provenance.json")
     write_parquet(pa.Table.from_pandas(qc, preserve_index=False), out_dir / "qc.parquet")

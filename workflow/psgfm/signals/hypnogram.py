@@ -4,10 +4,14 @@ epoch."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from psgfm.signals.edfheader import EDFError, read_header
+from psgfm.signals.scoredfiles import HypnogramError, read_nsrr_stages
 
 STAGES = ("W", "N1", "N2", "N3", "REM")
 STAGE_CODE = {s: i for i, s in enumerate(STAGES)}
@@ -25,10 +29,6 @@ _PATTERNS = [
 ]
 
 
-class HypnogramError(ValueError):
-    """A hypnogram that cannot be used; the recording keeps its signals, loses its labels."""
-
-
 def parse_stage(label: str) -> str | None:
     """Map a scorer's label to W/N1/N2/N3/REM, MOVE or UNK; None when it is no stage label."""
     text = " ".join(str(label).strip().lower().split())
@@ -38,37 +38,104 @@ def parse_stage(label: str) -> str | None:
     return None
 
 
+def _number_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """A CSV column of seconds as floats; a value that is not a number raises, naming it."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = values.isna() & df[column].notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise HypnogramError(
+            f"{path}: {column} {str(df[column].iloc[i])!r} in row {i + 2} is not a number of "
+            f"seconds; every {column} must be seconds from the recording start (e.g. 1830, not "
+            "a clock time such as 12:30:00). Convert the file and run again."
+        )
+    return values
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise HypnogramError(
+            f"{path}: the hypnogram file is empty; give its scored stages (columns "
+            "onset,duration,stage) or leave the `hypnogram` column empty."
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise HypnogramError(
+            f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} file ({err}); "
+            "export the hypnogram again as onset,duration,stage."
+        ) from None
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    missing = {"onset", "duration", "stage"} - set(df.columns)
+    if missing:
+        raise HypnogramError(
+            f"{path}: hypnogram CSV lacks column(s) {sorted(missing)}; expected columns "
+            "onset,duration,stage (seconds from recording start; stage W/N1/N2/N3/REM)."
+        )
+    return pd.DataFrame(
+        {
+            "onset": _number_column(df, "onset", path),
+            "duration": _number_column(df, "duration", path),
+            "description": df["stage"],
+            "stage_event": True,  # every row of the stage column is meant as a stage label
+        }
+    )
+
+
 def _read_annotations(path: Path, epoch_seconds: float = 30.0) -> pd.DataFrame:
+    """onset, duration, description and stage_event (whether the row is meant as a stage
+    label, so a label that :func:`parse_stage` does not know counts as an unknown stage)."""
     suffix = path.suffix.lower()
     if suffix == ".xml":
-        from psgfm.signals.annotations import read_nsrr_stages
-
-        return read_nsrr_stages(path, epoch_seconds)
+        return read_nsrr_stages(path, epoch_seconds).assign(stage_event=True)
     if suffix == ".csv" or suffix == ".tsv":
-        sep = "\t" if suffix == ".tsv" else ","
-        df = pd.read_csv(path, sep=sep)
-        df.columns = [c.strip().lower() for c in df.columns]
-        missing = {"onset", "duration", "stage"} - set(df.columns)
-        if missing:
-            raise HypnogramError(
-                f"{path}: hypnogram CSV lacks column(s) {sorted(missing)}; expected columns "
-                "onset,duration,stage (seconds from recording start; stage W/N1/N2/N3/REM)."
-            )
-        return df[["onset", "duration", "stage"]].rename(columns={"stage": "description"})
+        return _read_csv(path)
     if suffix in (".edf", ".bdf"):
         import mne
 
         try:
+            read_header(path)  # the header consistency check, for a named reason
             ann = mne.read_annotations(path)
+        except EDFError as err:
+            raise HypnogramError(f"cannot read EDF+ annotations: {err}") from None
         except Exception as err:
             raise HypnogramError(f"{path}: cannot read EDF+ annotations ({err}).") from err
+        description = pd.Series(ann.description, dtype=object)
         return pd.DataFrame(
-            {"onset": ann.onset, "duration": ann.duration, "description": ann.description}
+            {
+                "onset": ann.onset,
+                "duration": ann.duration,
+                "description": description,
+                # other annotations (lights off, arousals) are no stage labels
+                "stage_event": description.str.strip().str.lower().str.startswith("sleep stage"),
+            }
         )
     raise HypnogramError(
         f"{path}: unknown hypnogram format {suffix!r}; use an EDF+ annotation file, an NSRR "
         "XML export (<id>-nsrr.xml) or a CSV with onset,duration,stage."
     )
+
+
+@dataclass
+class StageReport:
+    """What reading a hypnogram found besides the epochs."""
+
+    n_epochs: int = 0
+    n_unknown_epochs: int = 0  # epochs labelled only by unknown stage labels (left unscored)
+    unknown_labels: list[str] = field(default_factory=list)
+
+    @property
+    def unknown_fraction(self) -> float:
+        return self.n_unknown_epochs / self.n_epochs if self.n_epochs else 0.0
+
+    def describe(self) -> str:
+        if not self.n_unknown_epochs:
+            return ""
+        return (
+            f"{self.n_unknown_epochs} of {self.n_epochs} epochs ({self.unknown_fraction:.0%}) "
+            f"carry unknown stage labels {self.unknown_labels[:10]} and are left unscored"
+        )
 
 
 def read_hypnogram(
@@ -77,19 +144,34 @@ def read_hypnogram(
     epoch_seconds: float = 30.0,
     tolerance_seconds: float = 300.0,
 ) -> pd.DataFrame:
-    """One row per epoch of the recording: epoch, onset_s, stage, stage_code.
+    """One row per epoch of the recording: epoch, onset_s, stage, stage_code
+    (:func:`read_stages` without its report)."""
+    return read_stages(path, recording_duration, epoch_seconds, tolerance_seconds)[0]
+
+
+def read_stages(
+    path: str | Path,
+    recording_duration: float,
+    epoch_seconds: float = 30.0,
+    tolerance_seconds: float = 300.0,
+) -> tuple[pd.DataFrame, StageReport]:
+    """One row per epoch of the recording: epoch, onset_s, stage, stage_code; and a report
+    of the epochs whose only label is an unknown stage label.
 
     Stage annotations are expanded to epochs (Sleep-EDF stores runs of equal stages as one
     annotation). Epochs not covered by any stage annotation are UNK. A hypnogram whose
-    scored span differs from the recording by more than ``tolerance_seconds`` raises
-    :class:`HypnogramError`: such labels would be misaligned.
+    scored span differs from the recording by more than ``tolerance_seconds``, or whose stages
+    begin before the recording starts, raises :class:`HypnogramError`: such labels would be
+    misaligned.
     """
     path = Path(path)
     if not path.exists():
         raise HypnogramError(f"{path}: hypnogram file not found; fix the `hypnogram` column.")
     ann = _read_annotations(path, epoch_seconds)
     stages = ann["description"].map(parse_stage)
+    unknown_rows = ann["stage_event"].to_numpy(bool) & stages.isna().to_numpy()
     unknown = sorted(set(ann.loc[stages.isna(), "description"].astype(str)))
+    unknown_ann = ann[unknown_rows]
     ann = ann.assign(stage=stages).dropna(subset=["stage"])
     if ann.empty:
         raise HypnogramError(
@@ -100,6 +182,14 @@ def read_hypnogram(
     duration = ann["duration"].to_numpy(float)
     if (duration < 0).any() or np.isnan(onset).any() or np.isnan(duration).any():
         raise HypnogramError(f"{path}: negative or missing onset/duration values.")
+    all_onsets = np.concatenate([onset, unknown_ann["onset"].to_numpy(float)])
+    if np.nanmin(all_onsets) < -1e-3:
+        raise HypnogramError(
+            f"{path}: hypnogram starts before the recording: a stage annotation begins at "
+            f"{np.nanmin(all_onsets):g} s, but onsets are seconds from the recording start "
+            "(0 s). Check that the hypnogram belongs to this recording and is aligned to its "
+            "start."
+        )
     scored = ann["stage"].ne("UNK").to_numpy()
     span = float((onset + duration)[scored].max()) if scored.any() else 0.0
     if abs(span - recording_duration) > tolerance_seconds:
@@ -110,14 +200,27 @@ def read_hypnogram(
             "raise harmonise.hypnogram_tolerance_s to accept it."
         )
     n_epochs = int(recording_duration // epoch_seconds)
+
+    def epochs(on: np.ndarray, dur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = np.rint(on / epoch_seconds).astype(int)
+        # an annotation shorter than an epoch still labels the epoch it starts in
+        last = np.maximum(np.rint((on + dur) / epoch_seconds).astype(int), first + 1)
+        return np.clip(first, 0, n_epochs), np.clip(last, 0, n_epochs)
+
     codes = np.full(n_epochs, "UNK", dtype=object)
-    first = np.rint(onset / epoch_seconds).astype(int)
-    # an annotation shorter than an epoch still labels the epoch it starts in
-    last = np.maximum(np.rint((onset + duration) / epoch_seconds).astype(int), first + 1)
-    for a, b, stage in zip(first, last, ann["stage"], strict=True):
-        a, b = max(a, 0), min(b, n_epochs)
+    for a, b, stage in zip(*epochs(onset, duration), ann["stage"], strict=True):
         if a < b:
             codes[a:b] = stage
+    unknown_mask = np.zeros(n_epochs, dtype=bool)
+    u_on, u_dur = unknown_ann["onset"].to_numpy(float), unknown_ann["duration"].to_numpy(float)
+    ok = np.isfinite(u_on) & np.isfinite(u_dur)
+    for a, b in zip(*epochs(u_on[ok], np.maximum(u_dur[ok], 0)), strict=True):
+        unknown_mask[a:b] = True
+    report = StageReport(
+        n_epochs=n_epochs,
+        n_unknown_epochs=int((unknown_mask & (codes == "UNK")).sum()),
+        unknown_labels=sorted(set(unknown_ann["description"].astype(str))),
+    )
     out = pd.DataFrame(
         {
             "epoch": np.arange(n_epochs, dtype=np.int32),
@@ -126,4 +229,4 @@ def read_hypnogram(
         }
     )
     out["stage_code"] = out["stage"].map(STAGE_CODE).fillna(UNSCORED).astype(np.int8)
-    return out
+    return out, report
