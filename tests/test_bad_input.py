@@ -280,27 +280,39 @@ H = [
     (
         "digital_equal",
         _edf("digital_equal", lambda c: edit(c, "dmin", "32767", 0)),
-        ("rejected", r"digital minimum = digital maximum = 32767 for signal 1 \('C3-M2'\)"),
+        ("dropped", "C3-M2", r"digital minimum = digital maximum = 32767 for signal 1 \('C3-M2'\)"),
     ),
     (
         "digital_swapped",
         _edf("digital_swapped", lambda c: edit(edit(c, "dmin", "32767", 1), "dmax", "-32768", 1)),
-        ("rejected", r"digital minimum 32767 > digital maximum -32768 for signal 2 .*swapped"),
+        (
+            "dropped",
+            "C4-M1",
+            r"digital minimum 32767 > digital maximum -32768 for signal 2 .*swapped",
+        ),
     ),
     (
         "digital_out_of_range",
         _edf("digital_out_of_range", lambda c: edit(c, "dmax", "99999", 2)),
-        ("rejected", r"digital range -32768..99999 of signal 3 \('ECG'\) is outside .* 16-bit"),
+        (
+            "dropped",
+            "ECG",
+            r"digital range -32768..99999 of signal 3 \('ECG'\) is outside .* 16-bit",
+        ),
     ),
     (
         "physical_equal",
         _edf("physical_equal", lambda c: edit(edit(c, "pmin", "100", 3), "pmax", "100", 3)),
-        ("rejected", r"physical minimum 100 and physical maximum 100 of signal 4 \('Airflow'\)"),
+        (
+            "dropped",
+            "Airflow",
+            r"physical minimum 100 and physical maximum 100 of signal 4 \('Airflow'\)",
+        ),
     ),
     (
         "physical_nan",
         _edf("physical_nan", lambda c: edit(c, "pmin", "nan", 0)),
-        ("rejected", r"physical minimum nan and physical maximum 500 of signal 1"),
+        ("dropped", "C3-M2", r"physical minimum nan and physical maximum 500 of signal 1"),
     ),
     (
         "version",
@@ -948,3 +960,37 @@ def test_unknown_stage_labels_below_the_threshold_are_counted_without_a_warning(
         assert any("unknown stage labels" in r.getMessage() for r in caplog.records) == warned
         stages = pd.read_parquet(tmp_path / str(limit) / "r.stages.parquet")
         assert stages["stage"].tolist() == ["W", "UNK", "N2", "N2"]
+
+
+@pytest.mark.parametrize("reader", ["auto", "mne"])
+def test_a_reference_without_calibration_costs_only_the_channels_it_serves(tmp_path, reader):
+    """Referential electrodes (C3, C4, A1, A2): A2's digital limits are equal, so C3-M2 (which
+    needs A2) is dropped naming A2, A2 itself is dropped with its calibration reason, and C4-M1
+    is kept, with the same samples as from the intact file."""
+    n = DUR * FS
+    sig = [
+        {"label": lab, "data": eeg_like(n, FS, i) * 2, "fs": FS}
+        for i, lab in enumerate(["C3", "C4", "A1", "A2"])
+    ]
+    good = write_edf(tmp_path / "good.edf", sig)
+    bad = tmp_path / "bad.edf"
+    bad.write_bytes(edit(good.read_bytes(), "dmin", "32767", 3))
+    cfg = {**CFG, "reader": reader}
+    qc_bad = harmonise_batch([_row("bad", bad)], tmp_path / "out-bad", cfg)
+    harmonise_batch([_row("good", good)], tmp_path / "out-good", cfg)
+    assert qc_bad.loc[0, "status"] == "ok"
+    audit = pd.read_parquet(tmp_path / "out-bad" / "bad.audit.parquet").set_index("source_label")
+    assert audit.loc["C3", "role"] == "dropped"
+    assert re.match(
+        r"its reference 'A2' is unusable: header: digital minimum = digital maximum",
+        audit.loc["C3", "reason"],
+    )
+    assert audit.loc["A2", "role"] == "dropped"
+    assert audit.loc["A2", "reason"].startswith("header: digital minimum = digital maximum")
+    assert audit.loc["C4", "role"] == "signal" and bool(audit.loc["C4", "used"])
+    kept, _ = read_signals(tmp_path / "out-bad" / "bad.signals.arrow")
+    intact, _ = read_signals(tmp_path / "out-good" / "good.signals.arrow")
+    assert kept.column_names == ["C4-M1"]
+    np.testing.assert_array_equal(
+        kept.column("C4-M1").to_numpy(), intact.column("C4-M1").to_numpy()
+    )

@@ -5,10 +5,11 @@ duplicates and strips type prefixes), physical dimensions, digital and physical 
 clipping checks), samples per record (native rates), and the start date (the sample-sheet
 builder's ``psg_date``). :func:`check_header` is the one consistency check every reader path
 relies on before any sample is read: the record layout (samples per record of every signal,
-record duration, number of records, header size) must agree with itself and with the file size,
-and every data signal needs a usable calibration; it tells a truncated file from a header that
-cannot describe its file. Patient and recording identification fields are skipped, never returned, so they
-cannot leak into outputs.
+record duration, number of records, header size) must agree with itself and with the file size
+(it tells a truncated file from a header that cannot describe its file), and a data signal whose
+header gives no usable calibration is marked (``calibration_error``) so that the harmoniser
+drops that signal alone. Patient and recording identification fields are skipped, never
+returned, so they cannot leak into outputs.
 
 EDF requires ASCII header text, but some systems write UTF-8 (``Impédance``, ``°``) and older
 ones Latin-1 (``µV``). Each label and physical dimension is decoded as ASCII, then UTF-8, then
@@ -92,6 +93,7 @@ class SignalHeader:
     encoding: str = "ascii"  # of the label and physical dimension: ascii, utf-8 or latin-1
     mne_label: str = ""  # the label as MNE decodes it (Latin-1), to ask MNE for this channel
     mne_dimension: str = ""  # the physical dimension as MNE decodes it (decides MNE's gain)
+    calibration_error: str = ""  # why the header gives this signal no usable calibration
 
     @property
     def is_annotation(self) -> bool:
@@ -298,15 +300,47 @@ def _signal_name(sig: SignalHeader) -> str:
     return f"signal {sig.index + 1} ({sig.label!r})"
 
 
+def _calibration_error(sig: SignalHeader, lo: int, hi: int, bits: int, kind: str) -> str:
+    """Why a data signal's header gives no usable calibration (digital to physical), or ''."""
+    if sig.digital_min == sig.digital_max:
+        return (
+            f"header: digital minimum = digital maximum = {sig.digital_min} for "
+            f"{_signal_name(sig)}, so its samples cannot be calibrated to physical values; fix "
+            "the header or re-export the recording"
+        )
+    if sig.digital_min > sig.digital_max:
+        return (
+            f"header: digital minimum {sig.digital_min} > digital maximum {sig.digital_max} for "
+            f"{_signal_name(sig)} (the limits are swapped); fix the header or re-export the "
+            "recording"
+        )
+    if sig.digital_min < lo or sig.digital_max > hi:
+        return (
+            f"header: digital range {sig.digital_min}..{sig.digital_max} of {_signal_name(sig)} "
+            f"is outside what a {bits}-bit {kind} sample holds ({lo}..{hi}); fix the header or "
+            "re-export the recording"
+        )
+    pmin, pmax = sig.physical_min, sig.physical_max
+    if not (math.isfinite(pmin) and math.isfinite(pmax)) or pmin == pmax:
+        return (
+            f"header: physical minimum {pmin:g} and physical maximum {pmax:g} of "
+            f"{_signal_name(sig)} give no calibration (they must be finite and differ); fix the "
+            "header or re-export the recording"
+        )
+    return ""
+
+
 def check_header(header: EDFHeader, size: int, record_duration: float | None = None) -> None:
     """The one consistency check of a parsed header, before any sample is read.
 
     Every reader (the memory-mapped one and MNE) takes the record layout from the header as a
     whole: the samples per record of every signal, the record duration, the number of records
     and the header size, against the size of the file. A header that cannot describe one
-    consistent record layout, or that gives a signal no usable calibration, raises
-    :class:`EDFError` naming the field, its declared value and what the file holds; its
-    ``header`` is set, so callers still know the channels (and the start date).
+    consistent record layout raises :class:`EDFError` naming the field, its declared value and
+    what the file holds; its ``header`` is set, so callers still know the channels (and the
+    start date). A data signal without a usable calibration (digital or physical limits equal,
+    swapped, non-finite or outside the sample width) gets its ``calibration_error``: the
+    calibration does not move any byte offset, so only that signal is lost.
     Sets ``header.n_records`` when the header leaves it open (-1).
     """
     path = header.path
@@ -339,33 +373,8 @@ def check_header(header: EDFHeader, size: int, record_duration: float | None = N
             )
     lo, hi = DIGITAL_RANGE[header.bytes_per_sample]
     bits = 8 * header.bytes_per_sample
-    for sig in data:
-        name = _signal_name(sig)
-        if sig.digital_min == sig.digital_max:
-            fail(
-                f"header inconsistent: digital minimum = digital maximum = {sig.digital_min} "
-                f"for {name}, so its samples cannot be calibrated to physical values. Fix the "
-                "header or re-export the recording."
-            )
-        if sig.digital_min > sig.digital_max:
-            fail(
-                f"header inconsistent: digital minimum {sig.digital_min} > digital maximum "
-                f"{sig.digital_max} for {name} (the limits are swapped). Fix the header or "
-                "re-export the recording."
-            )
-        if sig.digital_min < lo or sig.digital_max > hi:
-            fail(
-                f"header inconsistent: digital range {sig.digital_min}..{sig.digital_max} of "
-                f"{name} is outside what a {bits}-bit {header.kind} sample holds ({lo}..{hi}). "
-                "Fix the header or re-export the recording."
-            )
-        pmin, pmax = sig.physical_min, sig.physical_max
-        if not (math.isfinite(pmin) and math.isfinite(pmax)) or pmin == pmax:
-            fail(
-                f"header inconsistent: physical minimum {pmin:g} and physical maximum {pmax:g} "
-                f"of {name} give no calibration (they must be finite and differ). Fix the "
-                "header or re-export the recording."
-            )
+    for sig in data:  # calibration is per signal: a bad one costs that signal, not the record
+        sig.calibration_error = _calibration_error(sig, lo, hi, bits, header.kind)
 
     record_bytes = sum(s.samples_per_record for s in header.signals) * header.bytes_per_sample
     data_bytes = size - header.header_bytes

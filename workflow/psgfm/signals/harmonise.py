@@ -270,10 +270,23 @@ def harmonise_recording(
             for j in a.reference_indices:  # its references are not needed for it any more
                 assignments[j].used_by.remove(a.canonical)
             a.reference_indices = ()
+    for a in assignments:  # a signal, or a reference it needs, that the header cannot calibrate
+        if a.role != "signal":
+            continue
+        broken = [j for j in (a.index, *a.reference_indices) if signals[j].calibration_error]
+        if broken:
+            j = broken[0]
+            a.reason = signals[j].calibration_error
+            if j != a.index:
+                a.reason = f"its reference {signals[j].label!r} is unusable: {a.reason}"
+            a.role = "dropped"
+            for r in a.reference_indices:
+                assignments[r].used_by.remove(a.canonical)
+            a.reference_indices = ()
     for a in assignments:
         if a.role == "reference" and not a.used_by:
             a.role = "dropped"
-            a.reason = (
+            a.reason = signals[a.index].calibration_error or (
                 f"reference channel ({a.family}): only ever used as a reference, and every "
                 "channel it would serve was dropped"
             )
