@@ -70,6 +70,8 @@ DEFAULTS = {
     "age_bands": [50, 60, 70],
     "subgroup_min_events": 10,
     "subgroup_drop": 0.05,
+    "feature_source": "embeddings",
+    "release_scores": None,
 }
 
 
@@ -501,25 +503,68 @@ def run_batch(
     out: dict | None = None,
     threads: int | None = 1,
     readout_targets=None,
+    release_scores=None,
 ) -> dict[str, pd.DataFrame]:
     """Fit and evaluate one batch of phecodes; write the batch files if ``out`` is given.
 
     ``out`` keys: table, subgroups, calibration, risk (Parquet paths). ``threads`` limits the
     BLAS threads (default 1: batches run as parallel jobs; a multithreaded BLAS on a busy
-    machine can be far slower than one thread).
+    machine can be far slower than one thread). ``release_scores``: the published disease
+    head's scores, the night feature with ``atlas.feature_source: release_scores``
+    (:mod:`psgfm.atlas.release_scores`).
     """
     with threadpool_limits(limits=threads):
         return _run_batch(
-            phecodes, embeddings, labels, summary, persons, sheet, config, out, readout_targets
+            phecodes,
+            embeddings,
+            labels,
+            summary,
+            persons,
+            sheet,
+            config,
+            out,
+            readout_targets,
+            release_scores,
         )
 
 
+def _release_source(cfg: dict, release_scores):
+    """The release scores (wide) when ``atlas.feature_source`` is ``release_scores``."""
+    if cfg["feature_source"] != "release_scores":
+        return None
+    from psgfm.atlas.release_scores import read_release_scores
+
+    path = release_scores or cfg.get("release_scores")
+    if not path:
+        raise AtlasInputError(
+            "atlas.feature_source is release_scores but no score table was given (set "
+            "release_head.checkpoint, or atlas.release_scores to a risk_scores.parquet)."
+        )
+    return read_release_scores(path)
+
+
 def _run_batch(
-    phecodes, embeddings, labels, summary, persons, sheet, config, out, readout_targets=None
+    phecodes,
+    embeddings,
+    labels,
+    summary,
+    persons,
+    sheet,
+    config,
+    out,
+    readout_targets=None,
+    release_scores=None,
 ):
     cfg = _cfg(config)
     t0 = _time.perf_counter()
-    night = read_night_embeddings(embeddings, cfg["modalities"])
+    scores = _release_source(cfg, release_scores)
+    if scores is not None:
+        from psgfm.atlas.release_scores import fit_score_folds, release_night, score_alone
+        from psgfm.atlas.release_scores import score_matrix as _score_matrix
+
+        night = release_night(scores)
+    else:
+        night = read_night_embeddings(embeddings, cfg["modalities"])
     cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
     folds = assign_folds(cohort.person_id, cfg["split"], cfg["seed"])
     summ = read_summary(summary).set_index("phecode").loc[phecodes]
@@ -540,18 +585,35 @@ def _run_batch(
                 "(rule atlas_readout_targets writes atlas/readout_targets.parquet)."
             )
         readout_y = read_targets(readout_targets, cohort.recording_id, cfg["readout"]["targets"])
-    model = fit_folds(
-        cohort,
-        folds,
-        time,
-        event,
-        include,
-        sex_restricted,
-        cfg,
-        eval_days,
-        with_embedding=True,
-        readout_y=readout_y,
-    )
+    if scores is not None:  # the published model's log-hazard, one column per phecode
+        release = {
+            c: _score_matrix(scores, phecodes, cohort.recording_id, c)
+            for c in ("log_hazard", "log_hazard_demo0")
+        }
+        model = fit_score_folds(
+            cohort,
+            folds,
+            time,
+            event,
+            include,
+            sex_restricted,
+            cfg,
+            eval_days,
+            release["log_hazard"],
+        )
+    else:
+        model = fit_folds(
+            cohort,
+            folds,
+            time,
+            event,
+            include,
+            sex_restricted,
+            cfg,
+            eval_days,
+            with_embedding=True,
+            readout_y=readout_y,
+        )
     base = fit_folds(
         cohort, folds, time, event, include, sex_restricted, cfg, eval_days, with_embedding=False
     )
@@ -593,6 +655,8 @@ def _run_batch(
             )
         except M.MetricInputError as exc:  # a bad phecode is a row, never a failed job
             r, s, c = {"failure_reason": f"metrics: {exc}"}, [], []
+        if scores is not None and "c_harrell" in r:
+            r.update(score_alone(j, model, base, time, event, include, release, W_all, cfg))
         row.update(r)
         rows.append(row)
         subs += s
@@ -670,6 +734,7 @@ def gather(
     persons=None,
     sheet=None,
     summary=None,
+    release_scores=None,
 ) -> pd.DataFrame:
     """Join the batch outputs, add multiple-testing corrections, write the atlas files.
 
@@ -702,7 +767,13 @@ def gather(
     dropped = pd.DataFrame(columns=["person_id", "reason", "detail"])
     n_cohort = None
     if embeddings is not None:
-        night = read_night_embeddings(embeddings, cfg["modalities"])
+        scores = _release_source(cfg, release_scores)
+        if scores is not None:
+            from psgfm.atlas.release_scores import release_night
+
+            night = release_night(scores)
+        else:
+            night = read_night_embeddings(embeddings, cfg["modalities"])
         cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
         dropped, n_cohort = cohort.dropped, cohort.n
     write_text(dropped.to_csv(sep="\t", index=False), out["persons"])
