@@ -18,4 +18,5 @@ run_batch(
     out=dict(snakemake.output.items()),
     threads=snakemake.threads,
     readout_targets=snakemake.input.get("readout_targets"),
+    release_scores=snakemake.input.get("release_scores"),
 )

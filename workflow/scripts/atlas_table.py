@@ -15,4 +15,5 @@ gather(
     persons=snakemake.input.persons,
     sheet=snakemake.input.sheet,
     summary=snakemake.input.summary,
+    release_scores=snakemake.input.get("release_scores"),
 )

@@ -347,3 +347,23 @@ def paper_plot(table: pd.DataFrame, path, top_n: int = 20, note: str = "") -> No
     ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
     ax.legend(loc="lower right", fontsize=7)
     _save(fig, path)
+
+
+def write_release_report(atlas_path, summary_path, labels_csv, out: dict, top_n: int = 20):
+    """The files a user reads (rule atlas_release): ``tsv`` the published model against age +
+    sex per phecode with the paper's C, ``png`` its plot, ``labels`` the label matching."""
+    from psgfm.atlas.run import read_summary
+    from psgfm.io import write_text
+    from psgfm.release.head import label_vocabulary
+
+    atlas = pd.read_parquet(atlas_path)
+    table = paper_table(atlas)
+    write_text(table.to_csv(sep="\t", index=False, float_format="%.4g"), out["tsv"])
+    paper_plot(table, out["png"], top_n=top_n)
+    lt = label_table(label_vocabulary(labels_csv), read_summary(summary_path), atlas)
+    write_text(lt.to_csv(sep="\t", index=False), out["labels"])
+    counts = lt["match"].value_counts().to_dict()
+    log.info(
+        "label matching: %s; %d phecodes evaluated", counts, int(table["c_harrell"].notna().sum())
+    )
+    return table

@@ -152,6 +152,36 @@ def check_release_encoder(path: str | Path | None, size: str | None) -> None:
         )
 
 
+def check_release_config(config: dict) -> None:
+    """Refuse, before any job runs, a configuration under which the head cannot be used."""
+    from psgfm.config import ConfigError
+
+    head = config.get("release_head", {}).get("checkpoint")
+    model = config.get("model", {})
+    atlas = config.get("atlas", {})
+    if head:
+        if not model.get("checkpoint") or model.get("size") != "base":
+            raise ConfigError(
+                "release_head.checkpoint is set, but the encoder is not the published one "
+                f"(model.checkpoint: {model.get('checkpoint')!r}, model.size: "
+                f"{model.get('size')!r}). The disease head was trained on the release "
+                "encoder's token embeddings: set model.checkpoint to the release's "
+                "model_base/best.pt and model.size: base, or unset release_head.checkpoint."
+            )
+        if not config.get("embed", {}).get("tokens", True):
+            raise ConfigError(
+                "release_head.checkpoint needs the per-5-s token tables: set embed.tokens: true."
+            )
+    if atlas.get("feature_source") == "release_scores" and not (
+        head or atlas.get("release_scores")
+    ):
+        raise ConfigError(
+            "atlas.feature_source: release_scores needs scores: set release_head.checkpoint "
+            "(and model.checkpoint to the release encoder), or atlas.release_scores to a "
+            "risk_scores.parquet."
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Inputs of one night
 # ---------------------------------------------------------------------------------------------
