@@ -124,6 +124,12 @@ def test_score_alone_c_is_lifelines_concordance_on_the_held_out_persons(planted)
     osa = t.loc["327.32"]
     d = osa["c_harrell_score"] - osa["c_harrell_score_demo0"]
     assert osa["delta_c_harrell_score_demo"] == pytest.approx(d, abs=1e-12)
+    # the atlas model refitted on the zero-demographics score: its held-out C on the same
+    # persons (the stand-in's zero-demographics column is the OSA score plus noise: lower)
+    d = osa["c_harrell"] - osa["c_harrell_demo0"]
+    assert osa["delta_c_harrell_demo"] == pytest.approx(d, abs=1e-12)
+    assert 0.6 < osa["c_harrell_demo0"] < osa["c_harrell"]
+    assert osa["delta_c_harrell_demo_lo"] < osa["delta_c_harrell_demo"]
 
 
 def test_label_listing_and_the_table_against_the_paper(planted, tmp_path):

@@ -21,7 +21,7 @@ def _config(wf, demo_dir):
     cfg["samples"] = str(demo_dir / "recordings.tsv")
     cfg["results"] = str(wf / "results")
     cfg["demo"].update(out_dir=str(demo_dir), n_subjects=5, hours=0.15, seed=7)
-    cfg["harmonise"].update(batch_size=3, hypnogram_tolerance_s=60)
+    cfg["harmonise"].update(batch_size=5, hypnogram_tolerance_s=60)  # one batch
     cfg["phenome"].update(
         diagnoses=str(demo_dir / "ehr" / "diagnoses.parquet"),
         persons=str(demo_dir / "ehr" / "persons.parquet"),

@@ -20,7 +20,9 @@ multiple-testing corrections as every atlas.
   persons and the same bootstrap replicates (``c_harrell_score``, ``c_uno_score``), and the
   same with the head's demographic inputs set to zero (``c_harrell_score_demo0``) and the
   paired difference (``delta_c_harrell_score_demo``): how much the undocumented age coding
-  moves the published model's discrimination.
+  moves the published model's discrimination; and the atlas model refitted on that
+  zero-demographics score (``c_harrell_demo0``, ``delta_c_harrell_demo``), which adjusts for
+  age and sex itself and so should move much less.
 """
 
 from __future__ import annotations
@@ -192,10 +194,14 @@ def score_alone(
     scores: dict[str, np.ndarray],
     W_all: np.ndarray,
     cfg: dict,
+    model0=None,
 ) -> dict:
     """C of the release score itself (no fitting) on phecode j's held-out persons (those of
     :func:`psgfm.atlas.run.evaluate_phecode`), with percentile bootstrap CIs on the atlas's
-    replicates; the same with demographics set to zero, and the paired difference."""
+    replicates; the same with demographics set to zero, and the paired difference. With
+    ``model0`` (the atlas model fitted on the zero-demographics score): its held-out Harrell's
+    C (``c_harrell_demo0``) and the paired difference to the model's (``delta_c_harrell_demo``).
+    """
     from psgfm.atlas.run import DAYS_PER_YEAR, _ci
 
     sel = include[j] & (model.fold != TRAIN_ONLY)
@@ -209,6 +215,14 @@ def score_alone(
     have0 = s0 is not None and np.isfinite(s0[j, sel]).all()
     if have0:
         risks.append(s0[j, sel])
+    fitted0 = (
+        model0 is not None
+        and model0.status[j] in ("ok", "not_converged")
+        and np.isfinite(model0.lp[j, sel]).all()
+        and np.isfinite(model.lp[j, sel]).all()
+    )
+    if fitted0:
+        risks += [model.lp[j, sel], model0.lp[j, sel]]
     conc = M.concordance(t, e, risks, W=W_all[:, sel], tau=cfg["truncation_years"] * DAYS_PER_YEAR)
     level = cfg["ci_level"]
     row = {}
@@ -219,6 +233,10 @@ def score_alone(
         row.update(
             _ci("delta_c_harrell_score_demo", conc["harrell"][0] - conc["harrell"][1], level)
         )
+    if fitted0:
+        c, c0 = conc["harrell"][-2], conc["harrell"][-1]
+        row.update(_ci("c_harrell_demo0", c0, level))
+        row.update(_ci("delta_c_harrell_demo", c - c0, level))
     return row
 
 
@@ -293,6 +311,8 @@ PAPER_COLUMNS = [
     "delta_c_harrell_hi",
     "c_harrell_score_demo0",
     "delta_c_harrell_score_demo",
+    "c_harrell_demo0",
+    "delta_c_harrell_demo",
     "hr_per_sd_adj",
     "adj_q_bh",
     "failure_reason",

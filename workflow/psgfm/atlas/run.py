@@ -601,6 +601,17 @@ def _run_batch(
             eval_days,
             release["log_hazard"],
         )
+        model0 = fit_score_folds(  # the same with the head's demographics set to zero
+            cohort,
+            folds,
+            time,
+            event,
+            include,
+            sex_restricted,
+            cfg,
+            eval_days,
+            release["log_hazard_demo0"],
+        )
     else:
         model = fit_folds(
             cohort,
@@ -656,7 +667,7 @@ def _run_batch(
         except M.MetricInputError as exc:  # a bad phecode is a row, never a failed job
             r, s, c = {"failure_reason": f"metrics: {exc}"}, [], []
         if scores is not None and "c_harrell" in r:
-            r.update(score_alone(j, model, base, time, event, include, release, W_all, cfg))
+            r.update(score_alone(j, model, base, time, event, include, release, W_all, cfg, model0))
         row.update(r)
         rows.append(row)
         subs += s
@@ -766,7 +777,7 @@ def gather(
     write_parquet(pa.Table.from_pandas(cal, preserve_index=False), out["calibration"])
     dropped = pd.DataFrame(columns=["person_id", "reason", "detail"])
     n_cohort = None
-    if embeddings is not None:
+    if embeddings is not None or release_scores is not None:
         scores = _release_source(cfg, release_scores)
         if scores is not None:
             from psgfm.atlas.release_scores import release_night
