@@ -325,6 +325,22 @@ def paper_table(atlas: pd.DataFrame) -> pd.DataFrame:
     the gain over age + sex."""
     t = atlas.copy()
     t["phecode"] = t["phecode"].astype(str)
+    absent = [c for c in PAPER_C if c not in set(t["phecode"])]
+    if absent:  # the paper's outcomes are listed even where this cohort's atlas lacks them
+        t = pd.concat(
+            [
+                t,
+                pd.DataFrame(
+                    {
+                        "phecode": absent,
+                        "description": absent,
+                        "failure_reason": "not in this atlas (not observed or not fitted in "
+                        "the phenome)",
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
     t["c_paper"] = t["phecode"].map(PAPER_C)
     for c in PAPER_COLUMNS:
         if c not in t:
@@ -360,7 +376,12 @@ def paper_plot(table: pd.DataFrame, path, top_n: int = 20, note: str = "") -> No
     ax.plot(t["c_paper"], y, "*", ms=10, color="C3", label="paper (its cohorts)")
     ax.axvline(0.5, color="0.8", lw=0.8, zorder=0)
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{p} {str(d or '')[:34]}" for p, d in zip(t["phecode"], t["description"])])
+    ax.set_yticklabels(
+        [
+            p if str(d).lower() == p.lower() or pd.isna(d) else f"{p} {str(d)[:34]}"
+            for p, d in zip(t["phecode"], t["description"])
+        ]
+    )
     ax.set_xlabel("held-out Harrell's C in this cohort")
     ax.set_xlim(0.3, 1.0)
     title = "Published SleepFM-Clinical disease model vs age + sex"
