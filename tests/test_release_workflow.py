@@ -120,3 +120,11 @@ def test_published_model_validation_runs_under_snakemake(tmp_path):
     fitted = pd.read_parquet(res / "phenome" / "summary.parquet").query("fit")["phecode"]
     assert set(table["phecode"].astype(str)) == set(fitted.astype(str))
     assert (res / "atlas" / "release" / "published_vs_age_sex.png").stat().st_size > 1000
+
+    # the report shows the published model's table, plot and label matching with captions
+    report = tmp_path / "report.html"
+    run_snakemake(wf, "--configfile", wf / "c.yaml", "--report", report, *targets)
+    html = report.read_text()
+    for caption in ("release_table.rst", "release_plot.rst", "release_labels.rst"):
+        words = " ".join((ROOT / "workflow" / "report" / caption).read_text().split()[:6])
+        assert words in html, caption
