@@ -161,11 +161,15 @@ def test_a_nights_scores_do_not_depend_on_the_batch():
             ]
         )
     assert torch.allclose(together, alone, atol=1e-5, rtol=0)
-    # score_night: one night under two demographic codings in one pass = two passes
+    # score_night: one night under several demographic codings (one forward pass, the other
+    # codings through the linear head) = a full forward pass per coding
     night = x[0].numpy()
-    both = score_night(head, night, np.zeros((4, 40), bool), [[0.5, 1.0], [0.0, 0.0]])
-    one = score_night(head, night, np.zeros((4, 40), bool), [[0.0, 0.0]])
-    assert np.allclose(both[1], one[0], atol=1e-5)
+    codings = [[0.5, 1.0], [0.0, 0.0], [-1.2, 0.0]]
+    both = score_night(head, night, np.zeros((4, 40), bool), codings)
+    with torch.no_grad():
+        full = head(x[:1].expand(3, -1, -1, -1), pad[:1].expand(3, -1, -1), torch.tensor(codings))
+    assert np.allclose(both, full.numpy(), atol=1e-5)
+    assert np.abs(both[0] - both[1]).max() > 1e-3  # the codings do differ
 
 
 def test_head_layout_is_the_release_sheet():
