@@ -128,3 +128,17 @@ def test_published_model_validation_runs_under_snakemake(tmp_path):
     for caption in ("release_table.rst", "release_plot.rst", "release_labels.rst"):
         words = " ".join((ROOT / "workflow" / "report" / caption).read_text().split()[:6])
         assert words in html, caption
+
+
+def test_the_release_rules_have_profile_entries(tmp_path):
+    """Rules that exist only with release_head.checkpoint / feature_source release_scores."""
+    wf = copy_workflow(tmp_path / "wf")
+    cfg = _config(wf, wf / "demo")
+    cfg["samples"] = "config/recordings.tsv"
+    (wf / "c.yaml").write_text(yaml.safe_dump(cfg))
+    rules = set(run_snakemake(wf, "--configfile", wf / "c.yaml", "--list-rules").stdout.split())
+    new = {"release_scores_batch", "release_scores", "atlas_release"}
+    assert new <= rules
+    profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    for rule in new:
+        assert rule in profile["set-threads"] and rule in profile["set-resources"], rule
