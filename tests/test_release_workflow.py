@@ -73,6 +73,7 @@ def test_published_model_validation_runs_under_snakemake(tmp_path):
     (wf / "c.yaml").write_text(yaml.safe_dump(cfg))
     res = wf / "results"
     targets = [
+        res / "embeddings" / "night.parquet",
         res / "release" / "risk_scores.parquet",
         res / "atlas" / "release" / "published_vs_age_sex.png",
         res / "atlas" / "release" / "label_matching.tsv",

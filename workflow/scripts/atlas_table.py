@@ -10,7 +10,7 @@ gather(
     snakemake.input.calibration,
     config=snakemake.params.atlas,
     out=dict(snakemake.output.items()),
-    embeddings=snakemake.input.embeddings,
+    embeddings=snakemake.input.get("embeddings"),  # none with release_scores
     labels=snakemake.input.labels,
     persons=snakemake.input.persons,
     sheet=snakemake.input.sheet,
