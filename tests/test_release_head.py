@@ -251,7 +251,7 @@ def test_label_vocabulary_maps_every_release_label():
     assert set(named) == set(outcomes)
 
 
-def _token_table(path, n_chunks, partial=0, absent=(), dim=128, seed=0):
+def _token_table(path, n_chunks, partial=0, absent=(), dim=128, seed=0, absent_first=()):
     rng = np.random.default_rng(seed)
     n = n_chunks * 60
     real = np.ones(n, bool)
@@ -269,6 +269,8 @@ def _token_table(path, n_chunks, partial=0, absent=(), dim=128, seed=0):
         v = rng.standard_normal((n, dim)).astype(np.float32)
         values[m] = v
         mask = np.full(n, m in absent)
+        if m in absent_first:  # the modality is missing from the first chunk only
+            mask[:60] = True
         cols[m] = pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), dim, mask=pa.array(mask))
     t = pa.table(cols)
     order = rng.permutation(n)  # rows in any order: the reader sorts by chunk and token
@@ -283,6 +285,12 @@ def test_night_tokens_full_chunks_masks_and_the_9_hour_limit(tmp_path):
     assert night["n_tokens"] == 145 and night["n_tokens_full_chunks"] == 120
     assert np.array_equal(night["x"][0], vals["BAS"][:120])
     assert night["pad"][2].all() and not night["pad"][[0, 1, 3]].any()
+    # a modality missing from part of the night: its vectors stay aligned with their tokens
+    vals = _token_table(tmp_path / "p.parquet", 3, absent_first=("RESP",), seed=1)
+    part = read_night_tokens(tmp_path / "p.parquet")
+    assert part["pad"][1, :60].all() and not part["pad"][1, 60:].any()
+    assert np.array_equal(part["x"][1, 60:], vals["RESP"][60:])
+    assert not part["x"][1, :60].any()
     # a night longer than 9 h: the first 6,480 tokens are scored, the rest dropped
     _token_table(tmp_path / "long.parquet", 110, dim=4)
     long = read_night_tokens(tmp_path / "long.parquet")
