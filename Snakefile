@@ -18,6 +18,7 @@ include: "workflow/rules/signals.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/phenome.smk"
 include: "workflow/rules/atlas.smk"
+include: "workflow/rules/release.smk"
 include: "workflow/rules/provenance.smk"
 
 
@@ -25,3 +26,4 @@ rule all:
     default_target: True
     input:
         all_targets(),
+        RELEASE_TARGETS,

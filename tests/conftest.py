@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import shutil
 import socket
 import subprocess
@@ -30,18 +31,24 @@ PATIENT_NAME = "Jane_Doe_Secret"
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources", "profiles", "envs", "cluster")
 
 
-def _ignored_resources() -> set[Path]:
-    """The folders under resources/ that .gitignore names (generated cohorts such as
-    resources/demo/ and resources/validation/, fetched maps): state, never copied."""
+def _ignored_resources() -> list[str]:
+    """The patterns under resources/ that .gitignore names (generated cohorts such as
+    resources/demo/ and resources/validation*/, fetched maps): state, never copied."""
     lines = (ROOT / ".gitignore").read_text().splitlines()
-    return {ROOT / ln.strip().rstrip("/") for ln in lines if ln.strip().startswith("resources/")}
+    return [ln.strip().rstrip("/") for ln in lines if ln.strip().startswith("resources/")]
 
 
 STATE = _ignored_resources()
 
 
+def is_state(path: Path) -> bool:
+    """Whether ``path`` (in this checkout) is generated state that .gitignore names."""
+    rel = Path(path).relative_to(ROOT).as_posix()
+    return any(fnmatch.fnmatchcase(rel, pattern) for pattern in STATE)
+
+
 def _ignore_state(folder, names):
-    return [n for n in names if n == "__pycache__" or Path(folder) / n in STATE]
+    return [n for n in names if n == "__pycache__" or is_state(Path(folder) / n)]
 
 
 def copy_workflow(dest: Path) -> Path:

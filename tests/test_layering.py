@@ -3,7 +3,8 @@ functions included, so a cycle cannot hide behind a lazy import).
 
 Layers, lowest first: shared helpers (``psgfm``, ``io``, ``logutil``, ``config``, ``launch``,
 ``audit``); the stages (``signals`` and ``phenome``, then ``demo`` and ``model``, then
-``atlas``); the command line (``cli``); the experiments' harnesses (``validation``). A module
+``atlas``, then ``release``: the published disease head, scored on the model's tokens and read
+back by the atlas as a file); the command line (``cli``); the experiments' harnesses (``validation``). A module
 imports only its own subpackage and lower layers; nothing in the pipeline (package, rule
 scripts, rule files, benchmarks) imports ``psgfm.validation``; no module imports another
 module's private (``_``-prefixed) names.
@@ -34,9 +35,10 @@ RANK = {
     "demo": 2,
     "model": 2,
     "atlas": 3,
-    "cli": 4,
-    "__main__": 4,
-    "validation": 5,
+    "release": 4,
+    "cli": 5,
+    "__main__": 5,
+    "validation": 6,
 }
 SHARED = {p for p, r in RANK.items() if r == 0}
 

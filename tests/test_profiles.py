@@ -11,7 +11,7 @@ from conftest import ROOT, copy_workflow, run_snakemake
 
 WORKFLOW_PROFILE = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
 SITE_PROFILE = yaml.safe_load((ROOT / "cluster" / "config.yaml").read_text())
-GPU_RULES = {"pretrain", "embed"}
+GPU_RULES = {"pretrain", "embed", "release_scores_batch"}
 GPU_KEYS = {"gpu", "gpu_model", "gres", "gpus", "tasks_per_gpu", "cpus_per_gpu"}
 
 

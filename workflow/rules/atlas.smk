@@ -25,6 +25,14 @@ if ATLAS["split"]["method"] == "file":
     ATLAS_INPUTS["split"] = ATLAS["split"]["file"]
 if ATLAS["readout"]["enabled"]:
     ATLAS_INPUTS["readout_targets"] = f"{ATLAS_OUT}/readout_targets.parquet"
+# feature source release_scores: the published head's scores (release.smk) replace the night
+# embeddings (still read by the optional neural head)
+if ATLAS["feature_source"] == "release_scores":
+    ATLAS_INPUTS["release_scores"] = (
+        ATLAS["release_scores"] or f"{RESULTS}/release/risk_scores.parquet"
+    )
+    if not ATLAS["neural"]["enabled"]:
+        del ATLAS_INPUTS["embeddings"]
 ATLAS_BATCH_FILES = {
     kind: [f"{ATLAS_OUT}/batches/{b}.{kind}.parquet" for b in ATLAS_BATCHES]
     for kind in ("table", "subgroups", "calibration", "risk")

@@ -9,7 +9,7 @@ index = int(snakemake.wildcards.abatch[1:])
 phecodes = batch_phecodes(read_summary(snakemake.input.summary), cfg["n_batches"])[index]
 run_batch(
     phecodes,
-    embeddings=snakemake.input.embeddings,
+    embeddings=snakemake.input.get("embeddings"),  # none with release_scores
     labels=snakemake.input.labels,
     summary=snakemake.input.summary,
     persons=snakemake.input.persons,
@@ -18,4 +18,5 @@ run_batch(
     out=dict(snakemake.output.items()),
     threads=snakemake.threads,
     readout_targets=snakemake.input.get("readout_targets"),
+    release_scores=snakemake.input.get("release_scores"),
 )

@@ -10,9 +10,10 @@ gather(
     snakemake.input.calibration,
     config=snakemake.params.atlas,
     out=dict(snakemake.output.items()),
-    embeddings=snakemake.input.embeddings,
+    embeddings=snakemake.input.get("embeddings"),  # none with release_scores
     labels=snakemake.input.labels,
     persons=snakemake.input.persons,
     sheet=snakemake.input.sheet,
     summary=snakemake.input.summary,
+    release_scores=snakemake.input.get("release_scores"),
 )

@@ -22,11 +22,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -382,3 +383,82 @@ def embedding_features(
         feats = _pca(feats, train, int(pca_components))
         names = [f"pc{j + 1}" for j in range(feats.shape[1])]
     return feats, names
+
+
+SCORE_COLUMNS = ("log_hazard", "log_hazard_demo0")
+"""The score columns of the release rules' risk_scores.parquet (results/release/)."""
+
+
+def read_release_scores(path) -> dict:
+    """The long score table as wide matrices: ``recording_id`` (R,), ``phecode`` (L,) and per
+    score column a (R, L) float64 matrix."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, FileNotFoundError) as err:
+        raise AtlasInputError(
+            f"{path}: release risk scores not readable ({err}). They are written by the release "
+            "rules (release_head.checkpoint) or named by atlas.release_scores."
+        ) from err
+    need = ["recording_id", "phecode", "log_hazard"]
+    miss = [c for c in need if c not in table.column_names]
+    if miss:
+        raise AtlasInputError(
+            f"{path}: column(s) {miss} missing; expected recording_id, label_idx, phecode, "
+            "phenotype, log_hazard (results/release/risk_scores.parquet)."
+        )
+    df = table.to_pandas()
+    df["recording_id"] = df["recording_id"].astype(str)
+    df["phecode"] = df["phecode"].astype(str)
+    if df.duplicated(["recording_id", "phecode"]).any():
+        raise AtlasInputError(f"{path}: a (recording_id, phecode) pair repeats.")
+    out = {}
+    for col in SCORE_COLUMNS:
+        if col not in df:
+            continue
+        wide = df.pivot(index="recording_id", columns="phecode", values=col)
+        out[col] = wide.to_numpy(np.float64)
+        out["recording_id"] = wide.index.to_numpy(object)
+        out["phecode"] = wide.columns.astype(str).tolist()
+    return out
+
+
+DAYS_PER_YEAR = 365.25
+
+
+def read_summary(path) -> pd.DataFrame:
+    s = pl.read_parquet(path).to_pandas()
+    need = ["phecode", "phecode_string", "category", "sex", "fit"]
+    miss = [c for c in need if c not in s.columns]
+    if miss:
+        raise AtlasInputError(f"{path}: phenome summary lacks column(s) {miss}.")
+    return s
+
+
+@dataclass
+class FoldFits:
+    lp: np.ndarray  # (K, N) held-out linear predictor (internal scale; NaN: not held out)
+    fold: np.ndarray  # (N,)
+    cumhaz: np.ndarray  # (K, n_folds, T) baseline cumulative hazard at the evaluation times
+    fold_ids: np.ndarray
+    status: list[str]  # worst status over folds per phecode
+    message: list[str]
+    # embedding penalizer per fold ("0.1;1;..."), "" for the baseline
+    penalizer: list[str] = field(default_factory=list)
+
+
+def demographics(cohort: Cohort) -> tuple[np.ndarray, list[str]]:
+    X = np.column_stack([cohort.age, cohort.male, cohort.extra])
+    return X, ["age", "male", *cohort.extra_names]
+
+
+def worst_status(statuses: list[str]) -> str:
+    for s in ("singular", "separation", "no_events", "not_converged"):
+        if s in statuses:
+            return s
+    return "ok"
+
+
+def penalizer_grid(cfg: dict) -> list[float]:
+    """The embedding penalizer candidates: ``atlas.penalizer`` as a list (one value: fixed)."""
+    pen = cfg["penalizer"]
+    return [float(v) for v in (pen if isinstance(pen, (list, tuple)) else [pen])]

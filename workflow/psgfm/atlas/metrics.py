@@ -404,3 +404,9 @@ def benjamini_hochberg(p) -> np.ndarray:
     ranked = p[order] * m / np.arange(1, m + 1)
     out[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
     return out
+
+
+def bootstrap_ci(prefix: str, reps: np.ndarray, level: float) -> dict:
+    """``{prefix: estimate, prefix_lo, prefix_hi}`` from replicates (row 0 the estimate)."""
+    lo, hi = percentile_ci(reps[1:], level)
+    return {prefix: float(reps[0]), f"{prefix}_lo": lo, f"{prefix}_hi": hi}

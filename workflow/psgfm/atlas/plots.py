@@ -18,17 +18,17 @@ from psgfm.io import atomic_path  # noqa: E402
 DAYS_PER_YEAR = 365.25
 
 
-def _save(fig, path) -> None:
+def save_figure(fig, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
-def _empty(path, text: str) -> None:
+def empty_plot(path, text: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _label(row) -> str:
@@ -54,11 +54,11 @@ def manhattan(table: pd.DataFrame, path, alpha: float = 0.05) -> None:
     t = evaluated(table)
     col = "p_value_adj" if "p_value_adj" in t and t["p_value_adj"].notna().any() else "p_value"
     if col not in t:
-        _empty(path, "no evaluated phecodes")
+        empty_plot(path, "no evaluated phecodes")
         return
     t = t[t[col].notna()].copy()
     if t.empty:
-        _empty(path, "no evaluated phecodes")
+        empty_plot(path, "no evaluated phecodes")
         return
     t["category"] = t["category"].fillna("other").astype(str)
     t["_key"] = t["phecode"].map(_phecode_key)
@@ -82,7 +82,7 @@ def manhattan(table: pd.DataFrame, path, alpha: float = 0.05) -> None:
         "-log10 p (embedding risk score | baseline)" if col == "p_value_adj" else "-log10 p"
     )
     ax.set_title(f"PheWAS of the night embedding: {len(t)} phecodes")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def model_label(config: dict | None) -> str:
@@ -100,7 +100,7 @@ def forest(table: pd.DataFrame, path, top_n: int = 20, label: str = model_label(
     """Harrell's C with 95 % CI, model and baseline, for the phecodes with the largest delta C."""
     t = evaluated(table)
     if t.empty:
-        _empty(path, "no evaluated phecodes")
+        empty_plot(path, "no evaluated phecodes")
         return
     key = "delta_c_harrell" if "delta_c_harrell" in t else "c_harrell"
     t = t.sort_values(key, ascending=False).head(top_n).iloc[::-1]
@@ -122,14 +122,14 @@ def forest(table: pd.DataFrame, path, top_n: int = 20, label: str = model_label(
     ax.set_yticklabels([_label(r) for _, r in t.iterrows()], fontsize=7)
     ax.set_xlabel("Harrell's C (held out), 95 % bootstrap CI")
     ax.legend(loc="lower right", fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def c_scatter(table: pd.DataFrame, path, label: str = model_label(None)) -> None:
     """Model against baseline C per phecode; filled where the delta C CI excludes 0."""
     t = evaluated(table)
     if t.empty or "base_c_harrell" not in t:
-        _empty(path, "no evaluated phecodes with a baseline")
+        empty_plot(path, "no evaluated phecodes with a baseline")
         return
     t = t[t["base_c_harrell"].notna()]
     better = t.get("delta_c_harrell_lo", pd.Series(np.nan, index=t.index)) > 0
@@ -150,7 +150,7 @@ def c_scatter(table: pd.DataFrame, path, label: str = model_label(None)) -> None
     ax.set_xlabel("C, demographics only")
     ax.set_ylabel(f"C, {label}")
     ax.legend(loc="lower right", fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def select_phecodes(table: pd.DataFrame, wanted: list[str], n: int) -> list[str]:
@@ -166,7 +166,7 @@ def select_phecodes(table: pd.DataFrame, wanted: list[str], n: int) -> list[str]
 def km_quartiles(table: pd.DataFrame, risk: pd.DataFrame, phecodes: list[str], path) -> None:
     """Kaplan-Meier curves of the held-out risk-score quartiles."""
     if not phecodes:
-        _empty(path, "no evaluated phecodes")
+        empty_plot(path, "no evaluated phecodes")
         return
     ncol = min(3, len(phecodes))
     nrow = -(-len(phecodes) // ncol)
@@ -188,7 +188,7 @@ def km_quartiles(table: pd.DataFrame, risk: pd.DataFrame, phecodes: list[str], p
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7, title="risk quartile", title_fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def calibration(
@@ -197,7 +197,7 @@ def calibration(
     """Observed (Kaplan-Meier) against mean predicted risk by decile at one horizon."""
     c = cal[(cal["horizon_years"] == horizon) & cal["phecode"].isin(phecodes)]
     if c.empty:
-        _empty(path, f"no calibration rows at {horizon:g} years")
+        empty_plot(path, f"no calibration rows at {horizon:g} years")
         return
     ncol = min(3, len(phecodes))
     nrow = -(-len(phecodes) // ncol)
@@ -218,7 +218,7 @@ def calibration(
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def make_plots(table_path, calibration_path, risk_paths, out: dict, config: dict) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import time as _time
 import zlib
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -30,19 +29,24 @@ from threadpoolctl import threadpool_limits
 from psgfm.atlas import metrics as M
 from psgfm.atlas.cox import cv_penalizer, fit_cox
 from psgfm.atlas.design import (
+    DAYS_PER_YEAR,
     TRAIN_ONLY,
     AtlasInputError,
     Cohort,
+    FoldFits,
     assign_folds,
     build_cohort,
+    demographics,
     embedding_features,
+    penalizer_grid,
     read_night_embeddings,
+    read_summary,
+    worst_status,
 )
 from psgfm.atlas.readout import read_targets, readout_config, readout_features
 from psgfm.io import provenance, write_json, write_parquet, write_text
 
 log = logging.getLogger(__name__)
-DAYS_PER_YEAR = 365.25
 
 DEFAULTS = {
     "modalities": ["BAS", "RESP", "EKG", "EMG"],
@@ -70,6 +74,8 @@ DEFAULTS = {
     "age_bands": [50, 60, 70],
     "subgroup_min_events": 10,
     "subgroup_drop": 0.05,
+    "feature_source": "embeddings",
+    "release_scores": None,
 }
 
 
@@ -89,15 +95,6 @@ def horizon_name(years: float) -> str:
 # ---------------------------------------------------------------------------------------------
 # Phecode batches and labels
 # ---------------------------------------------------------------------------------------------
-
-
-def read_summary(path) -> pd.DataFrame:
-    s = pl.read_parquet(path).to_pandas()
-    need = ["phecode", "phecode_string", "category", "sex", "fit"]
-    miss = [c for c in need if c not in s.columns]
-    if miss:
-        raise AtlasInputError(f"{path}: phenome summary lacks column(s) {miss}.")
-    return s
 
 
 def batch_phecodes(summary: pd.DataFrame, n_batches: int) -> list[list[str]]:
@@ -157,36 +154,6 @@ def load_labels(labels_path, phecodes: list[str], person_id: np.ndarray):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FoldFits:
-    lp: np.ndarray  # (K, N) held-out linear predictor (internal scale; NaN: not held out)
-    fold: np.ndarray  # (N,)
-    cumhaz: np.ndarray  # (K, n_folds, T) baseline cumulative hazard at the evaluation times
-    fold_ids: np.ndarray
-    status: list[str]  # worst status over folds per phecode
-    message: list[str]
-    # embedding penalizer per fold ("0.1;1;..."), "" for the baseline
-    penalizer: list[str] = field(default_factory=list)
-
-
-def _demographics(cohort: Cohort) -> tuple[np.ndarray, list[str]]:
-    X = np.column_stack([cohort.age, cohort.male, cohort.extra])
-    return X, ["age", "male", *cohort.extra_names]
-
-
-def _worst(statuses: list[str]) -> str:
-    for s in ("singular", "separation", "no_events", "not_converged"):
-        if s in statuses:
-            return s
-    return "ok"
-
-
-def penalizer_grid(cfg: dict) -> list[float]:
-    """The embedding penalizer candidates: ``atlas.penalizer`` as a list (one value: fixed)."""
-    pen = cfg["penalizer"]
-    return [float(v) for v in (pen if isinstance(pen, (list, tuple)) else [pen])]
-
-
 def inner_folds(n: int, k: int, seed) -> np.ndarray:
     """(n,) inner fold labels 0..k-1 in random order, as balanced as n allows."""
     rng = np.random.default_rng(seed)
@@ -217,7 +184,7 @@ def fit_folds(
     readout_features`)."""
     k, n = time.shape
     rc = cfg["readout"]
-    D, dnames = _demographics(cohort)
+    D, dnames = demographics(cohort)
     fold_ids = np.unique(folds[folds != TRAIN_ONLY])
     lp = np.full((k, n), np.nan)
     cumhaz = np.full((k, len(fold_ids), len(eval_days)), np.nan)
@@ -309,7 +276,7 @@ def fit_folds(
         fold=folds,
         cumhaz=cumhaz,
         fold_ids=fold_ids,
-        status=[_worst(s) for s in statuses],
+        status=[worst_status(s) for s in statuses],
         message=["; ".join(m) for m in messages],
         penalizer=[";".join(c) if with_embedding else "" for c in chosen],
     )
@@ -329,11 +296,6 @@ def _hr_per_sd(z: np.ndarray, t, e, level) -> dict:
     lo, hi, _ = M.wald(res.coef[0, 0], res.se[0, 0], level)
     p = float(M.stats.norm.sf(res.coef[0, 0] / res.se[0, 0]))
     return {"coef": res.coef[0, 0], "lo": lo, "hi": hi, "p": p}
-
-
-def _ci(prefix: str, reps: np.ndarray, level: float) -> dict:
-    lo, hi = M.percentile_ci(reps[1:], level)
-    return {prefix: float(reps[0]), f"{prefix}_lo": lo, f"{prefix}_hi": hi}
 
 
 def _age_band(age: np.ndarray, edges: list[float]) -> np.ndarray:
@@ -392,19 +354,19 @@ def evaluate_phecode(
     ti = M.TimeIndex(t, e)
     conc = M.concordance(t, e, [rm, rb], W=W, tau=tau, index=ti)
     for name in ("harrell", "uno"):
-        row.update(_ci(f"c_{name}", conc[name][0], level))
+        row.update(M.bootstrap_ci(f"c_{name}", conc[name][0], level))
         if have_b:
-            row.update(_ci(f"base_c_{name}", conc[name][1], level))
-            row.update(_ci(f"delta_c_{name}", conc[name][0] - conc[name][1], level))
+            row.update(M.bootstrap_ci(f"base_c_{name}", conc[name][1], level))
+            row.update(M.bootstrap_ci(f"delta_c_{name}", conc[name][0] - conc[name][1], level))
     hv = [(h, d) for h, d in zip(cfg["horizons_years"], horizons_days) if t.min() <= d < t.max()]
     if hv:
         auc = M.cumulative_dynamic_auc(t, e, [rm, rb], [d for _, d in hv], W=W, index=ti)
         for i, (h, _) in enumerate(hv):
             hn = horizon_name(h)
-            row.update(_ci(f"auc_{hn}", auc[0, :, i], level))
+            row.update(M.bootstrap_ci(f"auc_{hn}", auc[0, :, i], level))
             if have_b:
-                row.update(_ci(f"base_auc_{hn}", auc[1, :, i], level))
-                row.update(_ci(f"delta_auc_{hn}", auc[0, :, i] - auc[1, :, i], level))
+                row.update(M.bootstrap_ci(f"base_auc_{hn}", auc[1, :, i], level))
+                row.update(M.bootstrap_ci(f"delta_auc_{hn}", auc[0, :, i] - auc[1, :, i], level))
     zm = (rm - rm.mean()) / (rm.std() or 1.0)
     hr = _hr_per_sd(zm, t, e, level)
     row.update(
@@ -502,25 +464,68 @@ def run_batch(
     out: dict | None = None,
     threads: int | None = 1,
     readout_targets=None,
+    release_scores=None,
 ) -> dict[str, pd.DataFrame]:
     """Fit and evaluate one batch of phecodes; write the batch files if ``out`` is given.
 
     ``out`` keys: table, subgroups, calibration, risk (Parquet paths). ``threads`` limits the
     BLAS threads (default 1: batches run as parallel jobs; a multithreaded BLAS on a busy
-    machine can be far slower than one thread).
+    machine can be far slower than one thread). ``release_scores``: the published disease
+    head's scores, the night feature with ``atlas.feature_source: release_scores``
+    (:mod:`psgfm.atlas.release_scores`).
     """
     with threadpool_limits(limits=threads):
         return _run_batch(
-            phecodes, embeddings, labels, summary, persons, sheet, config, out, readout_targets
+            phecodes,
+            embeddings,
+            labels,
+            summary,
+            persons,
+            sheet,
+            config,
+            out,
+            readout_targets,
+            release_scores,
         )
 
 
+def _release_source(cfg: dict, release_scores):
+    """The release scores (wide) when ``atlas.feature_source`` is ``release_scores``."""
+    if cfg["feature_source"] != "release_scores":
+        return None
+    from psgfm.atlas.design import read_release_scores
+
+    path = release_scores or cfg.get("release_scores")
+    if not path:
+        raise AtlasInputError(
+            "atlas.feature_source is release_scores but no score table was given (set "
+            "release_head.checkpoint, or atlas.release_scores to a risk_scores.parquet)."
+        )
+    return read_release_scores(path)
+
+
 def _run_batch(
-    phecodes, embeddings, labels, summary, persons, sheet, config, out, readout_targets=None
+    phecodes,
+    embeddings,
+    labels,
+    summary,
+    persons,
+    sheet,
+    config,
+    out,
+    readout_targets=None,
+    release_scores=None,
 ):
     cfg = atlas_config(config)
     t0 = _time.perf_counter()
-    night = read_night_embeddings(embeddings, cfg["modalities"])
+    scores = _release_source(cfg, release_scores)
+    if scores is not None:
+        from psgfm.atlas.release_scores import fit_score_folds, release_night, score_alone
+        from psgfm.atlas.release_scores import score_matrix as _score_matrix
+
+        night = release_night(scores)
+    else:
+        night = read_night_embeddings(embeddings, cfg["modalities"])
     cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
     folds = assign_folds(cohort.person_id, cfg["split"], cfg["seed"])
     summ = read_summary(summary).set_index("phecode").loc[phecodes]
@@ -541,18 +546,46 @@ def _run_batch(
                 "(rule atlas_readout_targets writes atlas/readout_targets.parquet)."
             )
         readout_y = read_targets(readout_targets, cohort.recording_id, cfg["readout"]["targets"])
-    model = fit_folds(
-        cohort,
-        folds,
-        time,
-        event,
-        include,
-        sex_restricted,
-        cfg,
-        eval_days,
-        with_embedding=True,
-        readout_y=readout_y,
-    )
+    if scores is not None:  # the published model's log-hazard, one column per phecode
+        release = {
+            c: _score_matrix(scores, phecodes, cohort.recording_id, c)
+            for c in ("log_hazard", "log_hazard_demo0")
+        }
+        model = fit_score_folds(
+            cohort,
+            folds,
+            time,
+            event,
+            include,
+            sex_restricted,
+            cfg,
+            eval_days,
+            release["log_hazard"],
+        )
+        model0 = fit_score_folds(  # the same with the head's demographics set to zero
+            cohort,
+            folds,
+            time,
+            event,
+            include,
+            sex_restricted,
+            cfg,
+            eval_days,
+            release["log_hazard_demo0"],
+        )
+    else:
+        model = fit_folds(
+            cohort,
+            folds,
+            time,
+            event,
+            include,
+            sex_restricted,
+            cfg,
+            eval_days,
+            with_embedding=True,
+            readout_y=readout_y,
+        )
     base = fit_folds(
         cohort, folds, time, event, include, sex_restricted, cfg, eval_days, with_embedding=False
     )
@@ -594,6 +627,8 @@ def _run_batch(
             )
         except M.MetricInputError as exc:  # a bad phecode is a row, never a failed job
             r, s, c = {"failure_reason": f"metrics: {exc}"}, [], []
+        if scores is not None and "c_harrell" in r:
+            r.update(score_alone(j, model, base, time, event, include, release, W_all, cfg, model0))
         row.update(r)
         rows.append(row)
         subs += s
@@ -671,6 +706,7 @@ def gather(
     persons=None,
     sheet=None,
     summary=None,
+    release_scores=None,
 ) -> pd.DataFrame:
     """Join the batch outputs, add multiple-testing corrections, write the atlas files.
 
@@ -702,8 +738,14 @@ def gather(
     write_parquet(pa.Table.from_pandas(cal, preserve_index=False), out["calibration"])
     dropped = pd.DataFrame(columns=["person_id", "reason", "detail"])
     n_cohort = None
-    if embeddings is not None:
-        night = read_night_embeddings(embeddings, cfg["modalities"])
+    if embeddings is not None or release_scores is not None:
+        scores = _release_source(cfg, release_scores)
+        if scores is not None:
+            from psgfm.atlas.release_scores import release_night
+
+            night = release_night(scores)
+        else:
+            night = read_night_embeddings(embeddings, cfg["modalities"])
         cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
         dropped, n_cohort = cohort.dropped, cohort.n
     write_text(dropped.to_csv(sep="\t", index=False), out["persons"])

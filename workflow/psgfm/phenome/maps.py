@@ -29,6 +29,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import polars as pl
 
 from psgfm.io import atomic_path, sha256_file
@@ -358,3 +359,27 @@ def load_sleepfm_subset(path: str | os.PathLike) -> pl.DataFrame:
         phecode=pl.col("phecode").map_elements(phecode_from_number, return_dtype=pl.String),
         phenotype=pl.col("phenotype") if "phenotype" in df.columns else pl.lit(None, pl.String),
     )
+
+
+SLEEPFM_N_LABELS = 1065
+"""Labels of the SleepFM-Clinical release's disease head (sleepfm_label_mapping.csv)."""
+
+
+def sleepfm_label_vocabulary(path) -> pd.DataFrame:
+    """The release's 1,065 labels: ``label_idx``, ``phecode`` (the phenome's phecode 1.2 string,
+    e.g. release ``8.0`` -> ``008``; named outcomes such as ``death`` unchanged),
+    ``release_phecode`` (the release's string) and ``phenotype``."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    labels = load_sleepfm_subset(path).to_pandas()
+    labels["release_phecode"] = raw["phecode"].to_numpy()
+    if len(labels) != SLEEPFM_N_LABELS or labels["label_idx"].tolist() != list(
+        range(SLEEPFM_N_LABELS)
+    ):
+        raise ValueError(
+            f"{path}: expected the release's {SLEEPFM_N_LABELS} labels with label_idx 0..{SLEEPFM_N_LABELS - 1} "
+            "in order (phenome.sleepfm_labels)"
+        )
+    if labels["phecode"].duplicated().any():
+        dup = labels.loc[labels["phecode"].duplicated(), "phecode"].tolist()[:3]
+        raise ValueError(f"{path}: phecode(s) {dup} repeat")
+    return labels[["label_idx", "phecode", "release_phecode", "phenotype"]]
