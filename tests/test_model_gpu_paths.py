@@ -325,3 +325,26 @@ def test_bf16_pretraining_and_embedding_on_cpu(store, tmp_path):
     assert rel < BF16_REL_RMS, rel
     print(f"bf16 vs fp32: min cosine {cos.min():.5f}, relative RMS {rel:.4f}")
     assert rel > 0  # bf16 really ran (an fp32 pass would be identical)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cpu_bf16() is not None, reason=str(_cpu_bf16()))
+def test_compiled_bf16_embedding_on_cpu():
+    """A compiled encoder embeds under CPU bf16 autocast. The transformer layers' inference
+    fast path ignores CPU autocast and fed a compiled graph bf16 activations with fp32
+    weights ("expected m1 and m2 to have the same dtype"); ``fastpath_safe`` feeds it fp32.
+    The ``aot_eager`` backend traces as inductor does, without its C++ builds."""
+    from psgfm.model.pretrain import autocast_for, compile_in_place
+
+    torch.manual_seed(0)
+    model = SleepEncoder("tiny").eval()
+    ref = SleepEncoder("tiny").eval()
+    ref.load_state_dict(model.state_dict())
+    compile_in_place(model, backend="aot_eager")
+    b = _batch(seed=1)
+    with torch.no_grad(), autocast_for(torch.device("cpu"), "bf16"):
+        out = model(b["signals"], b["channel_mask"], b["patch_mask"]).pooled.float()
+        eager = ref(b["signals"], b["channel_mask"], b["patch_mask"]).pooled.float()
+    cos = torch.nn.functional.cosine_similarity(out.flatten(0, 1), eager.flatten(0, 1), dim=-1)
+    present = out.flatten(0, 1).abs().sum(-1) > 0
+    assert cos[present].min() > BF16_COSINE

@@ -142,6 +142,24 @@ class Tokenizer(nn.Module):
         return self.tokenizer(x)
 
 
+def fastpath_safe(x: Tensor) -> Tensor:
+    """The input of an ``nn.TransformerEncoderLayer``, made safe for its inference fast path.
+
+    The fast path (eval, no grad) is skipped under CUDA autocast only: it checks
+    ``torch.is_autocast_enabled()``, which is CUDA's flag. Under CPU autocast it receives bf16
+    activations with fp32 weights. Eager PyTorch copes; a compiled graph fails with "expected
+    m1 and m2 to have the same dtype" (found by ``gpu_check.py --dry-run``). There it gets
+    fp32, which changes nothing elsewhere (autocast casts again where it computes in bf16).
+    """
+    if (
+        x.device.type != "cuda"
+        and x.dtype != torch.float32
+        and torch.is_autocast_enabled(x.device.type)
+    ):
+        return x.float()
+    return x
+
+
 class AttentionPooling(nn.Module):
     """One post-norm transformer layer over a set, then the mean over its real elements.
 
@@ -159,7 +177,7 @@ class AttentionPooling(nn.Module):
         )
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        y = self.transformer_layer(x, src_key_padding_mask=key_padding_mask)
+        y = self.transformer_layer(fastpath_safe(x), src_key_padding_mask=key_padding_mask)
         if key_padding_mask is None:
             return y.mean(dim=1)
         real = (~key_padding_mask).unsqueeze(-1).to(y.dtype)
@@ -342,7 +360,7 @@ class SleepEncoder(nn.Module):
         seq_b = keys // n_mod
         time_pad = ~patch_mask[seq_b]
         time_pad = time_pad if bool(time_pad.any()) else None
-        h = self.transformer_encoder(h, src_key_padding_mask=time_pad)
+        h = self.transformer_encoder(fastpath_safe(h), src_key_padding_mask=time_pad)
         tokens_seq = h
         pooled_seq = self.temporal_pooling(h, time_pad)
 
