@@ -88,7 +88,7 @@ clean:
 # pyarrow, pandas and matplotlib (no venv, no MNE/polars/Snakemake). gpu-check-dry runs every
 # step on the CPU with the tiny config. gpu-wheels fetches pytest's pure-Python wheels into
 # benchmarks/out/wheels for a machine that lacks pytest (carry that folder).
-GPU_PYTHON ?= python3
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 .PHONY: gpu-check gpu-check-dry gpu-wheels
 gpu-check:
 	PYTHONPATH=workflow $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
