@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slurm lint dag report clean validate validate-seeds validate-atlas
+.PHONY: install demo test test-heavy test-slurm lint dag report clean validate validate-seeds validate-atlas
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The heavy tests (torch.compile with inductor on CPU: minutes of C++ builds), deselected by
+# make test; CI runs them once.
+test-heavy: install
+	$(BIN)/python -m pytest -q -m heavy
 
 # Model validation (docs/model.md): a larger generated cohort, pretraining, probes.
 VALIDATION_N ?= 300
@@ -82,3 +87,21 @@ dag: install
 
 clean:
 	rm -rf results .snakemake
+
+# Measure a lent GPU in one call (docs/benchmarks.md, "GPU check"): the GPU tests, the model
+# benchmark in bf16 with and without torch.compile, ~2 min of base pretraining, DDP on several
+# GPUs; writes benchmarks/out/gpu/gpu_check.{json,md}. Needs only Python with torch, numpy,
+# pyarrow, pandas and matplotlib (no venv, no MNE/polars/Snakemake). gpu-check-dry runs every
+# step on the CPU with the tiny config. gpu-wheels fetches pytest's pure-Python wheels into
+# benchmarks/out/wheels for a machine that lacks pytest (carry that folder).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+.PHONY: gpu-check gpu-check-dry gpu-wheels
+gpu-check:
+	PYTHONPATH=workflow $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-dry:
+	PYTHONPATH=workflow $(GPU_PYTHON) benchmarks/gpu_check.py --dry-run $(GPU_CHECK_ARGS)
+
+gpu-wheels:
+	$(GPU_PYTHON) -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 \
+	  -d benchmarks/out/wheels pytest pluggy iniconfig packaging pygments

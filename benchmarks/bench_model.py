@@ -11,7 +11,10 @@ hold padded channels as real cohorts do).
 
 Prints training samples/s, embedding recording-hours/s (12 chunks = 1 h), their ratios, the
 loss of each side on the first batch, and on CUDA the model FLOPs utilisation (FLOPs counted
-by ``torch.utils.flop_counter`` over one step, against ``--peak-tflops``).
+by ``torch.utils.flop_counter`` over one step, against ``--peak-tflops``) and the peak GPU
+memory of each side's training step. ``--precision`` selects our side's precision through
+the pretrain code's ``autocast_for`` (``auto``: bf16 on CUDA, fp32 on CPU); the release side
+is always fp32, as released.
 
     python benchmarks/bench_model.py                      # CPU, tiny config
     python benchmarks/bench_model.py --size base --batch 64 --compile   # on a GPU
@@ -65,7 +68,7 @@ def time_loop(fn, n, device) -> float:
     return time.perf_counter() - t
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="tiny")
     p.add_argument("--batch", type=int, default=16)
@@ -74,8 +77,13 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--json", help="write the figures here")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args) -> dict:
+    """Run the benchmark for parsed ``args``; return the figures."""
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
@@ -109,7 +117,7 @@ def main(argv=None) -> int:
         batch = batches[k[0] % 2]
         k[0] += 1
         opt_o.zero_grad(set_to_none=True)
-        with autocast_for(device, "auto"):
+        with autocast_for(device, args.precision):
             res = ours(batch)
         res.loss.backward()
         torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
@@ -118,9 +126,21 @@ def main(argv=None) -> int:
             ours.temperature.clamp_(min=0.0)
         return float(res.loss.detach())
 
+    def peak(fn) -> float | None:
+        """Peak GPU memory (GiB) of one call of ``fn`` (None on CPU)."""
+        if device.type != "cuda":
+            fn()
+            return None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**30
+
     first_rel, first_ours = rel_step(), our_step()
     for _ in range(args.warmup):
         rel_step(), our_step()
+    mem_rel, mem_ours = peak(rel_step), peak(our_step)
     t_rel = time_loop(rel_step, args.steps, device)
     t_ours = time_loop(our_step, args.steps, device)
     train_rel = args.steps * args.batch / t_rel
@@ -139,7 +159,7 @@ def main(argv=None) -> int:
     @torch.no_grad()
     def our_embed():
         b = batches[0]
-        with autocast_for(device, "auto"):
+        with autocast_for(device, args.precision):
             ours.encoder(b["signals"], b["channel_mask"], b["patch_mask"])
 
     rel_embed(), our_embed()
@@ -152,6 +172,7 @@ def main(argv=None) -> int:
         "size": args.size,
         "batch": args.batch,
         "compile": args.compile,
+        "precision_ours": args.precision,
         "first_loss_release": first_rel,
         "first_loss_ours": first_ours,
         "train_samples_per_s_release": train_rel,
@@ -162,14 +183,30 @@ def main(argv=None) -> int:
         "embed_ratio": e_ours / e_rel,
     }
     if device.type == "cuda":
+        out["peak_memory_gib_release"] = mem_rel
+        out["peak_memory_gib_ours"] = mem_ours
+    if device.type == "cuda":
         from torch.utils.flop_counter import FlopCounterMode
 
-        ours.train()
+        # FLOPs of one step (forward + backward) counted on an eager copy: the counter sees
+        # ATen calls, which a compiled graph does not make
+        probe = SleepEncoder(args.size).to(device)
+        probe.load_state_dict(ours.encoder.state_dict())
+        probe = ContrastiveModel(probe, 0.0, "leave_one_out").to(device).train()
         with FlopCounterMode(display=False) as fc:
-            our_step()
+            with autocast_for(device, args.precision):
+                res = probe(batches[0])
+            res.loss.backward()
         flops = fc.get_total_flops()
+        del probe
         out["flops_per_step"] = flops
         out["mfu"] = flops * args.steps / t_ours / (args.peak_tflops * 1e12)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    out = run(args)
     for k, v in out.items():
         print(f"{k:40s} {v:.4g}" if isinstance(v, float) else f"{k:40s} {v}")
     if args.json:

@@ -634,3 +634,35 @@ def test_collate_normalises_each_channel_with_its_stored_statistics(tensors):
         expect = np.clip((x - med) / rstd, -20, 20)
         np.testing.assert_allclose(norm["signals"][m][0].numpy(), expect, rtol=1e-5, atol=1e-4)
     assert collate([raw])["signals"]["BAS"].abs().max() > 20  # physical µV without it
+
+
+def test_synthetic_store_has_the_export_layout(tensors, tmp_path):
+    """``psgfm.model.synthetic`` (the GPU check's store) writes what the export rule writes:
+    same columns and types, same metadata keys, and ChunkDataset reads both alike."""
+    from psgfm.model.synthetic import write_recording
+    from psgfm.signals.export import read_tensors
+
+    real, real_meta = read_tensors(tensors["manifest"]["path"].iloc[0])
+    montage = {"BAS": 2, "RESP": 1, "EKG": 1, "EMG": 1}
+    row = write_recording(tmp_path / "s.arrow", "s", montage, 3, seed=0, tail_s=120)
+    syn, syn_meta = read_tensors(row["path"])
+    assert set(syn_meta) == set(real_meta)
+    assert syn_meta["format"] == real_meta["format"] and syn_meta["fs"] == real_meta["fs"]
+    for name in ("chunk_index", "start_s", "patch_mask", "stages"):
+        assert syn.schema.field(name).type == real.schema.field(name).type, name
+    for m in MODALITIES:
+        if m in real.column_names:
+            a, b = syn.schema.field(m).type, real.schema.field(m).type
+            assert a.value_type == b.value_type and a.shape[1:] == b.shape[1:], m
+            assert syn.schema.field(m).metadata.keys() == real.schema.field(m).metadata.keys()
+    used = {"name", "modality", "median", "robust_std"}
+    assert used <= set(syn_meta["channels"]["BAS"][0]) and used <= set(
+        real_meta["channels"][next(iter(real_meta["channels"]))][0]
+    )
+    ds = ChunkDataset([row["path"]], seed=0)
+    assert len(ds) == 3
+    last = ds[2]
+    assert last["patch_mask"].sum() == 24  # a 2-min tail: 24 real 5-s patches
+    assert last["BAS"].shape == (2, 60, 640) and not last["BAS"][:, 24:].any()
+    batch = collate([ds[0], ds[1]])
+    assert batch["signals"]["BAS"].abs().max() <= 20.0  # normalised with the stored stats

@@ -71,3 +71,25 @@ def test_compiled_bf16_training_step_and_cuda_checkpoint_loads_on_cpu(tmp_path):
     save_checkpoint(tmp_path / "gpu.pt", payload)
     loaded, _ = load_encoder(tmp_path / "gpu.pt")
     assert next(loaded.parameters()).device.type == "cpu"
+
+
+def test_single_channel_rule_equals_the_release_on_cuda():
+    """The per-chunk single-channel rule (tests/test_model_release.py) on the GPU, fp32."""
+    from test_model_release import _signals, randomised
+
+    from psgfm.model.release import release_modality_forward
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = randomised("base", seed=4).cuda()
+    x, mask = _signals([1, 3, 2, 1], 60, seed=1)
+    x, mask = x.cuda(), mask.cuda()
+    with torch.no_grad():
+        out = model({"EKG": x}, {"EKG": mask}).pooled[:, 2]
+        rel = release_modality_forward(model, x.reshape(4, 3, -1), (~mask).float())[0]
+        one = release_modality_forward(
+            model, x[:1, :1].reshape(1, 1, -1), torch.zeros(1, 1, device="cuda")
+        )[0]
+    multi = mask.sum(1) > 1
+    torch.testing.assert_close(out[multi], rel[multi], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(out[0], one[0], atol=1e-4, rtol=1e-3)

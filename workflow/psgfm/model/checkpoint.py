@@ -130,10 +130,21 @@ def load_encoder(
     """Build an encoder and load weights from a release or psgfm checkpoint.
 
     The architecture comes from the checkpoint's ``encoder_config`` when it has one (ours),
-    else from ``size`` (default ``base``, the release). Returns (model on CPU, checkpoint).
+    else from ``size`` (default ``base``, the release). A psgfm checkpoint whose
+    ``encoder_config`` predates the per-chunk single-channel rule (no ``single_channel`` key,
+    written before 2026-12-07) was trained with every sequence through the spatial transformer
+    and keeps that rule (``single_channel: attend``); the release's files and newer checkpoints
+    take the release's shortcut. Returns (model on CPU, checkpoint).
     """
     ckpt = read_checkpoint(path)
     cfg = ckpt.get("encoder_config") or (size if size is not None else "base")
+    if isinstance(cfg, dict) and "single_channel" not in cfg:
+        cfg = {**cfg, "single_channel": "attend"}
+        log.info(
+            "%s predates the per-chunk single-channel rule: its encoder keeps single_channel="
+            "attend (every sequence through the spatial transformer), as it was trained",
+            path,
+        )
     model = SleepEncoder(encoder_config(cfg))
     state = strip_prefix(ckpt["state_dict"])
     expected = model.state_dict()

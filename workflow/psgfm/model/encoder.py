@@ -17,9 +17,16 @@ Where we depart from the release (spec §9), without changing the parameter layo
 - **Only real channels are tokenised.** Padded channels never reach the CNN, so they never
   enter BatchNorm statistics; channel padding exists only as a boolean key-padding mask in the
   spatial attention.
-- **No single-channel shortcut.** The release skips the spatial transformer when the widest
-  modality of a batch has one channel, so an embedding depended on the rest of the batch;
-  here every sequence goes through the same layers, whatever else is in the batch.
+- **The single-channel shortcut is per chunk.** The release skips the spatial transformer
+  (a plain mean over the one channel) when the widest chunk of a modality in the *batch* has
+  one channel, so an embedding depended on the rest of the batch. Here a (chunk, modality)
+  with exactly one real channel always takes that shortcut, and one with several always goes
+  through the spatial transformer, whatever else is in the batch: the published weights give
+  the release's embeddings for 1-channel batches and for every multi-channel chunk, and a
+  chunk's embedding never depends on its batch. ``EncoderConfig.single_channel = "attend"``
+  restores the rule before 2026-12-07 (every sequence through the spatial transformer), which
+  encoders pretrained by psgfm before then were trained with (:func:`load_encoder
+  <psgfm.model.checkpoint.load_encoder>` selects it for their checkpoints).
 - **Boolean masks, True = real** at the API (``channel_mask``, ``patch_mask``); padded 5-s
   patches of a recording's trailing partial chunk are masked out of the temporal transformer
   and the temporal mean. With every patch real and no padded channel, outputs equal the
@@ -36,6 +43,8 @@ from torch import Tensor, nn
 
 from psgfm import MODALITIES
 
+SINGLE_CHANNEL_RULES = ("shortcut", "attend")
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -50,6 +59,13 @@ class EncoderConfig:
     pooling_heads: int = 8
     dropout: float = 0.3
     max_tokens: int = 128
+    single_channel: str = "shortcut"  # "shortcut" (release, per chunk) | "attend" (pre-2026-12-07)
+
+    def __post_init__(self):
+        if self.single_channel not in SINGLE_CHANNEL_RULES:
+            raise ValueError(
+                f"single_channel must be one of {SINGLE_CHANNEL_RULES}, got {self.single_channel!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +142,24 @@ class Tokenizer(nn.Module):
         return self.tokenizer(x)
 
 
+def fastpath_safe(x: Tensor) -> Tensor:
+    """The input of an ``nn.TransformerEncoderLayer``, made safe for its inference fast path.
+
+    The fast path (eval, no grad) is skipped under CUDA autocast only: it checks
+    ``torch.is_autocast_enabled()``, which is CUDA's flag. Under CPU autocast it receives bf16
+    activations with fp32 weights. Eager PyTorch copes; a compiled graph fails with "expected
+    m1 and m2 to have the same dtype" (found by ``gpu_check.py --dry-run``). There it gets
+    fp32, which changes nothing elsewhere (autocast casts again where it computes in bf16).
+    """
+    if (
+        x.device.type != "cuda"
+        and x.dtype != torch.float32
+        and torch.is_autocast_enabled(x.device.type)
+    ):
+        return x.float()
+    return x
+
+
 class AttentionPooling(nn.Module):
     """One post-norm transformer layer over a set, then the mean over its real elements.
 
@@ -143,7 +177,7 @@ class AttentionPooling(nn.Module):
         )
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        y = self.transformer_layer(x, src_key_padding_mask=key_padding_mask)
+        y = self.transformer_layer(fastpath_safe(x), src_key_padding_mask=key_padding_mask)
         if key_padding_mask is None:
             return y.mean(dim=1)
         real = (~key_padding_mask).unsqueeze(-1).to(y.dtype)
@@ -245,6 +279,14 @@ class SleepEncoder(nn.Module):
                 )
         return b
 
+    def _pool_channels(self, grid: Tensor, pad: Tensor) -> Tensor:
+        """Spatial attention pooling of (n, C, P, D) channel tokens with a (n, C) key-padding
+        mask (True = padded), per patch: returns (n, P, D)."""
+        n, c, p, d = grid.shape
+        x = grid.transpose(1, 2).reshape(n * p, c, d)
+        mask = pad.unsqueeze(1).expand(n, p, c).reshape(n * p, c)
+        return self.spatial_pooling(x, mask).reshape(n, p, d)
+
     def forward(
         self,
         signals: dict[str, Tensor],
@@ -288,21 +330,37 @@ class SleepEncoder(nn.Module):
             n_rows, n_patch, d
         )
 
-        # 3. pool channels per patch: (seq * P, channels, D) with a key-padding mask
+        # 3. pool channels per patch. A sequence with one real channel takes the release's
+        #    shortcut (the channel's own tokens, no spatial transformer); the others go through
+        #    the spatial transformer with a key-padding mask. Decided per sequence, so a chunk's
+        #    embedding never depends on the rest of its batch.
         grid = tok.new_zeros(n_seq, n_chan, n_patch, d)
         grid[seq, slot] = tok
         pad = torch.ones(n_seq, n_chan, dtype=torch.bool, device=device)
         pad[seq, slot] = False
-        grid = grid.transpose(1, 2).reshape(n_seq * n_patch, n_chan, d)
-        pad = pad.unsqueeze(1).expand(n_seq, n_patch, n_chan).reshape(n_seq * n_patch, n_chan)
-        h = self.spatial_pooling(grid, pad).reshape(n_seq, n_patch, d)
+        if self.cfg.single_channel == "shortcut":
+            multi = (~pad).sum(1) > 1
+        else:
+            multi = torch.ones(n_seq, dtype=torch.bool, device=device)
+        multi_idx = multi.nonzero(as_tuple=True)[0]
+        n_multi = multi_idx.numel()
+        if n_multi == n_seq:
+            h = self._pool_channels(grid, pad)
+        elif n_multi == 0:
+            h = grid[:, 0]
+        else:
+            solo_idx = (~multi).nonzero(as_tuple=True)[0]
+            hm = self._pool_channels(grid[multi_idx], pad[multi_idx])
+            h = hm.new_empty(n_seq, n_patch, d)
+            h[multi_idx] = hm
+            h[solo_idx] = grid[solo_idx, 0].to(hm.dtype)
 
         # 4. positions, LayerNorm, temporal transformer over the P patches of each sequence
         h = self.layer_norm(self.positional_encoding(h))
         seq_b = keys // n_mod
         time_pad = ~patch_mask[seq_b]
         time_pad = time_pad if bool(time_pad.any()) else None
-        h = self.transformer_encoder(h, src_key_padding_mask=time_pad)
+        h = self.transformer_encoder(fastpath_safe(h), src_key_padding_mask=time_pad)
         tokens_seq = h
         pooled_seq = self.temporal_pooling(h, time_pad)
 

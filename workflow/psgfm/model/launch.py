@@ -41,6 +41,14 @@ def maybe_torchrun(spec: dict, requested_gpus, log_path: str | None = None) -> b
     n = gpu_processes(requested_gpus)
     if n <= 1:
         return False
+    run_processes(spec, n, log_path)
+    return True
+
+
+def run_processes(spec: dict, n: int, log_path: str | None = None, env: dict | None = None) -> None:
+    """Pretrain from ``spec`` in ``n`` processes under torchrun (the command of
+    :func:`psgfm.launch.launch_command`): one per GPU, or on a host without CUDA ``n`` CPU
+    processes with the gloo backend (how the tests run DDP). Raises on failure."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
         spec_path = fh.name
@@ -48,16 +56,17 @@ def maybe_torchrun(spec: dict, requested_gpus, log_path: str | None = None) -> b
     log.info("multi-GPU pretraining: %s", " ".join(cmd))
     out = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed below
     try:
-        subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+        subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
     finally:
         if out:
             out.close()
         Path(spec_path).unlink(missing_ok=True)
-    return True
 
 
 def run_spec(spec: dict) -> dict:
-    """Pretrain in this process from a spec (see the module docstring)."""
+    """Pretrain in this process from a spec (see the module docstring). An optional
+    ``stop_after`` ends the run after that many steps, right after a checkpoint, as a kill
+    would (used by the resume tests)."""
     from psgfm.model.pretrain import pretrain
 
     return pretrain(
@@ -67,13 +76,20 @@ def run_spec(spec: dict) -> dict:
         spec["model"],
         spec["pretrain"],
         spec["state_dir"],
+        stop_after=spec.get("stop_after"),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run_spec(json.loads(Path(argv[0]).read_text()))
+    try:
+        run_spec(json.loads(Path(argv[0]).read_text()))
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

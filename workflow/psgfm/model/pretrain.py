@@ -94,23 +94,29 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA (``auto``/``bf16``); nothing (fp32) otherwise."""
+    """The precision of a forward pass: ``bf16`` is bf16 autocast on the device (CUDA or
+    CPU); ``auto`` is bf16 on CUDA and fp32 elsewhere (CPU bf16 is slower than fp32 on most
+    CPUs); ``fp32`` is no autocast. One code path for every device, so the CPU tests run the
+    selection a GPU run uses."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto | bf16 | fp32, got {precision!r}")
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
-def compile_in_place(encoder: SleepEncoder) -> None:
-    """torch.compile the heavy sub-modules without renaming any state_dict key."""
+def compile_in_place(encoder: SleepEncoder, backend: str | None = None) -> None:
+    """torch.compile the heavy sub-modules without renaming any state_dict key. The backend
+    is inductor unless ``backend`` or the environment's ``PSGFM_COMPILE_BACKEND`` names
+    another (``aot_eager``: the same tracing without code generation, for quick CPU runs)."""
+    backend = backend or os.environ.get("PSGFM_COMPILE_BACKEND") or "inductor"
     for sub in (
         encoder.patch_embedding,
         encoder.spatial_pooling,
         encoder.transformer_encoder,
         encoder.temporal_pooling,
     ):
-        sub.compile(dynamic=True)
+        sub.compile(dynamic=True, backend=backend)
 
 
 class ContrastiveModel(nn.Module):
@@ -149,13 +155,15 @@ class Runtime:
 
 
 def _init_distributed(device_name: str) -> Runtime:
+    """This process's device and rank. Under torchrun: one GPU per process with NCCL, or CPU
+    processes with gloo when there is no CUDA or ``device: cpu`` asks for it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Runtime(resolve_device(device_name))
     import torch.distributed as dist
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and device_name != "cpu":
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
         backend = "nccl"
@@ -185,15 +193,44 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_rng(rt: Runtime) -> dict:
+    """The RNG states of every process, keyed by rank (a collective call under DDP: every
+    rank must make it). Each rank's dropout draws its own stream, so a resumed run needs all
+    of them to continue as an uninterrupted one would."""
+    state = rng_state()
+    if rt.world_size <= 1:
+        return {rt.rank: state}
+    import torch.distributed as dist
+
+    states: list = [None] * rt.world_size
+    dist.all_gather_object(states, state)
+    return dict(enumerate(states))
+
+
+def _trace_chunks(batch: dict, rt: Runtime, epoch: int, step: int) -> None:
+    """With ``PSGFM_CHUNK_TRACE=DIR``, append the training chunks of this step to
+    ``DIR/rank<R>.tsv`` (epoch, step, recording_id, chunk_index): an audit of which process
+    saw which chunk."""
+    folder = os.environ.get("PSGFM_CHUNK_TRACE")
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / f"rank{rt.rank}.tsv", "a", encoding="utf-8") as fh:
+        for rid, ci in zip(batch["recording_id"], batch["chunk_index"].tolist()):
+            fh.write(f"{epoch}\t{step}\t{rid}\t{ci}\n")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
 
-def fingerprint(model_cfg: dict, train_cfg: dict, paths: list[str]) -> str:
-    """Hash of what determines the weights; a checkpoint of another run is not resumed."""
+def fingerprint(model_cfg: dict, train_cfg: dict, paths: list[str], world_size: int = 1) -> str:
+    """Hash of what determines the weights; a checkpoint of another run is not resumed. The
+    number of processes counts when > 1 (it sets each rank's share of the data)."""
     keep = {k: v for k, v in train_cfg.items() if k not in ("num_workers", "log_every")}
-    blob = json.dumps([model_cfg, keep, sorted(paths)], sort_keys=True, default=str)
+    parts = [model_cfg, keep, sorted(paths)] + ([world_size] if world_size > 1 else [])
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -381,8 +418,10 @@ def pretrain(
         ddp = DistributedDataParallel(
             model,
             device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-            # a modality absent from a rank's whole batch leaves its spectral head unused
-            find_unused_parameters=model.spectral is not None,
+            # a batch can leave parameters unused: the spatial transformer when every chunk of
+            # a rank's batch has one channel per modality (the single-channel shortcut), a
+            # spectral head when its modality is absent from the rank's whole batch
+            find_unused_parameters=True,
         )
     decay = [p for n, p in model.named_parameters() if n != "temperature"]
     optimizer = make_optimizer(
@@ -417,7 +456,7 @@ def pretrain(
         )
     total = int(cfg["max_steps"] or cfg["epochs"] * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total, steps_per_epoch))
-    fp = fingerprint(model_cfg, cfg, train_paths + val_paths)
+    fp = fingerprint(model_cfg, cfg, train_paths + val_paths, rt.world_size)
 
     step, best_loss, curve = 0, math.inf, []
     last = state_dir / "last.pt"
@@ -441,7 +480,7 @@ def pretrain(
         else:
             log.warning("ignoring %s: it belongs to another configuration or data set", last)
 
-    def payload(loss_value):
+    def payload(loss_value, rng: dict):
         return build_payload(
             model.encoder,
             temperature=model.temperature,
@@ -452,7 +491,7 @@ def pretrain(
             loss=loss_value,
             best_loss=None if math.isinf(best_loss) else best_loss,
             data_position={"epoch": step // steps_per_epoch, "batch": step % steps_per_epoch},
-            rng={rt.rank: rng_state()},
+            rng=rng,
             config={"model": model_cfg, "pretrain": cfg},
             extra={
                 "fingerprint": fp,
@@ -486,7 +525,7 @@ def pretrain(
             rt.world_size,
         )
     best_path = out_dir / "encoder.pt"
-    t0, seen0 = time.perf_counter(), 0
+    t0, seen0, steps0 = time.perf_counter(), 0, step
     train_acc = _Accumulator()
     model.train()
     while step < total:
@@ -496,6 +535,7 @@ def pretrain(
         for batch in loader:
             if len(batch["recording_id"]) < cfg["batch_size"]:
                 break  # drop_last: every step sees a full batch
+            _trace_chunks(batch, rt, epoch, step + 1)
             batch = to_device(batch, rt.device)
             optimizer.zero_grad(set_to_none=True)
             with autocast_for(rt.device, cfg["precision"]):
@@ -531,6 +571,8 @@ def pretrain(
                     _fmt_eta(eta),
                 )
             do_eval = step % cfg["eval_every"] == 0 or step == total
+            do_ckpt = step % cfg["checkpoint_every"] == 0 or step == total
+            rng: dict = {}  # every rank's RNG state, taken after validation (a collective)
             if do_eval:
                 point = {
                     "step": step,
@@ -547,18 +589,22 @@ def pretrain(
                     score = _objective(va, spectral_weight)
                 else:
                     score = _objective(tr, spectral_weight)
+                rng = gather_rng(rt)
                 if rt.main and score < best_loss:
                     best_loss = score
-                    save_checkpoint(state_dir / "best.pt", payload(score))
+                    save_checkpoint(state_dir / "best.pt", payload(score, rng))
                 if rt.main:
                     log.info("eval at step %d: %s", step, json.dumps(curve[-1], default=float))
-            if rt.main and (step % cfg["checkpoint_every"] == 0 or step == total):
-                save_checkpoint(last, payload(last_loss))
+            if do_ckpt:
+                rng = rng or gather_rng(rt)
+                if rt.main:
+                    save_checkpoint(last, payload(last_loss, rng))
             if stop_after is not None and step >= stop_after:
                 return {"stopped_at": step}
             if step >= total:
                 break
 
+    elapsed = time.perf_counter() - t0
     summary = {}
     if rt.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -580,6 +626,10 @@ def pretrain(
             "pretrain_chunks": len(train_ds),
             "device": str(rt.device),
             "world_size": rt.world_size,
+            # throughput of this invocation (a resumed run counts its own steps only),
+            # validation and checkpoint writes included
+            "train_seconds": round(elapsed, 3),
+            "samples_per_s": (step - steps0) * cfg["batch_size"] * rt.world_size / elapsed,
             "fingerprint": fp,
             "modalities": list(MODALITIES),
         }
