@@ -245,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate the seeded demo cohort")
     d.add_argument("--out", default="resources/demo")
-    d.add_argument("--n-subjects", type=int, default=24)
-    d.add_argument("--hours", type=float, default=1.0)
+    d.add_argument("--n-subjects", type=int, default=96)
+    d.add_argument("--hours", type=float, default=0.25)
     d.add_argument("--seed", type=int, default=20261124)
     d.add_argument(
         "--layout",
