@@ -165,6 +165,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_unlock_stale(args: argparse.Namespace) -> int:
+    from psgfm.runlock import unlock_stale
+
+    action, message = unlock_stale(args.dir)
+    if action != "none":
+        print(f"psgfm unlock-stale: {message}", file=sys.stderr)
+    return 1 if action == "running" else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="psgfm", description=__doc__)
     p.add_argument("--version", action="version", version=f"psgfm {__version__}")
@@ -242,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("-o", "--out", help="write the sheet here (default: standard output)")
     s.set_defaults(func=_cmd_sheet)
+
+    u = sub.add_parser(
+        "unlock-stale",
+        help="remove a Snakemake lock left by an interrupted run, when no Snakemake process "
+        "runs in the folder (what `make demo` does first)",
+    )
+    u.add_argument("dir", nargs="?", default=".", help="the workflow folder (default: .)")
+    u.set_defaults(func=_cmd_unlock_stale)
 
     d = sub.add_parser("demo", help="generate the seeded demo cohort")
     d.add_argument("--out", default="resources/demo")
