@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from psgfm import __version__
 
@@ -145,11 +146,126 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_CONFIG = "config/config.yaml"
+# config values that are paths: relative to the workflow folder when its own config is used
+CONFIG_PATHS = (("harmonise", "channel_rules"), ("model", "checkpoint"), ("model", "init"))
+
+
+def _workflow_root() -> Path | None:
+    """The checkout this psgfm was installed from (``pip install -e``), if it has a config."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / DEFAULT_CONFIG).is_file() and (root / "Snakefile").is_file() else None
+
+
+def _apply_sets(raw: dict, sets: list[str]) -> dict:
+    """``--set KEY.SUB=VALUE`` overrides (VALUE read as YAML: 20, true, [a, b], null)."""
+    import yaml
+
+    from psgfm.config import ConfigError
+
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. export.dtype=float16")
+        *parents, leaf = key.strip().split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a block of the config")
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def cli_config(arg: str | None, sets: list[str] | None = None) -> tuple[dict, Path]:
+    """The validated config of a one-file command: ``--config``, else ./config/config.yaml,
+    else the workflow's own config (its relative paths resolved against the workflow folder),
+    with ``--set`` overrides; (config, path)."""
+    import yaml
+
+    from psgfm.config import ConfigError, validate_config
+
+    root = None
+    if arg:
+        path = Path(arg)
+        if not path.is_file():
+            raise ConfigError(
+                f"config {arg} not found; pass --config PATH (a workflow config such as the "
+                "repository's config/config.yaml)"
+            )
+    elif Path(DEFAULT_CONFIG).is_file():
+        path = Path(DEFAULT_CONFIG)
+    else:
+        root = _workflow_root()
+        if root is None:
+            raise ConfigError(
+                f"no {DEFAULT_CONFIG} in {Path.cwd()} and no workflow checkout next to the "
+                "installed psgfm; pass --config PATH (the workflow's config/config.yaml)"
+            )
+        path = root / DEFAULT_CONFIG
+        print(
+            f"psgfm: using {path} (none in this folder; --config PATH picks another)",
+            file=sys.stderr,
+        )
+    raw = _apply_sets(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, sets)
+    cfg = validate_config(raw, source=str(path))
+    if root is not None:
+        for block, key in CONFIG_PATHS:
+            value = cfg.get(block, {}).get(key)
+            if value and not Path(value).is_absolute() and not Path(value).exists():
+                cfg[block][key] = str(root / value)
+    return cfg, path
+
+
+class _OnlyOnce(logging.Filter):
+    """Drops the harmonise/export warnings of a rejected recording: the command reports the
+    rejection itself, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.WARNING and record.name.startswith("psgfm.signals"))
+
+
+def _embed_report(out: Path, rid: str, cfg: dict, edf: str, site: str) -> list[str]:
+    """What ``psgfm embed`` did: modalities and channels, chunks (partial or not)."""
+    import pandas as pd
+
+    lines = []
+    qc = pd.read_parquet(out / "qc.parquet").iloc[0]
+    mods = [m for m in cfg["export"]["modalities"] if f"has_{m}" in qc]
+    found = [f"{m} ({int(qc[f'n_{m}'])})" for m in mods if bool(qc[f"has_{m}"])]
+    missing = [m for m in mods if not bool(qc[f"has_{m}"])]
+    lines.append(
+        f"  modalities: {', '.join(found) or 'none'} channels"
+        + (f"; missing: {', '.join(missing)} (masked)" if missing else "")
+    )
+    explain = f"psgfm validate --explain {edf}" + (f" --site {site}" if site else "")
+    lines.append(
+        f"  channels: {int(qc['n_channels'])} used, {int(qc['n_dropped'])} dropped "
+        f"(`{explain}` lists each and why)"
+    )
+    chunks_path = out / f"{rid}.chunks.parquet"
+    if chunks_path.exists():
+        chunks = pd.read_parquet(chunks_path, columns=["chunk_index", "n_real_patches"])
+        ex = cfg["export"]
+        per_chunk = int(ex["chunk_seconds"] // ex["patch_seconds"])
+        partial = chunks[chunks["n_real_patches"] < per_chunk]
+        text = (
+            f"  recording: {float(qc['duration_s']):g} s in {len(chunks)} chunk(s) of "
+            f"{ex['chunk_seconds']} s"
+        )
+        if len(partial):
+            real = int(partial["n_real_patches"].iloc[-1]) * ex["patch_seconds"]
+            text += f"; the last is a partial chunk ({real:g} s of signal, zero padded)"
+        else:
+            text += ", none partial"
+        lines.append(text)
+    return lines
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from psgfm.config import load_config
     from psgfm.model.embed import embed_edf
 
-    cfg = load_config(args.config)
+    cfg, _ = cli_config(args.config, args.set)
     ckpt = args.checkpoint or cfg["model"]["checkpoint"]
     if not ckpt and not args.random_init:
         print(
@@ -158,10 +274,41 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    night = embed_edf(
-        args.edf, None if args.random_init else ckpt, args.out, cfg, hypnogram=args.hypnogram
-    )
-    print(f"wrote embeddings of {night['recording_id'].iloc[0]} to {args.out}")
+    out = Path(args.out)
+    qc_path = out / "qc.parquet"
+    had_qc, had_out = qc_path.exists(), out.exists()
+    quiet = _OnlyOnce()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(quiet)
+    try:
+        night = embed_edf(
+            args.edf,
+            None if args.random_init else ckpt,
+            out,
+            cfg,
+            hypnogram=args.hypnogram,
+            site=args.site or "",
+        )
+    except ValueError as err:
+        # nothing of a refused recording is left behind
+        if not had_qc:
+            qc_path.unlink(missing_ok=True)
+        if not had_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        message = str(err)
+        if "min_last_chunk_seconds" in message:
+            message += (
+                "; for this file: psgfm embed ... --set export.min_last_chunk_seconds=SECONDS"
+            )
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(quiet)
+    rid = night["recording_id"].iloc[0]
+    print(f"wrote embeddings of {rid} to {out}")
+    for line in _embed_report(out, rid, cfg, args.edf, args.site or ""):
+        print(line)
     return 0
 
 
@@ -212,7 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--checkpoint", help="encoder weights (psgfm or SleepFM-Clinical release)")
     em.add_argument("--random-init", action="store_true", help="untrained encoder (model.seed)")
     em.add_argument("--hypnogram", help="optional hypnogram (CSV or EDF+)")
-    em.add_argument("--config", default="config/config.yaml")
+    em.add_argument(
+        "--config",
+        help="workflow config (default: config/config.yaml here, else the workflow's own)",
+    )
+    em.add_argument(
+        "--site", help="the recording's sample-sheet site: its channel rules apply (e.g. nox)"
+    )
+    em.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set export.min_last_chunk_seconds=20 (repeatable)",
+    )
     em.add_argument("--out", required=True)
     em.set_defaults(func=_cmd_embed)
 

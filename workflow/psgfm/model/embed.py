@@ -311,6 +311,7 @@ def embed_edf(
     config: dict,
     hypnogram: str | Path | None = None,
     recording_id: str | None = None,
+    site: str = "",
 ) -> pd.DataFrame:
     """Harmonise, export and embed one EDF outside the DAG, through the rules' code paths.
 
@@ -331,7 +332,7 @@ def embed_edf(
         "edf": str(edf),
         "hypnogram": str(hypnogram) if hypnogram else "",
         "psg_date": "",
-        "site": "",
+        "site": site or "",  # a sample-sheet site: its channel rules apply
     }
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="psgfm-embed-") as tmp:
