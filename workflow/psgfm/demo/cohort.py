@@ -965,7 +965,10 @@ def main(argv=None) -> int:
         "--n-subjects", type=int, default=96, help="subjects = recordings (default: %(default)s)"
     )
     ap.add_argument(
-        "--hours", type=float, default=0.25, help="recording length per subject (default: %(default)s)"
+        "--hours",
+        type=float,
+        default=0.25,
+        help="recording length per subject (default: %(default)s)",
     )
     ap.add_argument("--seed", type=int, default=20261124)
     ap.add_argument(
