@@ -10,19 +10,56 @@ from pathlib import Path
 from psgfm import __version__
 
 
+def missing_files(sheet) -> list[tuple[str, str, str]]:
+    """(recording_id, column, path) of every file the sample sheet names that does not exist."""
+    out = []
+    for row in sheet.to_dict("records"):
+        for col in ("edf", "hypnogram", "events"):
+            path = row.get(col) or ""
+            if path and not Path(path).exists():
+                out.append((row["recording_id"], col, path))
+    return out
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from psgfm.config import load_config, load_recordings
     from psgfm.signals.montage import load_rules
 
     if args.explain:
         return _explain(args)
-    cfg = load_config(args.config)
+    path = args.config or DEFAULT_CONFIG
+    cfg = load_config(path)
     sheet = load_recordings(cfg["samples"])
     rules = load_rules(cfg["harmonise"]["channel_rules"])
+    missing = missing_files(sheet)
     print(
-        f"{args.config}: valid; {len(sheet)} recordings in {cfg['samples']}; "
+        f"{path}: valid; {len(sheet)} recordings in {cfg['samples']}; "
         f"{len(rules.rules)} channel rules (+{len(rules.vocabulary)} vocabulary labels)"
     )
+    if missing:
+        demo_dir = Path(cfg["demo"]["out_dir"]).resolve()
+        in_demo = [
+            m
+            for m in missing
+            if cfg["demo"]["enabled"] and Path(m[2]).resolve().is_relative_to(demo_dir)
+        ]
+        print(
+            f"warning: {len(missing)} file(s) named in {cfg['samples']} do not exist; a run "
+            "records their recordings as QC rows ('file not found'):",
+            file=sys.stderr,
+        )
+        for rid, col, p in missing[:20]:
+            print(f"  {rid}  {col}: {p}", file=sys.stderr)
+        if len(missing) > 20:
+            print(f"  ... and {len(missing) - 20} more", file=sys.stderr)
+        if in_demo:
+            print(
+                f"  ({len(in_demo)} of them are in the demo cohort's folder "
+                f"{cfg['demo']['out_dir']}, which the run generates first)",
+                file=sys.stderr,
+            )
+        if args.strict:
+            return 1
     return 0
 
 
@@ -42,22 +79,89 @@ EXPLAIN_COLUMNS = [
 ]
 
 
+# columns left out, in this order, when the table is wider than the terminal
+EXPLAIN_OPTIONAL = ("text", "role", "unit", "rule")
+
+
+def explain_summary(audit: list[dict]) -> list[str]:
+    """Per modality, the canonical channels used (and how many source channels were not)."""
+    from psgfm import MODALITIES
+
+    used = [r for r in audit if r.get("used")]
+    lines = []
+    for m in MODALITIES:
+        names = [str(r["canonical"]) for r in used if r.get("modality") == m]
+        lines.append(f"  {m:<5} {len(names):>2}: {', '.join(names) if names else '-'}")
+    lines.append(f"  not used: {len(audit) - len(used)} source channel(s) (why: last column)")
+    return lines
+
+
+def explain_table(audit: list[dict], width: int) -> list[str]:
+    """The audit rows as a table at most ``width`` characters wide: optional columns are left
+    out as needed, the last column ("why") is wrapped under itself, or put on its own
+    indented line when too little room is left."""
+    import textwrap
+
+    rows = [
+        [
+            "" if r[key] is None else (f"{r[key]:g}" if key == "fs_in" else str(r[key]))
+            for _, key in EXPLAIN_COLUMNS
+        ]
+        for r in audit
+    ]
+    titles = [t for t, _ in EXPLAIN_COLUMNS]
+    keep = list(range(len(titles) - 1))
+
+    def widths():
+        return {i: max([len(titles[i]), *(len(row[i]) for row in rows)]) for i in keep}
+
+    def left_width():
+        return sum(w + 2 for w in widths().values())
+
+    for name in EXPLAIN_OPTIONAL:
+        if width - left_width() >= 30:
+            break
+        keep.remove(titles.index(name))
+    w = widths()
+    room = width - left_width()
+    out = []
+    for row in [titles, *rows]:
+        left = "  ".join(row[i].ljust(w[i]) for i in keep) + "  "
+        why = row[-1]
+        if room >= 20:
+            parts = textwrap.wrap(why, room) or [""]
+            out.append(left + parts[0])
+            out += [" " * len(left) + p for p in parts[1:]]
+        else:
+            out.append(left.rstrip())
+            out += ["    " + p for p in textwrap.wrap(why, max(width - 4, 20))]
+    return [line.rstrip() for line in out]
+
+
 def _explain(args: argparse.Namespace) -> int:
     """``psgfm validate --explain EDF``: the mapping of one recording, printed, nothing written."""
-    from pathlib import Path
+    import os
+    import shutil
 
-    from psgfm.config import load_config
     from psgfm.signals.harmonise import explain_recording
 
-    if Path(args.config).exists():
-        cfg = dict(load_config(args.config)["harmonise"])
-    elif args.rules:
-        cfg = {}
+    if args.config or Path(DEFAULT_CONFIG).is_file() or not args.rules:
+        try:
+            cfg = dict(cli_config(args.config)[0]["harmonise"])
+        except Exception as err:
+            if not args.rules:
+                raise
+            print(f"psgfm: {err}; using --rules with default settings", file=sys.stderr)
+            cfg = {}
     else:
-        print(f"error: config {args.config} not found; pass --config or --rules", file=sys.stderr)
-        return 2
+        cfg = {}
     if args.rules:
         cfg["channel_rules"] = args.rules
+    # fitted to the terminal (or $COLUMNS); piped to a file or another program: full width
+    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+        width = shutil.get_terminal_size((120, 24)).columns
+    else:
+        width = 10**6
     status = 0
     for edf in args.explain:
         result = explain_recording(edf, cfg, site=args.site)
@@ -65,25 +169,16 @@ def _explain(args: argparse.Namespace) -> int:
         if result["duration_s"] is not None:
             head += f", {result['duration_s']:g} s"
         print(f"{head}; rules {cfg.get('channel_rules', 'default')}; site {args.site or '-'}")
-        rows = [
-            [
-                "" if r[key] is None else (f"{r[key]:g}" if key == "fs_in" else str(r[key]))
-                for _, key in EXPLAIN_COLUMNS
-            ]
-            for r in result["audit"]
-        ]
-        widths = [
-            max([len(title), *(len(row[i]) for row in rows)])
-            for i, (title, _) in enumerate(EXPLAIN_COLUMNS[:-1])
-        ]
-        for row in [[t for t, _ in EXPLAIN_COLUMNS], *rows]:
-            cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
-            print("  ".join([*cells, row[-1]]))
         if result["status"] == "ok":
-            print("recording: ok")
+            print("recording: ok; channels used per modality:")
         else:
             print(f"recording: rejected: {result['reason']}")
             status = 1
+        for line in explain_summary(result["audit"]):
+            print(line)
+        print()
+        for line in explain_table(result["audit"], width):
+            print(line)
         print()
     return status
 
@@ -330,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         help="check the config, sample sheet and channel rules; --explain EDF: show the mapping",
     )
-    v.add_argument("--config", default="config/config.yaml")
+    v.add_argument(
+        "--config",
+        help="workflow config (default: config/config.yaml here, else the workflow's own)",
+    )
     v.add_argument(
         "--explain",
         nargs="+",
@@ -339,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
         "samples for the channel checks; writes nothing); exit status 1 if one is rejected",
     )
     v.add_argument("--site", help="with --explain: the sample-sheet site (its site rules apply)")
+    v.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 when a file the sample sheet names does not exist "
+        "(without it: a warning listing them, status 0)",
+    )
     v.add_argument("--rules", help="with --explain: a channel rules file instead of the config's")
     v.set_defaults(func=_cmd_validate)
 
