@@ -81,3 +81,25 @@ def test_validate_lists_missing_files_and_strict_fails(tmp_path, capsys, monkeyp
     sheet.to_csv(tmp_path / "sheet.tsv", sep="\t", index=False)
     assert cli.main(["validate", "--config", str(tmp_path / "c.yaml"), "--strict"]) == 0
     assert "do not exist" not in capsys.readouterr().err
+
+
+def test_config_diff_names_the_changed_keys(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from psgfm.config import load_config
+
+    wf = tmp_path / "wf"
+    (wf / "config").mkdir(parents=True)
+    shutil.copy(ROOT / "config" / "config.yaml", wf / "config" / "config.yaml")
+    monkeypatch.chdir(wf)
+    recorded = load_config("config/config.yaml")  # what rule provenance writes
+    (wf / "results" / "pipeline_info").mkdir(parents=True)
+    (wf / "results" / "pipeline_info" / "config.yaml").write_text(yaml.safe_dump(recorded))
+    assert cli.main(["config-diff"]) == 0
+    assert capsys.readouterr().out == ""
+    b, f = recorded["atlas"]["bootstrap"], recorded["atlas"]["split"]["folds"]
+    (wf / "over.yaml").write_text(f"atlas:\n  bootstrap: {b + 1}\n  split: {{folds: {f + 1}}}\n")
+    assert cli.main(["config-diff", "--configfile", "over.yaml"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"atlas.bootstrap: {b} -> {b + 1}", f"atlas.split.folds: {f} -> {f + 1}"]
+    assert cli.config_changes({"a": {"b": 1}}, {"a": {"b": 1, "c": [2]}}) == [("a.c", None, [2])]

@@ -407,6 +407,52 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flatten(value, prefix=""):
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def config_changes(before: dict, after: dict) -> list[tuple[str, object, object]]:
+    """(dotted key, before, after) of every value that differs (missing: None)."""
+    a, b = _flatten(before), _flatten(after)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _cmd_config_diff(args: argparse.Namespace) -> int:
+    import yaml
+
+    from psgfm.config import validate_config
+
+    raw: dict = {}
+    files = [DEFAULT_CONFIG, *(args.configfile or [])]
+    for path in files:
+        layer = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        raw = _merge(raw, layer)
+    now = validate_config(raw, source=", ".join(files))
+    recorded = Path(args.results or now["results"]) / "pipeline_info" / "config.yaml"
+    if not recorded.is_file():
+        print(f"error: {recorded} not found: no finished run to compare with", file=sys.stderr)
+        return 2
+    before = yaml.safe_load(recorded.read_text(encoding="utf-8")) or {}
+    changes = config_changes(before, now)
+    for key, old, new in changes:
+        print(f"{key}: {old!r} -> {new!r}")
+    print(f"{len(changes)} changed value(s) since the run recorded in {recorded}", file=sys.stderr)
+    return 0
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Snakemake's --configfile layering: nested blocks merged, other values replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def _cmd_unlock_stale(args: argparse.Namespace) -> int:
     from psgfm.runlock import unlock_stale
 
@@ -522,6 +568,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     u.add_argument("dir", nargs="?", default=".", help="the workflow folder (default: .)")
     u.set_defaults(func=_cmd_unlock_stale)
+
+    c = sub.add_parser(
+        "config-diff",
+        help="the config keys changed since the last run (what a dry run's params reasons mean)",
+    )
+    c.add_argument(
+        "--configfile",
+        nargs="+",
+        help="overlays layered over config/config.yaml, as snakemake --configfile",
+    )
+    c.add_argument("--results", help="results folder of the run (default: the config's)")
+    c.set_defaults(func=_cmd_config_diff)
 
     d = sub.add_parser("demo", help="generate the seeded demo cohort")
     d.add_argument("--out", default="resources/demo")
