@@ -21,8 +21,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,cluster]'
 	touch $@
 
+# A lock left by an interrupted run is removed first when no Snakemake process runs in this
+# folder (psgfm unlock-stale says so when it does). No --printshellcmds: it printed "Shell command: None" after every script job.
 demo: install
-	$(BIN)/snakemake --cores $(CORES) --printshellcmds --rerun-incomplete
+	@$(BIN)/psgfm unlock-stale
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
 
 lint: install
 	$(BIN)/ruff check .

@@ -22,6 +22,14 @@ include: "workflow/rules/release.smk"
 include: "workflow/rules/provenance.smk"
 
 
+# A few lines on the console at the end of a run: recordings kept/rejected, phecodes fitted,
+# the atlas's top rows; an empty atlas is a warning naming the config key (psgfm.runsummary).
+onsuccess:
+    from psgfm.runsummary import log_run_summary
+
+    log_run_summary(config, logger)
+
+
 rule all:
     default_target: True
     input:

@@ -539,7 +539,7 @@ def test_validate_explain_prints_the_mapping_and_writes_nothing(tmp_path, capsys
     assert "C3-M2 (BAS, rules) = EEG C3-Ref - EEG A2-Ref" in rows[0]
     assert "the reference (M2) for C3-M2" in out
     assert "not a model channel (body position)" in out and "no rule matches" in out
-    assert out.rstrip().endswith("recording: ok")
+    assert "recording: ok; channels used per modality:" in out  # the summary leads
     code = cli.main(["validate", "--explain", str(text), "--rules", str(RULES)])
     out = capsys.readouterr().out
     assert code == 1 and "recording: rejected" in out and "not an EDF/BDF" in out

@@ -144,7 +144,11 @@ def test_pipeline_info_and_report(tiny_run):
     tmp, cfg, cfg_path, _ = tiny_run
     if not seed_map_cache(tmp):
         pytest.skip("phecode map neither cached in resources/phecode_maps/ nor on PyPI (offline)")
-    run_snakemake(tmp, "--configfile", cfg_path, "--cores", "2")
+    proc = run_snakemake(tmp, "--configfile", cfg_path, "--cores", "2")
+    # the onsuccess summary: 3 persons reach no phecode's min_cases, so the atlas is empty
+    console = proc.stdout + proc.stderr
+    assert "psgfm run summary" in console and "recordings: 3 ok, 1 rejected of 4" in console
+    assert "the atlas is empty" in console and "phenome.min_cases" in console
     info = tmp / "results" / "pipeline_info"
     sums = pd.read_csv(info / "input_checksums.tsv", sep="\t")
     assert {"sample_sheet", "edf", "hypnogram", "ehr", "map"} <= set(sums.kind)

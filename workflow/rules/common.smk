@@ -48,6 +48,23 @@ def _is_demo_file(path):
     return DEMO_DIR is not None and Path(path).is_relative_to(DEMO_DIR)
 
 
+DEMO_FOLDERS = ("edf", "hypnograms", "events")  # rule demo_cohort's directory outputs
+
+
+def demo_inputs(paths):
+    """``paths`` with each demo signal file replaced by its folder (what rule demo_cohort
+    declares), once each, in order."""
+    out = []
+    for p in paths:
+        if _is_demo_file(p):
+            parts = Path(p).relative_to(DEMO_DIR).parts
+            if len(parts) > 1 and parts[0] in DEMO_FOLDERS:
+                p = f"{DEMO_DIR}/{parts[0]}"
+        if p not in out:
+            out.append(p)
+    return out
+
+
 def recording_files():
     """Every EDF, hypnogram and events file the sample sheet names."""
     files = list(RECORDINGS["edf"])
@@ -70,7 +87,9 @@ def harmonise_inputs(wildcards):
     rows = batch_rows(wildcards.batch)
     paths = [r["edf"] for r in rows] + [r["hypnogram"] for r in rows if r["hypnogram"]]
     return {
-        "signals": [p for p in paths if Path(p).exists() or _is_demo_file(p)],
+        "signals": demo_inputs(
+            [p for p in paths if Path(p).exists() or _is_demo_file(p)]
+        ),
         "channel_rules": config["harmonise"]["channel_rules"],
     }
 
@@ -79,7 +98,9 @@ def events_inputs(wildcards):
     """Events files of one batch (the `events` column, else an NSRR XML hypnogram) that
     exist or that a rule makes; a missing one becomes a QC row of the events table."""
     paths = [events_source(r) for r in batch_rows(wildcards.batch)]
-    return [p for p in paths if p and (Path(p).exists() or _is_demo_file(p))]
+    return demo_inputs(
+        [p for p in paths if p and (Path(p).exists() or _is_demo_file(p))]
+    )
 
 
 _missing = [
@@ -95,7 +116,7 @@ if _missing:
 def _made_or_present(paths):
     """Paths that exist or that a rule makes (demo files, the fetched phecode map)."""
     made = lambda p: _is_demo_file(p) or p == PHECODE_MAP
-    return [p for p in paths if p and (Path(p).exists() or made(p))]
+    return demo_inputs([p for p in paths if p and (Path(p).exists() or made(p))])
 
 
 def checksum_files():

@@ -1,10 +1,14 @@
 # Generated, seeded demo cohort: EDF/EDF+ recordings from several "sites", hypnograms,
-# respiratory events and a synthetic EHR with planted physiology-disease links.
+# respiratory events and a synthetic EHR with planted physiology-disease links. The signal
+# files are declared as their three folders (the jobs that read them name the folders:
+# demo_inputs in common.smk), so the job's log lines do not list hundreds of paths twice.
 if DEMO_DIR is not None:
 
     rule demo_cohort:
         output:
-            files=[p for p in recording_files() if _is_demo_file(p)],
+            edf=directory(f"{DEMO_DIR}/edf"),
+            hypnograms=directory(f"{DEMO_DIR}/hypnograms"),
+            events=directory(f"{DEMO_DIR}/events"),
             sheet=f"{DEMO_DIR}/recordings.tsv",
             persons=f"{DEMO_DIR}/ehr/persons.parquet",
             diagnoses=f"{DEMO_DIR}/ehr/diagnoses.parquet",

@@ -45,6 +45,7 @@ from psgfm.atlas.design import (
 )
 from psgfm.atlas.readout import read_targets, readout_config, readout_features
 from psgfm.io import provenance, write_json, write_parquet, write_text
+from psgfm.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -595,7 +596,7 @@ def _run_batch(
         cohort.n, cfg["bootstrap"], np.random.SeedSequence([cfg["seed"], 0xB0075])
     )
     rows, subs, cals = [], [], []
-    for j, code in enumerate(phecodes):
+    for j, code in enumerate(progress(phecodes, desc="atlas batch", unit="phecode")):
         row = {
             "phecode": code,
             "description": summ.loc[code, "phecode_string"],

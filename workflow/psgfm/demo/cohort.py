@@ -839,7 +839,7 @@ def _paths(out_dir: str, rid: str, layout: str, site: Site) -> tuple[str, str]:
 
 
 def generate_demo_cohort(
-    out_dir, n_subjects=24, hours=1.0, seed=20261124, layout="sites"
+    out_dir, n_subjects=96, hours=0.25, seed=20261124, layout="sites"
 ) -> pd.DataFrame:
     """Write the demo cohort into ``out_dir``; return the sample sheet (see module docstring).
 
@@ -961,8 +961,15 @@ def main(argv=None) -> int:
         description="Generate the seeded demo cohort (EDF/EDF+, hypnograms, events, EHR).",
     )
     ap.add_argument("--out", default="resources/demo", help="output folder (default: %(default)s)")
-    ap.add_argument("--n-subjects", type=int, default=24, help="subjects = recordings")
-    ap.add_argument("--hours", type=float, default=1.0, help="recording length per subject")
+    ap.add_argument(
+        "--n-subjects", type=int, default=96, help="subjects = recordings (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--hours",
+        type=float,
+        default=0.25,
+        help="recording length per subject (default: %(default)s)",
+    )
     ap.add_argument("--seed", type=int, default=20261124)
     ap.add_argument(
         "--layout",

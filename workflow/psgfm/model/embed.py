@@ -53,6 +53,7 @@ from psgfm.model.checkpoint import load_encoder
 from psgfm.model.data import ChunkDataset, SeededSampler, collate, to_device
 from psgfm.model.encoder import SleepEncoder, encoder_config
 from psgfm.model.pretrain import autocast_for, resolve_device
+from psgfm.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,8 @@ def embed_batch(
     sheet = {r["recording_id"]: r for r in (recordings or [])}
     manifest = pd.read_parquet(tensor_dir / "manifest.parquet")
     rows, failures = [], []
-    for rid, path in zip(manifest["recording_id"], manifest["path"]):
+    items = list(zip(manifest["recording_id"], manifest["path"]))
+    for rid, path in progress(items, desc="embed", unit="recording"):
         path = Path(path)
         if not path.exists():  # the manifest may hold paths of another working directory
             path = tensor_dir / f"{rid}.arrow"
@@ -311,6 +313,7 @@ def embed_edf(
     config: dict,
     hypnogram: str | Path | None = None,
     recording_id: str | None = None,
+    site: str = "",
 ) -> pd.DataFrame:
     """Harmonise, export and embed one EDF outside the DAG, through the rules' code paths.
 
@@ -331,7 +334,7 @@ def embed_edf(
         "edf": str(edf),
         "hypnogram": str(hypnogram) if hypnogram else "",
         "psg_date": "",
-        "site": "",
+        "site": site or "",  # a sample-sheet site: its channel rules apply
     }
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="psgfm-embed-") as tmp:

@@ -45,6 +45,7 @@ from psgfm.model.checkpoint import build_payload, load_encoder, read_checkpoint,
 from psgfm.model.data import ChunkDataset, SeededSampler, collate, to_device
 from psgfm.model.encoder import SleepEncoder, encoder_config
 from psgfm.model.loss import ContrastiveResult, SpectralHeads, contrastive_loss
+from psgfm.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -528,6 +529,7 @@ def pretrain(
     t0, seen0, steps0 = time.perf_counter(), 0, step
     train_acc = _Accumulator()
     model.train()
+    bar = progress(total=total, initial=step, desc="pretrain", unit="step", disable=not rt.main)
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
         sampler = train_sampler(epoch, pos * cfg["batch_size"])
@@ -551,6 +553,7 @@ def pretrain(
             with torch.no_grad():
                 model.temperature.clamp_(min=0.0)
             step += 1
+            bar.update(1)
             seen0 += len(batch["recording_id"]) * rt.world_size
             train_acc.add(res, len(batch["recording_id"]))
             last_loss = float(res.loss.detach())
@@ -603,6 +606,7 @@ def pretrain(
                 return {"stopped_at": step}
             if step >= total:
                 break
+    bar.close()
 
     elapsed = time.perf_counter() - t0
     summary = {}
