@@ -2,7 +2,7 @@
 functions included, so a cycle cannot hide behind a lazy import).
 
 Layers, lowest first: shared helpers (``psgfm``, ``io``, ``logutil``, ``config``, ``launch``,
-``audit``); the stages (``signals`` and ``phenome``, then ``demo`` and ``model``, then
+``audit``, ``progress``, ``runlock``, ``runsummary``); the stages (``signals`` and ``phenome``, then ``demo`` and ``model``, then
 ``atlas``, then ``release``: the published disease head, scored on the model's tokens and read
 back by the atlas as a file); the command line (``cli``); the experiments' harnesses (``validation``). A module
 imports only its own subpackage and lower layers; nothing in the pipeline (package, rule
@@ -30,6 +30,9 @@ RANK = {
     "config": 0,
     "launch": 0,
     "audit": 0,
+    "progress": 0,
+    "runlock": 0,
+    "runsummary": 0,
     "signals": 1,
     "phenome": 1,
     "demo": 2,

@@ -64,11 +64,13 @@ rule events:
     input:
         # the EDFs too: their headers give the recording end (events past it are dropped)
         events=events_inputs,
-        edf=lambda wildcards: [
-            r["edf"]
-            for r in batch_rows(wildcards.batch)
-            if Path(r["edf"]).exists() or _is_demo_file(r["edf"])
-        ],
+        edf=lambda wildcards: demo_inputs(
+            [
+                r["edf"]
+                for r in batch_rows(wildcards.batch)
+                if Path(r["edf"]).exists() or _is_demo_file(r["edf"])
+            ]
+        ),
     output:
         directory(f"{RESULTS}/events/{{batch}}"),
     log:
