@@ -18,6 +18,7 @@ include: "workflow/rules/signals.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/phenome.smk"
 include: "workflow/rules/atlas.smk"
+include: "workflow/rules/heads.smk"
 include: "workflow/rules/provenance.smk"
 
 
