@@ -220,3 +220,52 @@ def test_read_night_from_a_hand_written_token_table(tmp_path):
     assert night["labels"].tolist() == [0] * 6 + [-1] * 6 + [2] * 6 + [-1]
     # no hypnogram: every token unscored
     assert (read_night(tmp_path / "r.tokens.parquet")["labels"] == -1).all()
+
+
+@pytest.mark.slow
+def test_stage_command_equals_the_batch_path(tmp_path):
+    """``psgfm stage`` on one EDF gives the hypnogram that the rules' path (harmonise_batch,
+    export_batch, embed_batch, predict_batch) gives for the same recording."""
+    from psgfm.cli import main
+    from psgfm.config import load_config
+    from psgfm.demo.cohort import generate_demo_cohort
+    from psgfm.heads.train import predict_batch
+    from psgfm.model.embed import embed_batch
+    from psgfm.signals.export import export_batch
+    from psgfm.signals.harmonise import harmonise_batch
+
+    cfg_path = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+    cfg = load_config(cfg_path)
+    sheet = generate_demo_cohort(tmp_path / "demo", n_subjects=2, hours=0.2, seed=3)
+    row = sheet.iloc[:1].to_dict("records")
+    row[0]["subject_id"] = row[0]["recording_id"]
+    harmonise_batch(row, tmp_path / "h", cfg["harmonise"])
+    export_batch(tmp_path / "h", tmp_path / "t", cfg["export"])
+    model_cfg = {**cfg["model"], "seed": 42}
+    embed_batch(tmp_path / "t", None, tmp_path / "e", model_cfg, cfg["embed"], row)
+    torch.manual_seed(0)
+    head = StagingHead(staging_config("small", embed_dim=32))
+    save_staging(tmp_path / "head.pt", head)
+    predict_batch(tmp_path / "e", tmp_path / "head.pt", tmp_path / "p")
+    rid = row[0]["recording_id"]
+    rc = main(
+        [
+            "stage",
+            row[0]["edf"],
+            "--random-init",
+            "--head",
+            str(tmp_path / "head.pt"),
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(tmp_path / "one"),
+        ]
+    )
+    assert rc == 0
+    one = pd.read_parquet(tmp_path / "one" / f"{rid}.stages.parquet")
+    batch = pd.read_parquet(tmp_path / "p" / f"{rid}.stages.parquet")
+    assert len(one) == len(batch) > 0
+    assert one["stage"].tolist() == batch["stage"].tolist()
+    np.testing.assert_allclose(one.iloc[:, 4:], batch.iloc[:, 4:], rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "one" / f"{rid}.hypnogram.png").stat().st_size > 0
+    assert (tmp_path / "one" / f"{rid}.hypnogram.csv").exists()

@@ -377,3 +377,70 @@ def predict_batch(emb_dir, head_path, out_dir, cfg: dict | None = None) -> pd.Da
         out_dir / "failures.parquet",
     )
     return pd.DataFrame({"recording_id": done})
+
+
+# --- one new EDF -----------------------------------------------------------------------------
+
+
+def hypnogram_png(df: pd.DataFrame, path, title: str = "") -> None:
+    """The predicted hypnogram (stage per 30-s epoch) and its five probabilities."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = [0, 4, 1, 2, 3]  # W, REM, N1, N2, N3 from the top
+    height = {c: -order.index(c) for c in range(5)}
+    hours = df["onset_s"].to_numpy() / 3600.0
+    fig, ax = plt.subplots(2, 1, figsize=(9, 3.8), sharex=True)
+    ax[0].step(hours, [height[c] for c in df["stage_code"]], where="post", lw=1)
+    ax[0].set_yticks([height[c] for c in order], [STAGES[c] for c in order], fontsize=7)
+    ax[0].set_title(title or "predicted hypnogram", fontsize=9)
+    probs = df[[f"p_{s}" for s in STAGES]].to_numpy()
+    ax[1].stackplot(hours, probs.T, labels=STAGES, step="post")
+    ax[1].set_ylabel("probability", fontsize=8)
+    ax[1].set_xlabel("hours from recording start")
+    ax[1].legend(fontsize=6, ncol=5, loc="upper right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def stage_edf(
+    edf,
+    encoder_checkpoint,
+    head_path,
+    out_dir,
+    config: dict,
+    hypnogram=None,
+    recording_id: str | None = None,
+) -> pd.DataFrame:
+    """Stage one EDF outside the DAG through the rules' code paths: harmonise, export and
+    embed (:func:`psgfm.model.embed.embed_edf`, the ``embed`` rule's code), then the staging
+    head (:func:`predict_batch`, the ``heads_staging_predict`` rule's code). Writes the token
+    and chunk tables, ``{id}.stages.parquet``, ``{id}.hypnogram.csv`` and ``{id}.hypnogram.png``
+    to ``out_dir``; returns the hypnogram table. ``encoder_checkpoint`` None: a random-init
+    encoder (``model.seed``), for tests."""
+    import shutil
+    import tempfile
+
+    from psgfm.model.embed import embed_edf
+
+    out_dir = Path(out_dir)
+    night = embed_edf(edf, encoder_checkpoint, out_dir, config, hypnogram, recording_id)
+    if night.empty:
+        reasons = pd.read_parquet(out_dir / "failures.parquet")["reason"].tolist()
+        raise ValueError(f"{edf}: embedding failed: {reasons}")
+    rid = night["recording_id"].iloc[0]
+    staging = staging_cfg((config.get("heads") or {}).get("staging"))
+    with tempfile.TemporaryDirectory(prefix="psgfm-stage-") as tmp:
+        predict_batch(out_dir, head_path, tmp, staging)
+        failures = pd.read_parquet(Path(tmp) / "failures.parquet")
+        if len(failures):
+            raise ValueError(f"{edf}: {failures['reason'].iloc[0]}")
+        for name in (f"{rid}.stages.parquet", f"{rid}.hypnogram.csv"):
+            shutil.copyfile(Path(tmp) / name, out_dir / name)
+    df = pd.read_parquet(out_dir / f"{rid}.stages.parquet")
+    hypnogram_png(df, out_dir / f"{rid}.hypnogram.png", f"{rid}: predicted hypnogram")
+    return df
