@@ -163,3 +163,53 @@ def test_recording_odi_reads_the_harmonised_spo2(tmp_path):
     assert got["n_desaturations"] == 1 and got["odi"] == pytest.approx(1.0)
     write_signals(tmp_path / "n.signals.arrow", "n", chans[:1], fs, len(x))
     assert np.isnan(recording_odi(tmp_path / "n.signals.arrow")["odi"])
+
+
+def test_night_indices_table_of_every_recording(tmp_path):
+    from psgfm.heads.sdb import night_indices
+    from psgfm.signals.harmonise import Channel, write_signals
+
+    h = tmp_path / "b0000"
+    h.mkdir()
+    # 2 h: hour 1 wake, hour 2 N2; one desaturation per hour; recording c has no SpO2
+    x = _trace((96, 1000), (91, 20), (96, 2580), (96, 1000), (91, 20), (96, 2580))
+    spo2 = np.repeat(x, 2).astype(np.float32)
+    stats = {"median": 96.0, "robust_std": 1.0}
+    for rid, with_spo2 in (("a", True), ("b", True), ("c", False)):
+        chans = [Channel("C4-M1", "BAS", "uV", np.zeros_like(spo2), "C4", "M1", stats)]
+        if with_spo2:
+            chans.append(Channel("SpO2", "RESP", "%", spo2, "SpO2", "", stats))
+        write_signals(h / f"{rid}.signals.arrow", rid, chans, 2.0, len(x))
+    _stages(["W"] * 120 + ["N2"] * 120).to_parquet(h / "a.stages.parquet")
+    _stages(["W"] * 120 + ["N2"] * 120).to_parquet(h / "c.stages.parquet")
+    ev = pd.DataFrame(
+        {
+            "recording_id": ["a", "a", "a", "c"],
+            "onset_s": [100.0, 4000.0, 5000.0, 4000.0],
+            "kind": ["hypopnea", "obstructive_apnea", "hypopnea", "hypopnea"],
+        }
+    )
+    ev.to_parquet(tmp_path / "events.parquet")
+    qc = pd.DataFrame({"recording_id": ["a", "b", "c"], "status": ["ok", "none", "failed"]})
+    qc.to_csv(tmp_path / "qc.tsv", sep="\t", index=False)
+    t = night_indices(tmp_path / "events.parquet", tmp_path / "qc.tsv", [h]).set_index(
+        "recording_id"
+    )
+    # a: 2 events in sleep over 1 h of sleep; 1 desaturation in sleep per hour of sleep
+    assert t.loc["a", "ahi"] == pytest.approx(2.0) and t.loc["a", "odi"] == pytest.approx(1.0)
+    assert t.loc["a", "odi_denominator"] == "sleep"
+    # b: no hypnogram: no AHI, ODI per hour of valid recording (2 events over 2 h)
+    assert np.isnan(t.loc["b", "ahi"]) and t.loc["b", "ahi_reason"] == "no hypnogram"
+    assert t.loc["b", "odi"] == pytest.approx(1.0) and t.loc["b", "odi_denominator"] == "recording"
+    # c: events file failed: AHI missing (not 0); no SpO2: ODI missing
+    assert np.isnan(t.loc["c", "ahi"]) and "events status failed" in t.loc["c", "ahi_reason"]
+    assert np.isnan(t.loc["c", "odi"]) and t.loc["c", "odi_reason"] == "no SpO2 channel"
+
+
+def test_odi_defaults_equal_the_schema():
+    from test_defaults import _disagreements, _node
+
+    from psgfm.signals.nightscore import ODI_DEFAULTS
+
+    node, conf = _node("heads.night_indices")
+    assert _disagreements("heads.night_indices", ODI_DEFAULTS, node, conf) == []

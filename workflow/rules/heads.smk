@@ -103,7 +103,29 @@ rule heads_staging_evaluate:
         "../scripts/heads_staging_evaluate.py"
 
 
+rule heads_night_indices:
+    input:
+        events=f"{RESULTS}/events/events.parquet",
+        events_qc=f"{RESULTS}/qc/events_qc.tsv",
+        harmonised=expand(f"{RESULTS}/harmonised/{{batch}}", batch=BATCHES),
+    output:
+        table=f"{RESULTS}/heads/night_indices.parquet",
+        tsv=f"{RESULTS}/heads/night_indices.tsv",
+    log:
+        f"{RESULTS}/logs/heads_night_indices.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads_night_indices.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        odi={k: v for k, v in HEADS["night_indices"].items() if k != "enabled"},
+    script:
+        "../scripts/heads_night_indices.py"
+
+
 HEADS_TARGETS = []
+if HEADS["night_indices"]["enabled"]:
+    HEADS_TARGETS.append(f"{RESULTS}/heads/night_indices.parquet")
 if STAGING["enabled"]:
     HEADS_TARGETS += [
         f"{STAGING_OUT}/evaluation.tsv",
