@@ -84,10 +84,24 @@ def test_release_size_has_the_release_layout_and_a_module_prefixed_state_dict_lo
 
 
 def test_save_load_round_trip(tmp_path):
+    from psgfm.heads.train import input_norm
+
     model = _small(1)
+    # input standardisation from hand-made nights: per modality over the tokens that have it
+    rng = np.random.default_rng(5)
+    nights = [_night(rng, 40), _night(rng, 30, missing=(1,))]
+    mean, std = input_norm(nights)
+    m1 = np.concatenate([nights[0]["tokens"][:, 1]])  # modality 1 only in the first night
+    np.testing.assert_allclose(mean[1], m1.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std[1], m1.std(0), rtol=1e-5)
+    allm0 = np.concatenate([n["tokens"][:, 0] for n in nights])
+    np.testing.assert_allclose(mean[0], allm0.mean(0), rtol=1e-5, atol=1e-6)
+    model.set_input_norm(mean, std)
+    assert "input_mean" not in model.state_dict()  # the release layout is unchanged
     save_staging(tmp_path / "h.pt", model, {"epoch": 3})
     back, ck = load_staging(tmp_path / "h.pt")
     assert ck["epoch"] == 3 and back.cfg == model.cfg
+    torch.testing.assert_close(back.input_std, model.input_std)
     night = _night(np.random.default_rng(0), 50)
     a, b = predict_night(model, night), predict_night(back, night)
     np.testing.assert_array_equal(a["probs"], b["probs"])

@@ -125,6 +125,19 @@ class StagingHead(nn.Module):
         )
         self.lstm = nn.LSTM(d, d // 2, num_layers=1, batch_first=True, bidirectional=True)
         self.fc = nn.Linear(d, cfg.n_classes)
+        # input standardisation (per modality and dimension, from the training tokens); not
+        # in the state_dict (the release layout has none), saved beside it by save_staging
+        self.register_buffer("input_mean", None, persistent=False)
+        self.register_buffer("input_std", None, persistent=False)
+
+    def set_input_norm(self, mean, std) -> None:
+        """Standardise input tokens as (x - mean) / std, both (M, D); None: identity."""
+        if mean is None:
+            self.input_mean = self.input_std = None
+            return
+        dev = self.fc.weight.device
+        self.input_mean = torch.as_tensor(mean, dtype=torch.float32, device=dev)
+        self.input_std = torch.as_tensor(std, dtype=torch.float32, device=dev)
 
     def _positions(self, n: int, device, dtype) -> Tensor:
         pe = self.positional_encoding.pe
@@ -153,6 +166,8 @@ class StagingHead(nn.Module):
             raise ValueError("a night in the batch has no real token")
         if (token_mask & ~modality_mask.any(-1)).any():
             raise ValueError("a real token has no modality; mark it as padding")
+        if self.input_mean is not None:
+            tokens = (tokens - self.input_mean) / self.input_std
         # modalities pooled per real token only: padding never enters the spatial attention
         real = tokens[token_mask]  # (N, M, D)
         pooled = self.spatial_pooling(real, key_padding_mask=~modality_mask[token_mask])
@@ -234,6 +249,9 @@ def save_staging(path: str | Path, model: StagingHead, extra: dict | None = None
         "format": FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "staging_config": model.cfg.to_dict(),
+        "input_norm": None
+        if model.input_mean is None
+        else {"mean": model.input_mean.cpu(), "std": model.input_std.cpu()},
         **(extra or {}),
     }
     with atomic_path(path) as tmp:
@@ -276,4 +294,7 @@ def load_staging(path: str | Path, size: str | dict | None = None) -> tuple[Stag
     cfg = ckpt.get("staging_config") or (size if size is not None else "release")
     model = StagingHead(staging_config(cfg))
     load_state(model, ckpt["state_dict"], str(path))
+    norm = ckpt.get("input_norm")
+    if norm is not None:
+        model.set_input_norm(norm["mean"], norm["std"])
     return model, ckpt

@@ -47,6 +47,7 @@ STAGING_DEFAULTS = {
     "epochs": 20,
     "batch_size": 8,
     "crop_tokens": None,
+    "standardise": True,
     "lr": 0.001,
     "weight_decay": 0.01,
     "class_weights": [1.0, 4.0, 2.0, 4.0, 3.0],
@@ -84,6 +85,24 @@ def load_nights(emb_dirs, harmonised_dirs, ids) -> list[dict]:
     tok = token_files(emb_dirs)
     stg = stage_files(harmonised_dirs)
     return [read_night(tok[r], stg.get(r)) for r in sorted(ids) if r in tok]
+
+
+def input_norm(nights: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(M, D) mean and standard deviation of the nights' tokens per modality, over the tokens
+    that have the modality (mean 0, std 1 where a modality is never present or constant)."""
+    _, M, D = nights[0]["tokens"].shape
+    s1, s2, n = np.zeros((M, D)), np.zeros((M, D)), np.zeros((M, 1))
+    for night in nights:
+        w = night["modality_mask"].astype(np.float64)[..., None]  # (S, M, 1)
+        x = night["tokens"].astype(np.float64)
+        s1 += (w * x).sum(0)
+        s2 += (w * x * x).sum(0)
+        n += w.sum(0)
+    mean = np.divide(s1, n, out=np.zeros((M, D)), where=n > 0)
+    var = np.divide(s2, n, out=np.ones((M, D)), where=n > 0) - np.where(n > 0, mean**2, 0.0)
+    std = np.sqrt(np.clip(var, 0.0, None))
+    std[~(std > 1e-6)] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def _fingerprint(cfg: dict, train_ids, val_ids, dim: int) -> str:
@@ -171,6 +190,8 @@ def train_staging(
     device = _device(cfg["device"])
     torch.manual_seed(int(cfg["seed"]))
     model = StagingHead(staging_config(cfg["size"], embed_dim=dim)).to(device)
+    if cfg["standardise"]:
+        model.set_input_norm(*input_norm(train))
     weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
