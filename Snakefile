@@ -19,6 +19,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/phenome.smk"
 include: "workflow/rules/atlas.smk"
 include: "workflow/rules/release.smk"
+include: "workflow/rules/heads.smk"
 include: "workflow/rules/provenance.smk"
 
 

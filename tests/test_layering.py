@@ -3,7 +3,8 @@ functions included, so a cycle cannot hide behind a lazy import).
 
 Layers, lowest first: shared helpers (``psgfm``, ``io``, ``logutil``, ``config``, ``launch``,
 ``audit``, ``progress``, ``runlock``, ``runsummary``); the stages (``signals`` and ``phenome``, then ``demo`` and ``model``, then
-``atlas``, then ``release``: the published disease head, scored on the model's tokens and read
+``atlas`` and ``heads`` (the staging head, beside the atlas on the model's tokens), then
+``release``: the published disease head, scored on the model's tokens and read
 back by the atlas as a file); the command line (``cli``); the experiments' harnesses (``validation``). A module
 imports only its own subpackage and lower layers; nothing in the pipeline (package, rule
 scripts, rule files, benchmarks) imports ``psgfm.validation``; no module imports another
@@ -38,6 +39,7 @@ RANK = {
     "demo": 2,
     "model": 2,
     "atlas": 3,
+    "heads": 3,
     "release": 4,
     "cli": 5,
     "__main__": 5,

@@ -462,6 +462,31 @@ def _cmd_unlock_stale(args: argparse.Namespace) -> int:
     return 1 if action == "running" else 0
 
 
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from psgfm.config import load_config
+    from psgfm.heads.train import stage_edf
+
+    cfg = load_config(args.config)
+    ckpt = args.checkpoint or cfg["model"]["checkpoint"]
+    if not ckpt and not args.random_init:
+        print(
+            "error: no encoder weights: pass --checkpoint PATH (e.g. results/model/encoder.pt) "
+            "or set model.checkpoint",
+            file=sys.stderr,
+        )
+        return 2
+    df = stage_edf(
+        args.edf,
+        None if args.random_init else ckpt,
+        args.head,
+        args.out,
+        cfg,
+        hypnogram=args.hypnogram,
+    )
+    print(f"wrote a hypnogram of {len(df)} epochs to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="psgfm", description=__doc__)
     p.add_argument("--version", action="version", version=f"psgfm {__version__}")
@@ -524,6 +549,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     em.add_argument("--out", required=True)
     em.set_defaults(func=_cmd_embed)
+
+    st = sub.add_parser(
+        "stage", help="predict the hypnogram of one EDF with the encoder and the staging head"
+    )
+    st.add_argument("edf")
+    st.add_argument("--checkpoint", help="encoder weights (psgfm or SleepFM-Clinical release)")
+    st.add_argument("--random-init", action="store_true", help="untrained encoder (model.seed)")
+    st.add_argument("--head", required=True, help="staging head (results/heads/staging/...)")
+    st.add_argument("--hypnogram", help="optional scored hypnogram, kept beside the prediction")
+    st.add_argument("--config", default="config/config.yaml")
+    st.add_argument("--out", required=True)
+    st.set_defaults(func=_cmd_stage)
 
     from psgfm.signals.sheet import DEFAULT_ID_REGEX
 

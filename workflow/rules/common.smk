@@ -149,6 +149,7 @@ def all_targets():
         targets
         + MODEL_TARGETS
         + ATLAS_TARGETS
+        + HEADS_TARGETS
         + PHENOME_TARGETS
         + AUDIT_TARGETS
         + [f"{INFO}/benchmark_summary.tsv"]

@@ -6,7 +6,9 @@ Two parts:
 - :func:`night_targets` scores, per recording, the phenotypes a sleep lab reports from the
   annotations: the apnea-hypopnea index (respiratory events per hour of scored sleep, AASM:
   apneas and hypopneas whose onset falls in a sleep epoch), the N3 and REM fractions of sleep,
-  the sleep efficiency and the scored sleep time. A recording without a usable events file
+  the sleep efficiency and the scored sleep time. The scoring itself has one owner,
+  :mod:`psgfm.signals.nightscore` (:func:`score_night`, re-exported here), which the heads
+  use too; this module only gathers the cohort's nights and applies ``min_sleep_hours``. A recording without a usable events file
   has no AHI (missing, never 0); one with less than ``min_sleep_hours`` of scored sleep has no
   targets at all. Rule ``atlas_readout_targets`` writes them to ``atlas/readout_targets.parquet``.
 - :func:`readout_features` fits, on the training persons of one outer fold, a ridge
@@ -22,21 +24,28 @@ Two parts:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from psgfm.atlas.design import AtlasInputError
-from psgfm.signals.annotations import EVENT_KINDS
-from psgfm.signals.hypnogram import STAGES
+from psgfm.signals.nightscore import RESPIRATORY, SLEEP_STAGES, score_night, stage_files
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("ahi", "n3_fraction", "rem_fraction", "sleep_efficiency", "sleep_hours")
-# the events schema's apneas and hypopneas (not desaturations or arousals)
-RESPIRATORY = tuple(k for k in EVENT_KINDS if k.endswith(("apnea", "hypopnea")))
-SLEEP_STAGES = tuple(s for s in STAGES if s != "W")
+__all__ = [
+    "RESPIRATORY",
+    "SLEEP_STAGES",
+    "TARGETS",
+    "night_targets",
+    "read_targets",
+    "readout_config",
+    "readout_features",
+    "score_night",
+    "stage_files",
+    "write_night_targets",
+]
 DEFAULTS = {
     "enabled": False,
     "targets": ["ahi", "n3_fraction"],
@@ -64,42 +73,6 @@ def readout_config(cfg: dict | None) -> dict:
     if int(rc["folds"]) < 2:
         raise AtlasInputError("atlas.readout.folds must be at least 2.")
     return rc
-
-
-def stage_files(harmonised_dirs) -> dict[str, Path]:
-    """recording_id -> ``{id}.stages.parquet`` of the harmonise batches."""
-    out: dict[str, Path] = {}
-    for d in harmonised_dirs:
-        for p in sorted(Path(d).glob("*.stages.parquet")):
-            out[p.name[: -len(".stages.parquet")]] = p
-    return out
-
-
-def score_night(stages: pd.DataFrame, events: pd.DataFrame | None) -> dict:
-    """The targets of one night from its hypnogram (epoch, onset_s, stage) and its scored
-    events (onset_s, kind), or ``None`` for a recording without an events file."""
-    onset = stages["onset_s"].to_numpy(np.float64)
-    epoch_s = float(np.median(np.diff(onset))) if len(onset) > 1 else 30.0
-    stage = stages["stage"].astype(str).to_numpy()
-    sleep = np.isin(stage, SLEEP_STAGES)
-    scored = sleep | (stage == "W")
-    n_sleep = int(sleep.sum())
-    out = {
-        "sleep_hours": n_sleep * epoch_s / 3600.0,
-        "sleep_efficiency": n_sleep / int(scored.sum()) if scored.any() else np.nan,
-        "n3_fraction": float((stage == "N3").sum() / n_sleep) if n_sleep else np.nan,
-        "rem_fraction": float((stage == "REM").sum() / n_sleep) if n_sleep else np.nan,
-        "n_respiratory": np.nan,
-        "ahi": np.nan,
-    }
-    if events is not None and n_sleep:
-        resp = events[events["kind"].isin(RESPIRATORY)]
-        idx = np.floor((resp["onset_s"].to_numpy(np.float64) - onset[0]) / epoch_s).astype(int)
-        inside = (idx >= 0) & (idx < len(stage))
-        n = int(sleep[idx[inside]].sum())
-        out["n_respiratory"] = n
-        out["ahi"] = n / out["sleep_hours"]
-    return out
 
 
 def night_targets(

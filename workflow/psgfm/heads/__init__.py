@@ -1,0 +1,13 @@
+"""Stage ``heads`` (rule file ``workflow/rules/heads.smk``): downstream heads on the encoder's
+embeddings, trained on the model stage's subject splits (docs/heads.md).
+
+- :mod:`psgfm.heads.staging`: the sleep-staging head (the release's
+  ``SleepEventLSTMClassifier`` layout, its defects fixed) and the tokens-to-epochs rule;
+- :mod:`psgfm.heads.data`: a whole night's 5-s token embeddings from what ``embed`` writes,
+  with their modality masks and the harmonised stage labels;
+- :mod:`psgfm.heads.train`: training (resumable), prediction of every recording's hypnogram
+  and evaluation on the test subjects.
+
+Night indices scored from annotations (AHI, ODI) live below this package, in
+:mod:`psgfm.signals.nightscore`, shared with the atlas.
+"""

@@ -1,0 +1,135 @@
+# Downstream heads on the embeddings (docs/heads.md): the sleep-staging head, trained on the
+# model stage's subject splits (non-test, non-validation subjects; validation picks the
+# checkpoint), its predicted hypnogram for every recording, and its evaluation on the test
+# subjects beside baselines. Logic: workflow/psgfm/heads/.
+HEADS = config["heads"]
+STAGING = HEADS["staging"]
+STAGING_OUT = f"{RESULTS}/heads/staging"
+STAGING_HEAD = STAGING["checkpoint"] or f"{STAGING_OUT}/pretrained/head.pt"
+STAGING_RANDOM = (
+    STAGING["random_init_baseline"] and config["probe"]["enabled"] and bool(PROBE_TRUTH)
+)
+STAGING_EMBEDDINGS = {
+    "pretrained": expand(f"{EMBED_OUT}/{{batch}}", batch=BATCHES),
+    "random_init": expand(f"{RESULTS}/probe/random_init/{{batch}}", batch=BATCHES),
+}
+
+
+wildcard_constraints:
+    encoder="pretrained|random_init",
+
+
+rule heads_staging_train:
+    input:
+        embeddings=lambda wildcards: STAGING_EMBEDDINGS[wildcards.encoder],
+        harmonised=expand(f"{RESULTS}/harmonised/{{batch}}", batch=BATCHES),
+        splits=f"{MODEL_OUT}/splits.tsv",
+    output:
+        head=f"{STAGING_OUT}/{{encoder}}/head.pt",
+        curve=f"{STAGING_OUT}/{{encoder}}/training_curve.tsv",
+        png=report(
+            f"{STAGING_OUT}/{{encoder}}/training_curve.png",
+            caption="../report/staging_curve.rst",
+            category="Heads",
+        ),
+        summary=f"{STAGING_OUT}/{{encoder}}/summary.json",
+    log:
+        f"{RESULTS}/logs/heads_staging_train/{{encoder}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads_staging_train/{{encoder}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        staging=STAGING,
+    script:
+        "../scripts/heads_staging_train.py"
+
+
+rule heads_staging_predict:
+    input:
+        embeddings=f"{EMBED_OUT}/{{batch}}",
+        head=STAGING_HEAD,
+    output:
+        directory(f"{STAGING_OUT}/hypnograms/{{batch}}"),
+    log:
+        f"{RESULTS}/logs/heads_staging_predict/{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads_staging_predict/{{batch}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        staging=STAGING,
+    script:
+        "../scripts/heads_staging_predict.py"
+
+
+rule heads_staging_evaluate:
+    input:
+        unpack(
+            lambda wildcards: {
+                "hypnograms": expand(
+                    f"{STAGING_OUT}/hypnograms/{{batch}}", batch=BATCHES
+                ),
+                "harmonised": expand(f"{RESULTS}/harmonised/{{batch}}", batch=BATCHES),
+                "splits": f"{MODEL_OUT}/splits.tsv",
+                "embeddings": STAGING_EMBEDDINGS["pretrained"],
+                **(
+                    {
+                        "random_head": f"{STAGING_OUT}/random_init/head.pt",
+                        "random_embeddings": STAGING_EMBEDDINGS["random_init"],
+                    }
+                    if STAGING_RANDOM
+                    else {}
+                ),
+            }
+        ),
+    output:
+        tsv=f"{STAGING_OUT}/evaluation.tsv",
+        confusion=report(
+            f"{STAGING_OUT}/confusion.png",
+            caption="../report/staging_confusion.rst",
+            category="Heads",
+        ),
+        examples=f"{STAGING_OUT}/examples.png",
+    log:
+        f"{RESULTS}/logs/heads_staging_evaluate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads_staging_evaluate.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        staging=STAGING,
+    script:
+        "../scripts/heads_staging_evaluate.py"
+
+
+rule heads_night_indices:
+    input:
+        events=f"{RESULTS}/events/events.parquet",
+        events_qc=f"{RESULTS}/qc/events_qc.tsv",
+        harmonised=expand(f"{RESULTS}/harmonised/{{batch}}", batch=BATCHES),
+    output:
+        table=f"{RESULTS}/heads/night_indices.parquet",
+        tsv=f"{RESULTS}/heads/night_indices.tsv",
+    log:
+        f"{RESULTS}/logs/heads_night_indices.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads_night_indices.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        odi={k: v for k, v in HEADS["night_indices"].items() if k != "enabled"},
+    script:
+        "../scripts/heads_night_indices.py"
+
+
+HEADS_TARGETS = []
+if HEADS["night_indices"]["enabled"]:
+    HEADS_TARGETS.append(f"{RESULTS}/heads/night_indices.parquet")
+if STAGING["enabled"]:
+    HEADS_TARGETS += [
+        f"{STAGING_OUT}/evaluation.tsv",
+        *expand(f"{STAGING_OUT}/hypnograms/{{batch}}", batch=BATCHES),
+    ]
+    if not STAGING["checkpoint"]:
+        HEADS_TARGETS.append(f"{STAGING_OUT}/pretrained/training_curve.png")
