@@ -398,12 +398,27 @@ def evaluate_phecode(
         W = M.bootstrap_weights(len(t), cfg["bootstrap"], _phecode_seed(cfg["seed"], phecode))
     else:  # (a row gather when W_all is the transpose of a C-ordered (N, B + 1) array)
         W = W_all.T[sel].T
+    groups = {
+        "sex": np.where(cohort.male[sel] == 1, "M", "F"),
+        "age_band": _age_band(cohort.age[sel], cfg["age_bands"]),
+    }
+    if (cohort.site != "").any():
+        groups["site"] = cohort.site[sel].astype(object)
+    levels = [(g, lab) for g, labels in groups.items() for lab in sorted(set(labels.tolist()))]
+    masks = np.array([groups[g] == lab for g, lab in levels])
+    # the subgroups ride along as 0/1 weight rows after the B + 1 replicates: one pass for all
+    nrep = W.shape[0]
+    WT = np.empty((len(t), nrep + len(levels)), dtype=np.result_type(W.dtype, np.int16))
+    WT[:, :nrep] = W.T
+    WT[:, nrep:] = masks.T
     tau = cfg["truncation_years"] * DAYS_PER_YEAR
     ti = M.TimeIndex(t, e)
     hv = [(h, d) for h, d in zip(cfg["horizons_years"], horizons_days) if t.min() <= d < t.max()]
     conc = M.discrimination(
-        t, e, [rm, rb], W=W, tau=tau, times=[d for _, d in hv] if hv else None, index=ti
+        t, e, [rm, rb], W=WT.T, tau=tau, times=[d for _, d in hv] if hv else None, index=ti
     )
+    c_sub = conc["harrell"][:, nrep:]  # (2, subgroups)
+    conc = {k: v[:, :nrep] for k, v in conc.items()}
     for name in ("harrell", "uno"):
         row.update(_ci(f"c_{name}", conc[name][0], level))
         if have_b:
@@ -464,19 +479,9 @@ def evaluate_phecode(
                 cal_rows.append({"phecode": phecode, "model": name, "horizon_years": h, **r})
             prefix = "" if name == "model" else "base_"
             row[f"{prefix}eo_{horizon_name(h)}"] = risk.mean() / obs if obs > 0 else np.nan
-    # subgroups
-    groups = {
-        "sex": np.where(cohort.male[sel] == 1, "M", "F"),
-        "age_band": _age_band(cohort.age[sel], cfg["age_bands"]),
-    }
-    if (cohort.site != "").any():
-        groups["site"] = cohort.site[sel].astype(object)
+    # subgroups (their C came with the bootstrap pass)
     flags = []
     c_all = row["c_harrell"]
-    levels = [(g, lab) for g, labels in groups.items() for lab in sorted(set(labels.tolist()))]
-    # every subgroup's C in one pass: 0/1 weights select its persons
-    masks = np.array([groups[g] == lab for g, lab in levels])
-    c_sub = M.concordance(t, e, [rm, rb], W=masks, index=ti)["harrell"]  # (2, groups)
     for li, (gname, lab) in enumerate(levels):
         m = masks[li]
         ne = int(e[m].sum())
