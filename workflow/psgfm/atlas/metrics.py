@@ -20,7 +20,10 @@ Bootstrap: replicate b draws persons with replacement; it is represented by inte
 (how often each person was drawn), which give exactly the metric of the resampled data
 (tested against scikit-survival on explicitly resampled arrays), including the censoring
 distribution re-estimated per replicate. Model and baseline use the same replicates, so
-differences between them are paired.
+differences between them are paired. All replicates of one risk score are computed in one
+pass over the persons (:func:`discrimination`, :func:`_pair_sums`): one sort, sparse sums and
+matrix products over (persons x replicates) weights, exact in float32 for draw counts. Rows of
+0/1 weights give the metrics of subsets (subgroups) in the same pass.
 """
 
 from __future__ import annotations
@@ -94,18 +97,6 @@ class TimeIndex:
         self.ev_grp = self.group[self.ev_pos]
         self.ones = np.ones((1, self.n))  # the unweighted sample (one replicate)
         self._cache = None
-
-    def group_sums(self, values: np.ndarray, exact32: bool = False) -> np.ndarray:
-        """(B, U) sums over each tied-time group of sorted ``values`` (B, n).
-
-        ``exact32``: the values are small integers (draw counts), whose float32 sums are
-        exact below 2**24 and twice as fast.
-        """
-        values = np.asarray(values)
-        if values.shape[0] == 1:
-            return np.bincount(self.group, values[0], len(self.starts))[None, :]
-        dt = np.float32 if exact32 else np.float64
-        return (self.summer(dt) @ np.ascontiguousarray(values.T, dtype=dt)).T.astype(np.float64)
 
     def summer(self, dtype) -> sp.csr_matrix:
         """(U, n) sparse 0/1 matrix: its product with (n, B) sorted weights sums every tied-time
