@@ -247,6 +247,7 @@ def bench_metrics(d: dict, k: int, bootstrap: int) -> dict:
 
     t0, c0 = time.perf_counter(), time.process_time()
     W_all = M.bootstrap_weights(n, bootstrap, 1)
+    W_all = np.ascontiguousarray(W_all.T, dtype=np.int16).T  # as run_batch passes them
     for j in range(k):
         evaluate_phecode(
             j,

@@ -25,3 +25,18 @@ def test_bench_cox_parts_on_tiny_data():
     assert set(fit["ratio_cpu"]) == {1, 4}
     met = bench.bench_metrics(d, k=2, bootstrap=5)
     assert met["phecodes"] == 2 and met["seconds"] > 0
+
+
+def test_bench_atlas_splits_fits_and_metrics(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "bench_atlas", ROOT / "benchmarks" / "bench_atlas.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "atlas.json"
+    assert module.main(["--quick", "--json", str(out)]) == 0
+    import json
+
+    res = json.loads(out.read_text())
+    assert res["runs"][0]["evaluated"] >= 1
+    assert res["median"]["fit_cpu_ms"] > 0 and res["median"]["metrics_cpu_ms"] > 0

@@ -337,3 +337,30 @@ def test_cv_penalizer_matches_a_lifelines_reference_and_finds_planted_signal():
     assert np.isneginf(cv2).all() and grid[best2[0]] == 10.0
     with pytest.raises(CoxInputError, match="inner_folds"):
         cv_penalizer(X, time, event, None, grid, folds[:-1])
+
+
+def test_information_gram_of_many_outcomes_at_once():
+    """The many-outcome Gram (distinct covariate products times all outcomes' weights) and the
+    per-outcome Gram equal a float64 reference."""
+    from psgfm.atlas.cox import _weighted_gram
+
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((700, 9))
+    V = rng.random((20, 700)) * (rng.random((20, 700)) > 0.1)
+    ref = np.einsum("kn,ni,nj->kij", V, X, X)
+    for dtype, rtol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+        many = _weighted_gram(X, V, dtype)  # K = 20: all outcomes in one product
+        few = np.array([_weighted_gram(X, V[j : j + 1], dtype)[0] for j in range(3)])
+        np.testing.assert_allclose(many, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+        np.testing.assert_allclose(few, ref[:3], rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+def test_standard_errors_of_a_large_batch_match_lifelines():
+    X, time, event, include = _cohort(seed=9, k=18)  # >= 16 outcomes: the batched Gram
+    ours = fit_cox(X, time, event, include, penalizer=0.05)
+    for j in (0, 7, 17):
+        cols = np.flatnonzero(ours.used[j])
+        inc = include[j]
+        ref = _lifelines(X[inc][:, cols], time[j, inc], event[j, inc], 0.05)
+        assert np.abs(ours.coef[j, cols] - ref.params_.to_numpy()).max() < COEF_TOL
+        np.testing.assert_allclose(ours.se[j, cols], ref.standard_errors_.to_numpy(), rtol=1e-4)

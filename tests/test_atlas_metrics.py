@@ -138,3 +138,122 @@ def test_metric_inputs_are_checked():
         M.concordance(np.arange(3.0), np.zeros(3, bool), [np.ones(3)])
     with pytest.raises(M.MetricInputError, match="NaN"):
         M.concordance(np.arange(3.0), np.ones(3, bool), [np.array([1, np.nan, 2])])
+
+
+# ---------------------------------------------------------------------------------------------
+# The one-pass weighted metrics (all bootstrap replicates at once)
+# ---------------------------------------------------------------------------------------------
+
+
+def _brute_force_harrell(time, event, risk, w):
+    """O(n^2) weighted Harrell's C written from the definition (an independent reference for
+    weights that are not draw counts)."""
+    num = den = 0.0
+    for i in np.flatnonzero(event):
+        comp = (time > time[i]) | ((time == time[i]) & ~event)
+        k = (risk[i] > risk + 1e-8) + 0.5 * (np.abs(risk[i] - risk) <= 1e-8)
+        num += w[i] * np.sum(w * comp * k)
+        den += w[i] * np.sum(w * comp)
+    return num / den
+
+
+@pytest.mark.parametrize("block", [1, 3, 17, None])
+@pytest.mark.parametrize("risk_ties", [False, True])
+def test_one_pass_replicates_equal_sksurv_on_resampled_data(block, risk_ties):
+    """Every replicate of the one-pass computation (any block size, tied times and risks)
+    equals scikit-survival on the explicitly resampled persons."""
+    time, event, risk, other = _data(seed=11, n=300, tie_days=60.0, risk_ties=risk_ties)
+    W = M.bootstrap_weights(len(time), 5, seed=3)
+    tau = np.quantile(time, 0.7)
+    horizons = np.quantile(time, [0.25, 0.5, 0.75])
+    out = M.discrimination(time, event, [risk, other], W=W, tau=tau, times=horizons, block=block)
+    assert out["harrell"].shape == (2, 6) and out["auc"].shape == (2, 6, 3)
+    for b in range(6):
+        idx = np.repeat(np.arange(len(time)), W[b].astype(int))
+        t, e = time[idx], event[idx]
+        y = Surv.from_arrays(e, t)
+        for ri, r in enumerate((risk, other)):
+            assert out["harrell"][ri, b] == pytest.approx(
+                concordance_index_censored(e, t, r[idx])[0], abs=1e-12
+            )
+            assert out["uno"][ri, b] == pytest.approx(
+                concordance_index_ipcw(y, y, r[idx], tau=tau)[0], abs=1e-12
+            )
+            np.testing.assert_allclose(
+                out["auc"][ri, b], cumulative_dynamic_auc(y, y, r[idx], horizons)[0], atol=1e-12
+            )
+
+
+def test_weights_as_run_batch_passes_them_give_the_same_replicates():
+    """Integer draw counts stored persons-by-rows (what run_batch passes) and the same counts
+    as a float64 (B, n) array give identical values."""
+    time, event, risk, _ = _data(seed=12, n=500)
+    W = M.bootstrap_weights(len(time), 7, seed=5)
+    W16 = np.ascontiguousarray(W.T, dtype=np.int16).T
+    horizons = np.quantile(time, [0.3, 0.6])
+    a = M.discrimination(time, event, [risk], W=W, tau=2000.0, times=horizons)
+    b = M.discrimination(time, event, [risk], W=W16, tau=2000.0, times=horizons)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_non_integer_weights_match_a_brute_force_definition():
+    time, event, risk, _ = _data(seed=13, n=150, tie_days=90.0, risk_ties=True)
+    rng = np.random.default_rng(2)
+    W = rng.uniform(0, 2, (3, len(time)))
+    W[1, rng.random(len(time)) < 0.3] = 0.0
+    out = M.discrimination(time, event, [risk], W=W, block=4)["harrell"][0]
+    for b in range(3):
+        assert out[b] == pytest.approx(_brute_force_harrell(time, event, risk, W[b]), abs=1e-12)
+
+
+def test_subgroup_masks_as_weights_give_the_subgroups_c():
+    """0/1 weight rows give each subgroup's C in one call, as run.evaluate_phecode uses it."""
+    time, event, risk, other = _data(seed=14, n=700, risk_ties=True)
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 4, len(time))
+    masks = np.array([labels == g for g in range(4)])
+    out = M.concordance(time, event, [risk, other], W=masks)["harrell"]
+    for g in range(4):
+        m = masks[g]
+        for ri, r in enumerate((risk, other)):
+            assert out[ri, g] == pytest.approx(
+                concordance_index_censored(event[m], time[m], r[m])[0], abs=1e-12
+            )
+
+
+def test_kaplan_meier_of_groups_from_one_sort():
+    time, event, _, _ = _data(seed=15, n=800)
+    labels = np.random.default_rng(6).integers(0, 5, len(time))
+    labels[labels == 3] = 2  # group 3 stays empty
+    for t in (np.quantile(time, 0.4), time.max(), time.min() - 1):
+        km = M.km_at_groups(time, event, labels, 5, t)
+        assert np.isnan(km[3])
+        for g in (0, 1, 2, 4):
+            m = labels == g
+            u, s = kaplan_meier_estimator(event[m], time[m])
+            idx = np.searchsorted(u, t, side="right") - 1
+            ref = s[idx] if idx >= 0 else 1.0
+            assert km[g] == pytest.approx(ref, abs=1e-12)
+            assert km[g] == M.km_at(time[m], event[m], t)[0]  # the same arithmetic
+
+
+def test_hazard_ratio_per_sd_of_both_models_matches_lifelines():
+    """run._hr_per_sd fits the score alone and adjusted in one call; each equals lifelines."""
+    import pandas as pd
+    from lifelines import CoxPHFitter
+
+    from psgfm.atlas.run import _hr_per_sd
+
+    time, event, risk, other = _data(seed=16, n=500)
+    zm = (risk - risk.mean()) / risk.std()
+    zb = (other - other.mean()) / other.std()
+    hr, hra = _hr_per_sd(np.c_[zm, zb], time, event, 0.95)
+    for cols, got in ((["zm"], hr), (["zm", "zb"], hra)):
+        df = pd.DataFrame({"zm": zm, "zb": zb, "T": time, "E": event.astype(int)})[
+            [*cols, "T", "E"]
+        ]
+        ref = CoxPHFitter().fit(df, "T", "E", fit_options={"precision": 1e-12})
+        b, se = ref.params_["zm"], ref.standard_errors_["zm"]
+        assert got["coef"] == pytest.approx(b, abs=1e-7)
+        assert got["lo"] == pytest.approx(b - 1.959964 * se, abs=1e-6)

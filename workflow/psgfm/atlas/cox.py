@@ -326,12 +326,18 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
 
 
 def _weighted_gram(Xs: np.ndarray, V: np.ndarray, dtype, block: int = 4096):
-    """(K, P, P) ``sum_i V[k, i] x_i x_i^T`` (V >= 0) as ``(sqrt(v) X)^T (sqrt(v) X)`` per
-    outcome, in ``dtype`` (one symmetric product per outcome: per outcome products beat one
-    product with the covariate-pair matrix on one core). The scaled rows are formed and
-    multiplied ``block`` rows at a time, so that they are still in cache for the product."""
+    """(K, P, P) ``sum_i V[k, i] x_i x_i^T`` (V >= 0) for every outcome k, in ``dtype``.
+
+    With many outcomes (K >= 16) as one product for all of them: the P (P + 1) / 2 distinct
+    products ``x_i[a] x_i[b]`` of each person (formed once per block of persons, whatever K)
+    times the weights of all outcomes, which does half the multiplications of a symmetric
+    product per outcome and runs as one large matrix product. With few outcomes, per outcome
+    as ``(sqrt(v) X)^T (sqrt(v) X)``, the scaled rows formed and multiplied ``block`` rows at
+    a time, so that they are still in cache for the product."""
     k, n = V.shape
     p = Xs.shape[1]
+    if k >= 16:
+        return _weighted_gram_pairs(Xs, V, dtype)
     Xd = Xs.astype(dtype, copy=False)
     out = np.empty((k, p, p))
     buf = np.empty((min(block, n), p), dtype=dtype)
@@ -344,6 +350,32 @@ def _weighted_gram(Xs: np.ndarray, V: np.ndarray, dtype, block: int = 4096):
             a = np.multiply(Xd[i : i + m], s[i : i + m, None], out=buf[:m])
             G += a.T @ a
         out[j] = G
+    return out
+
+
+def _weighted_gram_pairs(Xs: np.ndarray, V: np.ndarray, dtype, nbytes: int = 2**26):
+    """:func:`_weighted_gram` for many outcomes: ``G[pair, k] = sum_i z_i[pair] V[k, i]``
+    with ``z_i`` the upper-triangle products of person i (persons in blocks of at most
+    ``nbytes`` of products)."""
+    k, n = V.shape
+    p = Xs.shape[1]
+    iu, ju = np.triu_indices(p)
+    starts = np.r_[0, np.cumsum(np.arange(p, 0, -1))]
+    size = np.dtype(dtype).itemsize
+    rb = int(max(64, min(n, nbytes // (len(iu) * size))))
+    XT = np.ascontiguousarray(Xs.T, dtype=dtype)  # (P, N): each covariate one row
+    VT = np.ascontiguousarray(np.maximum(V, 0.0).T, dtype=dtype)  # (N, K)
+    Z = np.empty((len(iu), rb), dtype=dtype)
+    G = np.zeros((len(iu), k), dtype=dtype)
+    for i0 in range(0, n, rb):
+        m = min(rb, n - i0)
+        Xb = XT[:, i0 : i0 + m]
+        for a in range(p):  # rows a..p-1 of the upper triangle: x[a] * x[a:]
+            np.multiply(Xb[a], Xb[a:], out=Z[starts[a] : starts[a + 1], :m])
+        G += Z[:, :m] @ VT[i0 : i0 + m]
+    out = np.empty((k, p, p))
+    out[:, iu, ju] = G.T
+    out[:, ju, iu] = G.T
     return out
 
 

@@ -287,16 +287,27 @@ def _phecode_seed(seed: int, phecode: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, zlib.crc32(phecode.encode())])
 
 
-def _hr_per_sd(z: np.ndarray, t, e, level) -> dict:
+def _hr_per_sd(z: np.ndarray, t, e, level) -> list[dict]:
     """Hazard ratio per SD of a held-out risk score (first column of z): Wald CI and the
     one-sided p-value of HR > 1 (a held-out score that ranks the wrong way, e.g. from
-    over-fitting a rare phecode, is a failure of the model, not a finding)."""
-    res = fit_cox(z if z.ndim == 2 else z[:, None], t, e)
-    if res.status[0] not in ("ok",):
-        return {"coef": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan}
-    lo, hi, _ = M.wald(res.coef[0, 0], res.se[0, 0], level)
-    p = float(M.stats.norm.sf(res.coef[0, 0] / res.se[0, 0]))
-    return {"coef": res.coef[0, 0], "lo": lo, "hi": hi, "p": p}
+    over-fitting a rare phecode, is a failure of the model, not a finding).
+
+    ``z`` (n, C): the score alone, and, with C = 2, also adjusted for the second column; both
+    models are fitted in one call (one sort), with a float64 information matrix. Returns one
+    dict per model."""
+    z = z if z.ndim == 2 else z[:, None]
+    cols = np.tril(np.ones((z.shape[1], z.shape[1]), dtype=bool))  # [score], [score, base]
+    k = len(cols)
+    res = fit_cox(z, np.tile(t, (k, 1)), np.tile(e, (k, 1)), columns=cols, hessian_dtype="float64")
+    out = []
+    for j in range(k):
+        if res.status[j] not in ("ok",):
+            out.append({"coef": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan})
+            continue
+        lo, hi, _ = M.wald(res.coef[j, 0], res.se[j, 0], level)
+        p = float(M.stats.norm.sf(res.coef[j, 0] / res.se[j, 0]))
+        out.append({"coef": res.coef[j, 0], "lo": lo, "hi": hi, "p": p})
+    return out
 
 
 def _age_band(age: np.ndarray, edges: list[float]) -> np.ndarray:
@@ -349,19 +360,36 @@ def evaluate_phecode(
     rb = base.lp[j, sel] if have_b else np.zeros_like(rm)
     if W_all is None:
         W = M.bootstrap_weights(len(t), cfg["bootstrap"], _phecode_seed(cfg["seed"], phecode))
-    else:
-        W = W_all[:, sel]
+    else:  # (a row gather when W_all is the transpose of a C-ordered (N, B + 1) array)
+        W = W_all.T[sel].T
+    groups = {
+        "sex": np.where(cohort.male[sel] == 1, "M", "F"),
+        "age_band": _age_band(cohort.age[sel], cfg["age_bands"]),
+    }
+    if (cohort.site != "").any():
+        groups["site"] = cohort.site[sel].astype(object)
+    levels = [(g, lab) for g, labels in groups.items() for lab in sorted(set(labels.tolist()))]
+    masks = np.array([groups[g] == lab for g, lab in levels])
+    # the subgroups ride along as 0/1 weight rows after the B + 1 replicates: one pass for all
+    nrep = W.shape[0]
+    WT = np.empty((len(t), nrep + len(levels)), dtype=np.result_type(W.dtype, np.int16))
+    WT[:, :nrep] = W.T
+    WT[:, nrep:] = masks.T
     tau = cfg["truncation_years"] * DAYS_PER_YEAR
     ti = M.TimeIndex(t, e)
-    conc = M.concordance(t, e, [rm, rb], W=W, tau=tau, index=ti)
+    hv = [(h, d) for h, d in zip(cfg["horizons_years"], horizons_days) if t.min() <= d < t.max()]
+    conc = M.discrimination(
+        t, e, [rm, rb], W=WT.T, tau=tau, times=[d for _, d in hv] if hv else None, index=ti
+    )
+    c_sub = conc["harrell"][:, nrep:]  # (2, subgroups)
+    conc = {k: v[:, :nrep] for k, v in conc.items()}
     for name in ("harrell", "uno"):
         row.update(M.bootstrap_ci(f"c_{name}", conc[name][0], level))
         if have_b:
             row.update(M.bootstrap_ci(f"base_c_{name}", conc[name][1], level))
             row.update(M.bootstrap_ci(f"delta_c_{name}", conc[name][0] - conc[name][1], level))
-    hv = [(h, d) for h, d in zip(cfg["horizons_years"], horizons_days) if t.min() <= d < t.max()]
     if hv:
-        auc = M.cumulative_dynamic_auc(t, e, [rm, rb], [d for _, d in hv], W=W, index=ti)
+        auc = conc["auc"]
         for i, (h, _) in enumerate(hv):
             hn = horizon_name(h)
             row.update(M.bootstrap_ci(f"auc_{hn}", auc[0, :, i], level))
@@ -369,16 +397,17 @@ def evaluate_phecode(
                 row.update(M.bootstrap_ci(f"base_auc_{hn}", auc[1, :, i], level))
                 row.update(M.bootstrap_ci(f"delta_auc_{hn}", auc[0, :, i] - auc[1, :, i], level))
     zm = (rm - rm.mean()) / (rm.std() or 1.0)
-    hr = _hr_per_sd(zm, t, e, level)
+    adjusted = have_b and rb.std() > 0
+    hrs = _hr_per_sd(np.c_[zm, (rb - rb.mean()) / rb.std()] if adjusted else zm, t, e, level)
+    hr = hrs[0]
     row.update(
         hr_per_sd=np.exp(hr["coef"]),
         hr_per_sd_lo=np.exp(hr["lo"]),
         hr_per_sd_hi=np.exp(hr["hi"]),
         p_value=hr["p"],
     )
-    if have_b and rb.std() > 0:
-        zb = (rb - rb.mean()) / rb.std()
-        hra = _hr_per_sd(np.c_[zm, zb], t, e, level)
+    if adjusted:
+        hra = hrs[1]
         row.update(
             hr_per_sd_adj=np.exp(hra["coef"]),
             hr_per_sd_adj_lo=np.exp(hra["lo"]),
@@ -397,11 +426,11 @@ def evaluate_phecode(
     grid = grid_days[grid_days < t.max()]
     gi = len(horizons_days) + np.flatnonzero(grid_days < t.max())
     if len(grid) >= 2:
-        row["ibs"] = M.integrated_brier_score(t, e, sm[:, gi], grid)
+        row["ibs"] = M.integrated_brier_score(t, e, sm[:, gi], grid, index=ti)
         if have_b:
-            row["base_ibs"] = M.integrated_brier_score(t, e, sb[:, gi], grid)
+            row["base_ibs"] = M.integrated_brier_score(t, e, sb[:, gi], grid, index=ti)
         km = M.km_at(t, e, grid)
-        row["ibs_km"] = M.integrated_brier_score(t, e, np.tile(km, (len(t), 1)), grid)
+        row["ibs_km"] = M.integrated_brier_score(t, e, np.tile(km, (len(t), 1)), grid, index=ti)
     for i, (h, d) in enumerate(zip(cfg["horizons_years"], horizons_days)):
         if not d < t.max():
             continue
@@ -410,43 +439,35 @@ def evaluate_phecode(
             if s is None:
                 continue
             risk = 1.0 - s[:, i]
-            for r in M.calibration_deciles(t, e, risk, d):
+            for r in M.calibration_deciles(t, e, risk, d, index=ti):
                 cal_rows.append({"phecode": phecode, "model": name, "horizon_years": h, **r})
             prefix = "" if name == "model" else "base_"
             row[f"{prefix}eo_{horizon_name(h)}"] = risk.mean() / obs if obs > 0 else np.nan
-    # subgroups
-    groups = {
-        "sex": np.where(cohort.male[sel] == 1, "M", "F"),
-        "age_band": _age_band(cohort.age[sel], cfg["age_bands"]),
-    }
-    if (cohort.site != "").any():
-        groups["site"] = cohort.site[sel].astype(object)
+    # subgroups (their C came with the bootstrap pass)
     flags = []
     c_all = row["c_harrell"]
-    for gname, labels in groups.items():
-        for lab in sorted(set(labels.tolist())):
-            m = labels == lab
-            ne = int(e[m].sum())
-            rec = {
-                "phecode": phecode,
-                "subgroup": gname,
-                "level": str(lab),
-                "n": int(m.sum()),
-                "n_events": ne,
-            }
-            if ne >= 1 and m.sum() >= 2:
-                c = M.concordance(t[m], e[m], [rm[m], rb[m]])["harrell"][:, 0]
-                rec["c_harrell"], rec["base_c_harrell"] = float(c[0]), float(c[1])
-            else:
-                rec["c_harrell"] = rec["base_c_harrell"] = np.nan
-            rec["flag"] = bool(
-                ne >= cfg["subgroup_min_events"]
-                and np.isfinite(rec["c_harrell"])
-                and rec["c_harrell"] < c_all - cfg["subgroup_drop"]
-            )
-            if rec["flag"]:
-                flags.append(f"{gname}={lab} C {rec['c_harrell']:.3f}")
-            sub_rows.append(rec)
+    for li, (gname, lab) in enumerate(levels):
+        m = masks[li]
+        ne = int(e[m].sum())
+        rec = {
+            "phecode": phecode,
+            "subgroup": gname,
+            "level": str(lab),
+            "n": int(m.sum()),
+            "n_events": ne,
+        }
+        if ne >= 1 and m.sum() >= 2:
+            rec["c_harrell"], rec["base_c_harrell"] = float(c_sub[0, li]), float(c_sub[1, li])
+        else:
+            rec["c_harrell"] = rec["base_c_harrell"] = np.nan
+        rec["flag"] = bool(
+            ne >= cfg["subgroup_min_events"]
+            and np.isfinite(rec["c_harrell"])
+            and rec["c_harrell"] < c_all - cfg["subgroup_drop"]
+        )
+        if rec["flag"]:
+            flags.append(f"{gname}={lab} C {rec['c_harrell']:.3f}")
+        sub_rows.append(rec)
     row["subgroup_flags"] = "; ".join(flags)
     if reasons:
         row["failure_reason"] = "; ".join(reasons)
@@ -595,6 +616,8 @@ def _run_batch(
     W_all = M.bootstrap_weights(
         cohort.n, cfg["bootstrap"], np.random.SeedSequence([cfg["seed"], 0xB0075])
     )
+    # integer draw counts, persons by rows: each phecode's selection is a row gather
+    W_all = np.ascontiguousarray(W_all.T, dtype=np.int16 if W_all.max() < 2**15 else np.int32).T
     rows, subs, cals = [], [], []
     for j, code in enumerate(progress(phecodes, desc="atlas batch", unit="phecode")):
         row = {
