@@ -526,6 +526,19 @@ def _release_source(cfg: dict, release_scores):
     return read_release_scores(path)
 
 
+def _cohort(cfg: dict, embeddings, release_scores, labels, persons, sheet):
+    """(the release scores or None, the cohort): the night features are the published head's
+    scores with ``atlas.feature_source: release_scores``, else the night embeddings."""
+    scores = _release_source(cfg, release_scores)
+    if scores is not None:
+        from psgfm.atlas.release_scores import release_night
+
+        night = release_night(scores)
+    else:
+        night = read_night_embeddings(embeddings, cfg["modalities"])
+    return scores, build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
+
+
 def _run_batch(
     phecodes,
     embeddings,
@@ -540,15 +553,10 @@ def _run_batch(
 ):
     cfg = atlas_config(config)
     t0 = _time.perf_counter()
-    scores = _release_source(cfg, release_scores)
+    scores, cohort = _cohort(cfg, embeddings, release_scores, labels, persons, sheet)
     if scores is not None:
-        from psgfm.atlas.release_scores import fit_score_folds, release_night, score_alone
+        from psgfm.atlas.release_scores import fit_score_folds, score_alone
         from psgfm.atlas.release_scores import score_matrix as _score_matrix
-
-        night = release_night(scores)
-    else:
-        night = read_night_embeddings(embeddings, cfg["modalities"])
-    cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
     folds = assign_folds(cohort.person_id, cfg["split"], cfg["seed"])
     summ = read_summary(summary).set_index("phecode").loc[phecodes]
     time, event, include, status = load_labels(labels, phecodes, cohort.person_id)
@@ -763,14 +771,7 @@ def gather(
     dropped = pd.DataFrame(columns=["person_id", "reason", "detail"])
     n_cohort = None
     if embeddings is not None or release_scores is not None:
-        scores = _release_source(cfg, release_scores)
-        if scores is not None:
-            from psgfm.atlas.release_scores import release_night
-
-            night = release_night(scores)
-        else:
-            night = read_night_embeddings(embeddings, cfg["modalities"])
-        cohort = build_cohort(night, label_persons(labels), persons, sheet, cfg["covariates"])
+        _, cohort = _cohort(cfg, embeddings, release_scores, labels, persons, sheet)
         dropped, n_cohort = cohort.dropped, cohort.n
     write_text(dropped.to_csv(sep="\t", index=False), out["persons"])
     prov = provenance("atlas", cfg)

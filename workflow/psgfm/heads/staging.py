@@ -43,7 +43,12 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from psgfm.io import atomic_path
-from psgfm.model.checkpoint import CheckpointError, read_checkpoint, strip_prefix
+from psgfm.model.checkpoint import (
+    CheckpointError,
+    read_checkpoint,
+    state_dict_mismatch,
+    strip_prefix,
+)
 from psgfm.model.encoder import AttentionPooling, PositionalEncoding
 
 STAGES = ("W", "N1", "N2", "N3", "REM")
@@ -262,22 +267,8 @@ def load_state(model: StagingHead, state: dict, source: str) -> None:
     """Load a state_dict (with or without ``module.``/``_orig_mod.`` prefixes) strictly,
     naming missing, unexpected and wrongly shaped keys."""
     state = strip_prefix(state)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or wrong:
-        lines = []
-        if missing:
-            lines.append(f"missing {len(missing)} key(s): {missing[:8]}")
-        if unexpected:
-            lines.append(f"unexpected {len(unexpected)} key(s): {unexpected[:8]}")
-        for k in wrong[:8]:
-            lines.append(
-                f"shape of {k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-            )
+    lines = state_dict_mismatch(model, state)
+    if lines:
         raise CheckpointError(
             f"{source} does not fit the staging head {model.cfg.to_dict()}:\n  "
             + "\n  ".join(lines)

@@ -122,6 +122,28 @@ def read_checkpoint(path: str | Path) -> dict:
     )
 
 
+def state_dict_mismatch(model, state: dict, strict: bool = True) -> list[str]:
+    """How ``state`` (prefixes already stripped) fails to fit ``model``: one line for the
+    missing keys, one for the unexpected keys (both only when ``strict``) and one per wrongly
+    shaped key (up to 8 of each); empty when it fits."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    lines = []
+    if strict and missing:
+        lines.append(f"missing {len(missing)} key(s): {missing[:8]}")
+    if strict and unexpected:
+        lines.append(f"unexpected {len(unexpected)} key(s): {unexpected[:8]}")
+    lines += [
+        f"shape of {k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in wrong[:8]
+    ]
+    return lines
+
+
 def load_encoder(
     path: str | Path,
     size: str | dict | EncoderConfig | None = None,
@@ -147,22 +169,8 @@ def load_encoder(
         )
     model = SleepEncoder(encoder_config(cfg))
     state = strip_prefix(ckpt["state_dict"])
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if wrong or (strict and (missing or unexpected)):
-        lines = []
-        if missing:
-            lines.append(f"missing {len(missing)} key(s): {missing[:8]}")
-        if unexpected:
-            lines.append(f"unexpected {len(unexpected)} key(s): {unexpected[:8]}")
-        for k in wrong[:8]:
-            lines.append(
-                f"shape of {k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-            )
+    lines = state_dict_mismatch(model, state, strict=strict)
+    if lines:
         raise CheckpointError(
             f"{path} does not fit the {'given' if size else 'base'} encoder:\n  "
             + "\n  ".join(lines)

@@ -44,7 +44,12 @@ import torch
 from psgfm import MODALITIES
 from psgfm.atlas.neural import DiagnosisCoxHead
 from psgfm.io import raise_if_environment, write_parquet
-from psgfm.model.checkpoint import CheckpointError, read_checkpoint, strip_prefix
+from psgfm.model.checkpoint import (
+    CheckpointError,
+    read_checkpoint,
+    state_dict_mismatch,
+    strip_prefix,
+)
 from psgfm.phenome.maps import SLEEPFM_N_LABELS as N_LABELS
 from psgfm.phenome.maps import sleepfm_label_vocabulary as label_vocabulary
 
@@ -101,23 +106,8 @@ def load_release_head(path: str | Path) -> DiagnosisCoxHead:
         ) from err
     state = strip_prefix(ckpt["state_dict"])
     model = release_head()
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or wrong:
-        lines = []
-        if missing:
-            lines.append(f"missing {len(missing)} key(s): {missing[:8]}")
-        if unexpected:
-            lines.append(f"unexpected {len(unexpected)} key(s): {unexpected[:8]}")
-        for k in wrong[:8]:
-            lines.append(
-                f"shape of {k}: file {tuple(state[k].shape)}, release head "
-                f"{tuple(expected[k].shape)}"
-            )
+    lines = state_dict_mismatch(model, state)
+    if lines:
         raise ReleaseHeadError(
             f"{path} is not the release's disease head (DiagnosisFinetuneFullLSTMCOXPHWithDemo, "
             "1,065 labels):\n  " + "\n  ".join(lines) + "\nrelease_head.checkpoint must be "
