@@ -28,7 +28,9 @@ from psgfm.heads.staging import (
 )
 from psgfm.model.checkpoint import CheckpointError
 
-LAYOUT = Path("/work/shared/reference/sleepfm_state_dict_layout.json")
+LAYOUT = (
+    Path(__file__).resolve().parents[2] / "shared" / "reference" / "sleepfm_state_dict_layout.json"
+)
 NAME = "SleepEventLSTMClassifier (model_sleep_staging)"
 
 
