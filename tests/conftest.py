@@ -14,6 +14,7 @@ import edfio
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "psg"
@@ -62,6 +63,25 @@ def copy_workflow(dest: Path) -> Path:
         elif src.exists():
             shutil.copy2(src, dest / name)
     return dest
+
+
+def generated_cohort_config(
+    wf: Path, demo_dir: Path, n_subjects: int, hours: float, seed: int, batch_size: int
+) -> dict:
+    """The repository's config pointed at a cohort that ``generate_demo_cohort`` wrote to
+    ``demo_dir`` (same size and seed), with results under the workflow copy ``wf``: samples,
+    results, the demo block, harmonise batches of ``batch_size`` (hypnogram tolerance 60 s for
+    the short generated nights) and the cohort's EHR as the phenome inputs."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["samples"] = str(demo_dir / "recordings.tsv")
+    cfg["results"] = str(wf / "results")
+    cfg["demo"].update(out_dir=str(demo_dir), n_subjects=n_subjects, hours=hours, seed=seed)
+    cfg["harmonise"].update(batch_size=batch_size, hypnogram_tolerance_s=60)
+    cfg["phenome"].update(
+        diagnoses=str(demo_dir / "ehr" / "diagnoses.parquet"),
+        persons=str(demo_dir / "ehr" / "persons.parquet"),
+    )
+    return cfg
 
 
 def seed_map_cache(workdir: Path) -> bool:

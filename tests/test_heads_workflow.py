@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, copy_workflow, run_snakemake
+from conftest import copy_workflow, generated_cohort_config, run_snakemake
 
 
 @pytest.mark.slow
@@ -18,16 +18,7 @@ def test_staging_rules_run_under_snakemake(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     demo = wf / "demo"
     generate_demo_cohort(str(demo), n_subjects=8, hours=0.25, seed=5)
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["samples"] = str(demo / "recordings.tsv")
-    cfg["results"] = str(wf / "results")
-    cfg["demo"].update(out_dir=str(demo), n_subjects=8, hours=0.25, seed=5)
-    cfg["harmonise"]["batch_size"] = 4
-    cfg["harmonise"]["hypnogram_tolerance_s"] = 60
-    cfg["phenome"].update(
-        diagnoses=str(demo / "ehr" / "diagnoses.parquet"),
-        persons=str(demo / "ehr" / "persons.parquet"),
-    )
+    cfg = generated_cohort_config(wf, demo, n_subjects=8, hours=0.25, seed=5, batch_size=4)
     cfg["model"]["splits"] = {"pretrain": 0.4, "validation": 0.2, "train": 0.1, "test": 0.3}
     cfg["pretrain"].update(batch_size=4, max_steps=2, eval_every=1, checkpoint_every=1)
     cfg["probe"] = {"enabled": True, "truth": str(demo / "truth.json")}

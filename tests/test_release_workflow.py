@@ -12,21 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import ROOT, copy_workflow, run_snakemake, seed_map_cache
+from conftest import ROOT, copy_workflow, generated_cohort_config, run_snakemake, seed_map_cache
 from test_release_head import random_head, release_forward
 
 
 def _config(wf, demo_dir):
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["samples"] = str(demo_dir / "recordings.tsv")
-    cfg["results"] = str(wf / "results")
-    cfg["demo"].update(out_dir=str(demo_dir), n_subjects=5, hours=0.15, seed=7)
-    cfg["harmonise"].update(batch_size=5, hypnogram_tolerance_s=60)  # one batch
-    cfg["phenome"].update(
-        diagnoses=str(demo_dir / "ehr" / "diagnoses.parquet"),
-        persons=str(demo_dir / "ehr" / "persons.parquet"),
-        min_cases=1,
-    )
+    # one harmonise batch
+    cfg = generated_cohort_config(wf, demo_dir, n_subjects=5, hours=0.15, seed=7, batch_size=5)
+    cfg["phenome"]["min_cases"] = 1
     cfg["model"].update(size="base", checkpoint=str(wf / "weights" / "model_base" / "best.pt"))
     cfg["release_head"] = {"checkpoint": str(wf / "weights" / "model_diagnosis" / "best.pth")}
     cfg["atlas"].update(feature_source="release_scores", n_batches=1, bootstrap=5, min_events=2)

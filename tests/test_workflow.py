@@ -13,7 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, copy_workflow, run_snakemake, seed_map_cache
+from conftest import (
+    ROOT,
+    copy_workflow,
+    generated_cohort_config,
+    run_snakemake,
+    seed_map_cache,
+)
 
 from psgfm.io import sha256_file
 
@@ -63,16 +69,7 @@ def tiny_run(tmp_path_factory):
     tmp = copy_workflow(tmp_path_factory.mktemp("dag") / "wf")
     demo_dir = tmp / "demo"
     generate_demo_cohort(str(demo_dir), n_subjects=4, hours=0.15, seed=7)
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["samples"] = str(demo_dir / "recordings.tsv")
-    cfg["results"] = str(tmp / "results")
-    cfg["demo"].update(out_dir=str(demo_dir), n_subjects=4, hours=0.15, seed=7)
-    cfg["harmonise"]["batch_size"] = 2
-    cfg["harmonise"]["hypnogram_tolerance_s"] = 60
-    cfg["phenome"].update(
-        diagnoses=str(demo_dir / "ehr" / "diagnoses.parquet"),
-        persons=str(demo_dir / "ehr" / "persons.parquet"),
-    )
+    cfg = generated_cohort_config(tmp, demo_dir, n_subjects=4, hours=0.15, seed=7, batch_size=2)
     # 3 usable recordings of 2 chunks: 2 pretrain subjects, 1 validation subject
     cfg["model"]["splits"] = {"pretrain": 0.7, "validation": 0.3, "train": 0.0, "test": 0.0}
     cfg["pretrain"].update(batch_size=2, max_steps=2, eval_every=1, checkpoint_every=1)
