@@ -994,3 +994,36 @@ def test_a_reference_without_calibration_costs_only_the_channels_it_serves(tmp_p
     np.testing.assert_array_equal(
         kept.column("C4-M1").to_numpy(), intact.column("C4-M1").to_numpy()
     )
+
+
+def _spo2(n: int, rail: float, at_rail: float, range_=(0.0, 100.0)) -> dict:
+    """A saturation trace around 96 % with ``at_rail`` of its samples on ``rail``."""
+    rng = np.random.default_rng(5)
+    x = 96 + rng.normal(0, 1.0, n).clip(-4, 3)
+    x[: int(at_rail * n)] = rail
+    return {"label": "SpO2", "data": x, "fs": 1, "unit": "%", "range": range_}
+
+
+@pytest.mark.parametrize(
+    "rail,range_,kept",
+    [
+        (100.0, (0.0, 100.0), True),  # saturated at 100 %: physiology, kept
+        (0.0, (0.0, 100.0), False),  # stuck at the 0 % rail: a sensor off the finger
+        (127.0, (0.0, 127.0), False),  # a 0..127 channel at 127 (an "invalid" code): clipping
+    ],
+    ids=["at_100", "at_0", "at_127"],
+)
+def test_spo2_at_its_ceiling_is_not_clipping(tmp_path, rail, range_, kept):
+    """The SpO2 rule's `ceiling: 100`: a saturation that sits at 100 % for 20 % of the night
+    was dropped as "clipped" (demo-089 lost its oximeter); only the lower rail, or a max rail
+    above the ceiling, counts as clipping there."""
+    sigs = signals(0, ()) + [_spo2(DUR, rail, 0.2, range_)]
+    edf = write_edf(tmp_path / "spo2.edf", sigs)
+    qc = harmonise_batch([_row("spo2", edf)], tmp_path / "out", CFG).set_index("recording_id")
+    audit = pd.read_parquet(tmp_path / "out" / "spo2.audit.parquet").set_index("source_label")
+    assert qc.loc["spo2", "status"] == "ok"
+    assert bool(audit.loc["SpO2", "used"]) == kept, audit.loc["SpO2", "reason"]
+    if kept:
+        assert audit.loc["SpO2", "clipped_fraction"] == 0
+    else:
+        assert re.search(r"clipped: 20\.0% of samples", audit.loc["SpO2", "reason"])

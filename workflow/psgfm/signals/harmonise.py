@@ -195,11 +195,16 @@ def read_native(
     return out
 
 
-def _clip_fraction(x: np.ndarray, sig) -> float:
+def _clip_fraction(x: np.ndarray, sig, ceiling: float | None = None) -> float:
+    """Fraction of samples on the physical min/max rails (within one quantum). A max rail at the
+    quantity's physiological ceiling (a rule's ``ceiling``: SpO2 at 100 %) is not clipping: a
+    saturation that sits at 100 % is normal, so only the lower rail counts there."""
     span = sig.physical_max - sig.physical_min
     steps = max(sig.digital_max - sig.digital_min, 1)
     quantum = abs(span) / steps
     lo, hi = sorted((sig.physical_min, sig.physical_max))
+    if ceiling is not None and abs(hi - ceiling) <= quantum:
+        return float(np.mean(x <= lo + quantum))
     return float(np.mean((x <= lo + quantum) | (x >= hi - quantum)))
 
 
@@ -318,7 +323,7 @@ def harmonise_recording(
         ripple at its edges)."""
         sig = signals[i]
         x = native.pop(sig.label)
-        clipped = _clip_fraction(x, sig)
+        clipped = _clip_fraction(x, sig, ceilings.get(i))
         finite = np.isfinite(x)
         nan_frac = 0.0 if finite.all() else float(np.mean(~finite))
         scale = 1.0
@@ -346,10 +351,13 @@ def harmonise_recording(
 
     # every needed source channel is converted once, in the unit of the first rule using it
     units: dict[int, str | None] = {}
+    ceilings: dict[int, float] = {}
     for a in assignments:
         if a.role == "signal":
             for j in (a.index, *a.reference_indices):
                 units.setdefault(j, a.rule.unit)
+            if a.rule.ceiling is not None:
+                ceilings.setdefault(a.index, a.rule.ceiling)
     # channels in parallel with the rule's threads (cfg "threads", set by the rule script):
     # the polyphase filter (scipy's upfirdn) and the reader's numpy work release the GIL
     threads = min(int(cfg.get("threads", 1)), len(units))

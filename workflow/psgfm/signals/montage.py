@@ -145,6 +145,9 @@ class Rule:
     unit: str | None = "uV"
     min_fs: float = 0.0
     origin: str = "rules"  # "site:<name>", "rules" or "vocabulary"
+    # the physiological ceiling of the quantity (SpO2: 100 %): samples on a physical-max rail
+    # at this value are physiology, not amplifier clipping
+    ceiling: float | None = None
     prefixes: tuple[str, ...] = ()  # labels written with a trailing "*"
 
     def match(self, keys: LabelKeys) -> bool:
@@ -228,8 +231,17 @@ class Assignment:
         return f"the reference ({self.family}) for {', '.join(self.used_by)}"
 
 
+def _ceiling(entry: dict, path: str, where: str) -> float | None:
+    value = entry.get("ceiling")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RulesError(f"{path}: {where}: `ceiling` must be a number (SpO2: 100), got {value!r}")
+    return float(value)
+
+
 def _rule_from_entry(entry: dict, defaults: dict, origin: str, path: str, where: str) -> Rule:
-    allowed = {"canonical", "modality", "labels", "reference", "unit", "min_fs"}
+    allowed = {"canonical", "modality", "labels", "reference", "unit", "min_fs", "ceiling"}
     if not isinstance(entry, dict):
         raise RulesError(f"{path}: {where}: expected a mapping with canonical, modality, labels")
     unknown = set(entry) - allowed
@@ -269,6 +281,7 @@ def _rule_from_entry(entry: dict, defaults: dict, origin: str, path: str, where:
         min_fs=float(entry.get("min_fs", mdef.get("min_fs", 0.0))),
         origin=origin,
         prefixes=parsed.prefixes,
+        ceiling=_ceiling(entry, path, where),
     )
 
 
