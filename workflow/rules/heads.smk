@@ -9,6 +9,7 @@ STAGING_HEAD = STAGING["checkpoint"] or f"{STAGING_OUT}/pretrained/head.pt"
 STAGING_RANDOM = (
     STAGING["random_init_baseline"] and config["probe"]["enabled"] and bool(PROBE_TRUTH)
 )
+STAGING_YASA = STAGING["yasa_baseline"]
 STAGING_EMBEDDINGS = {
     "pretrained": expand(f"{EMBED_OUT}/{{batch}}", batch=BATCHES),
     "random_init": expand(f"{RESULTS}/probe/random_init/{{batch}}", batch=BATCHES),
@@ -63,6 +64,29 @@ rule heads_staging_predict:
         "../scripts/heads_staging_predict.py"
 
 
+# YASA's pretrained stager on the scored test recordings of one harmonise batch (a rule of its
+# own: it needs neither the head nor the embeddings, so retraining the head re-runs only the
+# evaluation, and its hypnograms and the list of recordings it cannot stage are kept).
+rule heads_staging_yasa:
+    input:
+        harmonised=f"{RESULTS}/harmonised/{{batch}}",
+        splits=f"{MODEL_OUT}/splits.tsv",
+        sheet=config["samples"],
+        persons=f"{PHENOME_OUT}/persons.parquet",
+    output:
+        directory(f"{STAGING_OUT}/yasa/{{batch}}"),
+    log:
+        f"{RESULTS}/logs/heads_staging_yasa/{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads_staging_yasa/{{batch}}.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        min_minutes=STAGING["yasa_min_minutes"],
+    script:
+        "../scripts/heads_staging_yasa.py"
+
+
 rule heads_staging_evaluate:
     input:
         unpack(
@@ -79,6 +103,11 @@ rule heads_staging_evaluate:
                         "random_embeddings": STAGING_EMBEDDINGS["random_init"],
                     }
                     if STAGING_RANDOM
+                    else {}
+                ),
+                **(
+                    {"yasa": expand(f"{STAGING_OUT}/yasa/{{batch}}", batch=BATCHES)}
+                    if STAGING_YASA
                     else {}
                 ),
             }

@@ -19,4 +19,5 @@ evaluate_staging(
     dict(snakemake.output.items()),
     snakemake.params.staging,
     random_init,
+    list(inp.yasa) if hasattr(inp, "yasa") else None,
 )

@@ -12,9 +12,15 @@ epochs:
   a standardised logistic regression on the mean token embedding of each epoch, modalities
   concatenated) fitted on the scored epochs of every non-test recording;
 - ``random_init``: the same head trained on the random-init encoder's tokens
-  (``embed_random``), where the run has them.
+  (``embed_random``), where the run has them;
+- ``yasa``: YASA's pretrained stager (:mod:`psgfm.heads.yasa_baseline`, rule
+  ``heads_staging_yasa``), where ``heads.staging.yasa_baseline``. Its rows and its
+  difference row are on the epochs YASA staged: the recordings it could not stage (listed in
+  its ``unstaged.tsv``) and any epoch it has no prediction for are left out of them, and their
+  ``n_recordings`` / ``n_epochs`` say how many remain.
 
-``difference`` rows give the head's macro-F1 minus each baseline's with a paired bootstrap CI.
+``difference`` rows give the head's macro-F1 minus each baseline's with a paired bootstrap CI
+(both models on the same epochs).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from psgfm import MODALITIES
 from psgfm.heads.data import read_night, token_files
 from psgfm.heads.staging import STAGES, load_staging, predict_night
 from psgfm.heads.train import read_splits, staging_cfg
+from psgfm.heads.yasa_baseline import read_yasa
 from psgfm.io import atomic_path
 from psgfm.model.probe import paired_bootstrap, stage_probe
 from psgfm.signals.nightscore import stage_files
@@ -158,11 +165,12 @@ def evaluate_staging(
     out: dict,
     cfg: dict | None = None,
     random_init: tuple | None = None,
+    yasa_dirs=None,
 ) -> pd.DataFrame:
     """Metrics table (``out['tsv']``: model, metric, value, lo, hi, n_recordings, n_epochs),
     row-normalised confusion matrix (``out['confusion']``) and predicted-vs-scored hypnograms
     of a few test recordings (``out['examples']``). ``random_init``: (head path, embed dirs of
-    the random-init encoder)."""
+    the random-init encoder); ``yasa_dirs``: the ``heads_staging_yasa`` folders."""
     cfg = staging_cfg(cfg)
     split = read_splits(splits_path)
     stg = stage_files(harmonised_dirs)
@@ -219,25 +227,40 @@ def evaluate_staging(
             at = pd.Series(p["probs"].argmax(1), index=p["epoch"])
             rp.append(at.reindex(epochs_of[r][0]).to_numpy())
         models["random_init_head"] = np.concatenate(rp).astype(int)
+    covered = {}  # epochs a baseline staged, where it did not stage them all
+    if yasa_dirs is not None:
+        models["yasa"], covered["yasa"] = _yasa_predictions(yasa_dirs, test_ids, epochs_of)
 
     n_boot, seed = int(cfg["n_boot"]), int(cfg["seed"])
     for name, pred in models.items():
-        t = bootstrap_metrics(y, pred, groups, n_boot, seed)
+        sel = covered.get(name, slice(None))
+        if not len(y[sel]):
+            log.warning("%s staged no scored test epoch: its rows are empty", name)
+            t = pd.DataFrame({"metric": list(METRICS), "value": np.nan, "lo": np.nan})
+            t["hi"] = np.nan
+        else:
+            t = bootstrap_metrics(y[sel], pred[sel], groups[sel], n_boot, seed)
+            log.info("%s: macro-F1 %.3f, kappa %.3f", name, t.iloc[0]["value"], t.iloc[1]["value"])
         t.insert(0, "model", name)
+        t["n_recordings"], t["n_epochs"] = len(np.unique(groups[sel])), len(y[sel])
         rows.append(t)
-        log.info("%s: macro-F1 %.3f, kappa %.3f", name, t.iloc[0]["value"], t.iloc[1]["value"])
     diffs = []
     for name, pred in models.items():
         if name == "staging_head":
             continue
-        d = paired_bootstrap(
-            lambda a, b: stage_metrics(a, b)["macro_f1"],
-            y,
-            models["staging_head"],
-            pred,
-            groups,
-            n_boot,
-            seed,
+        sel = covered.get(name, slice(None))
+        d = (
+            paired_bootstrap(
+                lambda a, b: stage_metrics(a, b)["macro_f1"],
+                y[sel],
+                models["staging_head"][sel],
+                pred[sel],
+                groups[sel],
+                n_boot,
+                seed,
+            )
+            if len(y[sel])
+            else {"diff": np.nan, "lo": np.nan, "hi": np.nan}
         )
         diffs.append(
             {
@@ -246,17 +269,43 @@ def evaluate_staging(
                 "value": d["diff"],
                 "lo": d["lo"],
                 "hi": d["hi"],
+                "n_recordings": len(np.unique(groups[sel])),
+                "n_epochs": len(y[sel]),
             }
         )
     table = pd.concat([*rows, pd.DataFrame(diffs)], ignore_index=True)
-    table["n_recordings"] = len(test_ids)
-    table["n_epochs"] = len(y)
     with atomic_path(out["tsv"]) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     _confusion_png(y, models["staging_head"], out["confusion"])
     k = int(cfg["examples"])
     _examples_png(epochs_of, preds, test_ids[:k], out["examples"])
     return table
+
+
+def _yasa_predictions(yasa_dirs, test_ids, epochs_of) -> tuple[np.ndarray, np.ndarray]:
+    """YASA's stage code on the evaluation's epochs (-1 where it has none) and the mask of
+    the epochs it staged; the test recordings it could not stage are logged with the
+    reason."""
+    preds, unstaged = read_yasa(yasa_dirs)
+    why = dict(zip(unstaged["recording_id"], unstaged["reason"], strict=True))
+    codes = []
+    for r in test_ids:
+        ep = epochs_of[r][0]
+        if r in preds:
+            codes.append(preds[r].reindex(ep).fillna(-1).to_numpy(np.int64))
+        else:
+            log.warning("YASA did not stage test recording %s: %s", r, why.get(r, "no output"))
+            codes.append(np.full(len(ep), -1, np.int64))
+    pred = np.concatenate(codes)
+    mask = pred >= 0
+    log.info(
+        "YASA staged %d of %d test recordings, %d of %d epochs",
+        sum(r in preds for r in test_ids),
+        len(test_ids),
+        int(mask.sum()),
+        len(mask),
+    )
+    return pred, mask
 
 
 def _confusion_png(y, pred, path) -> None:

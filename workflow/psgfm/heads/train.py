@@ -58,6 +58,8 @@ STAGING_DEFAULTS = {
     "n_boot": 1000,
     "random_init_baseline": True,
     "examples": 3,
+    "yasa_baseline": True,
+    "yasa_min_minutes": 5.0,
 }
 TRAIN_SPLITS = ("pretrain", "train")
 

@@ -10,10 +10,9 @@ Subcommands (run from the repository root):
 ``run`` (default)
     Generate a cohort (timed: seconds per subject-hour), then measure on it
 
-    * YASA's pretrained sleep stager (trained on real PSG; ``pip install yasa`` or
-      ``pip install -e '.[calibrate]'``) against the scored hypnograms the cohort ships and
-      against the clean stages in truth.json: macro-F1, Cohen's kappa, accuracy, per-class F1,
-      confusion matrix;
+    * YASA's pretrained sleep stager (trained on real PSG; a project dependency) against the
+      scored hypnograms the cohort ships and against the clean stages in truth.json: macro-F1,
+      Cohen's kappa, accuracy, per-class F1, confusion matrix;
     * a single-epoch linear probe on hand-made spectral features (log band powers of the same
       EEG/EOG/EMG channels; logistic regression, folds by recording): a rough stand-in for
       what a linear probe on an untrained encoder can read from one epoch;
