@@ -1,7 +1,7 @@
 """The heads' rules under Snakemake on a tiny generated cohort: the staging head's training
 (pretrained and random-init tokens), a predicted hypnogram for every embedded recording, the
-evaluation on the test subjects with its baselines, and the AHI/ODI table; a second run has
-nothing to do."""
+evaluation on the test subjects with its baselines (YASA's stager among them), and the AHI/ODI
+table; a second run has nothing to do."""
 
 from __future__ import annotations
 
@@ -44,15 +44,24 @@ def test_staging_rules_run_under_snakemake(tmp_path):
     }
     assert embedded and predicted == embedded  # every recording, scored or not
     ev = pd.read_csv(out / "evaluation.tsv", sep="\t")
-    assert {"staging_head", "majority", "linear_probe", "random_init_head", "difference"} <= set(
+    assert {"staging_head", "majority", "linear_probe", "random_init_head", "yasa"} <= set(
         ev["model"]
     )
+    assert "macro_f1_head_minus_yasa" in set(ev["metric"])
     scored_test = {
         r
         for r in splits.loc[splits["split"] == "test", "recording_id"]
         if list((wf / "results" / "harmonised").glob(f"*/{r}.stages.parquet"))
     }
     assert set(ev["n_recordings"]) == {len(scored_test)} and len(scored_test) >= 1
+    # YASA staged every scored test recording (whole-epoch quarter-hour nights with EEG), from
+    # the demo's C4-M1, E1-M2 and Chin with each person's age and sex
+    staged = pd.concat(
+        pd.read_csv(p, sep="\t") for p in (out / "yasa").glob("*/staged.tsv")
+    ).set_index("recording_id")
+    assert set(staged.index) == scored_test
+    assert (staged["eeg"] == "C4-M1").any() and staged["age"].between(18, 100).all()
+    assert all(pd.read_csv(p, sep="\t").empty for p in (out / "yasa").glob("*/unstaged.tsv"))
     head = ev[ev["model"] == "staging_head"].set_index("metric")
     assert 0 <= head.loc["macro_f1", "value"] <= 1
     summary = yaml.safe_load((out / "pretrained" / "summary.json").read_text())

@@ -6,7 +6,9 @@ embeddings, trained on the model stage's subject splits (docs/heads.md).
 - :mod:`psgfm.heads.data`: a whole night's 5-s token embeddings from what ``embed`` writes,
   with their modality masks and the harmonised stage labels;
 - :mod:`psgfm.heads.train`: training (resumable), prediction of every recording's hypnogram
-  and evaluation on the test subjects.
+  and evaluation on the test subjects;
+- :mod:`psgfm.heads.yasa_baseline`: YASA's pretrained stager on the scored test recordings,
+  a baseline of the evaluation.
 
 Night indices scored from annotations (AHI, ODI) live below this package, in
 :mod:`psgfm.signals.nightscore`, shared with the atlas.
