@@ -10,6 +10,8 @@ STAGING_RANDOM = (
     STAGING["random_init_baseline"] and config["probe"]["enabled"] and bool(PROBE_TRUTH)
 )
 STAGING_YASA = STAGING["yasa_baseline"]
+# the head's own config: the yasa_* keys belong to rules heads_staging_yasa and _evaluate only
+STAGING_HEAD_CFG = {k: v for k, v in STAGING.items() if not k.startswith("yasa_")}
 STAGING_EMBEDDINGS = {
     "pretrained": expand(f"{EMBED_OUT}/{{batch}}", batch=BATCHES),
     "random_init": expand(f"{RESULTS}/probe/random_init/{{batch}}", batch=BATCHES),
@@ -41,7 +43,7 @@ rule heads_staging_train:
     conda:
         "../../envs/torch.yaml"
     params:
-        staging=STAGING,
+        staging=STAGING_HEAD_CFG,
     script:
         "../scripts/heads_staging_train.py"
 
@@ -59,7 +61,7 @@ rule heads_staging_predict:
     conda:
         "../../envs/torch.yaml"
     params:
-        staging=STAGING,
+        staging=STAGING_HEAD_CFG,
     script:
         "../scripts/heads_staging_predict.py"
 
