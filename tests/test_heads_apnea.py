@@ -328,3 +328,14 @@ def test_too_few_scored_recordings_leave_the_head_unfitted_with_a_reason(tmp_pat
     assert head["value"].isna().all() and head["note"].str.contains("not fitted").all()
     odi = table[table["model"] == "odi"].set_index("metric")  # the ODI needs no training
     assert odi.loc["auroc_ahi5", "value"] > 0.5
+
+
+def test_no_scored_test_recording_gives_nan_rows(tmp_path):
+    """A cohort without test subjects (the tiny DAG tests' splits) evaluates to NaN rows
+    saying so, not to an error."""
+    dirs, ind_path, sp_path, ind, sp = _write_cohort(tmp_path, seed=8)
+    sp.loc[sp["split"] == "test", "split"] = "pretrain"
+    sp.to_csv(sp_path, sep="\t", index=False)
+    _, _, table = _run(tmp_path, dirs, ind_path, sp_path)
+    assert (table["n_recordings"] == 0).all() and table["value"].isna().all()
+    assert (table["note"] == "no recordings").all()

@@ -149,6 +149,8 @@ def odi_inputs(odi) -> dict:
 
 def _note(metric: str, ahi, score) -> str:
     ahi = np.asarray(ahi, dtype=np.float64)
+    if not len(ahi):
+        return "no recordings"
     if metric.startswith("auroc_ahi"):
         t = float(metric.removeprefix("auroc_ahi"))
         k = int((ahi >= t).sum())
@@ -156,8 +158,6 @@ def _note(metric: str, ahi, score) -> str:
             return f"undefined: {k} of {len(ahi)} recordings have AHI >= {t:g} (one class)"
     if metric == "spearman_ahi" and len(ahi) and (np.ptp(ahi) == 0 or np.ptp(score) == 0):
         return "undefined: constant scored or predicted AHI"
-    if not len(ahi):
-        return "no recordings"
     return ""
 
 
