@@ -6,7 +6,11 @@ embeddings, trained on the model stage's subject splits (docs/heads.md).
 - :mod:`psgfm.heads.data`: a whole night's 5-s token embeddings from what ``embed`` writes,
   with their modality masks and the harmonised stage labels;
 - :mod:`psgfm.heads.train`: training (resumable), prediction of every recording's hypnogram
-  and evaluation on the test subjects.
+  and evaluation on the test subjects;
+- :mod:`psgfm.heads.apnea`: the apnea head (ridge on the night embeddings: log(1 + AHI),
+  presence at 5 and 15, severity) and :mod:`psgfm.heads.apnea_evaluate`, its evaluation
+  beside the ODI and the random-init head;
+- :mod:`psgfm.heads.bootstrap`: the bootstrap over recordings both evaluations share.
 
 Night indices scored from annotations (AHI, ODI) live below this package, in
 :mod:`psgfm.signals.nightscore`, shared with the atlas.
