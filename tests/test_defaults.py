@@ -12,6 +12,7 @@ import yaml
 
 from psgfm.atlas import readout, run
 from psgfm.config import CONFIG_SCHEMA, load_schema
+from psgfm.heads import apnea
 from psgfm.model import embed, pretrain
 from psgfm.signals import export, harmonise
 
@@ -27,6 +28,7 @@ MODULE_DEFAULTS = {
     "model": pretrain.MODEL_DEFAULTS,
     "pretrain": pretrain.PRETRAIN_DEFAULTS,
     "embed": embed.EMBED_DEFAULTS,
+    "heads.apnea": apnea.DEFAULTS,
 }
 
 

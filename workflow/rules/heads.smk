@@ -154,6 +154,89 @@ rule heads_night_indices:
         "../scripts/heads_night_indices.py"
 
 
+# The apnea head (docs/heads.md, "Apnea head"): ridge on the night embeddings, per encoder.
+APNEA = HEADS["apnea"]
+APNEA_OUT = f"{RESULTS}/heads/apnea"
+APNEA_RANDOM = (
+    APNEA["random_init_baseline"] and config["probe"]["enabled"] and bool(PROBE_TRUTH)
+)
+
+
+rule heads_apnea_train:
+    input:
+        embeddings=lambda wildcards: STAGING_EMBEDDINGS[wildcards.encoder],
+        indices=f"{RESULTS}/heads/night_indices.parquet",
+        splits=f"{MODEL_OUT}/splits.tsv",
+    output:
+        model=f"{APNEA_OUT}/{{encoder}}/model.pkl",
+        alphas=f"{APNEA_OUT}/{{encoder}}/alphas.tsv",
+        summary=f"{APNEA_OUT}/{{encoder}}/summary.json",
+    log:
+        f"{RESULTS}/logs/heads_apnea_train/{{encoder}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads_apnea_train/{{encoder}}.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        apnea={
+            k: APNEA[k] for k in ("modalities", "alphas", "min_validation", "cv_folds")
+        },
+    script:
+        "../scripts/heads_apnea_train.py"
+
+
+rule heads_apnea_predict:
+    input:
+        model=f"{APNEA_OUT}/{{encoder}}/model.pkl",
+        embeddings=lambda wildcards: STAGING_EMBEDDINGS[wildcards.encoder],
+        indices=f"{RESULTS}/heads/night_indices.parquet",
+        splits=f"{MODEL_OUT}/splits.tsv",
+    output:
+        table=f"{APNEA_OUT}/{{encoder}}/predictions.parquet",
+        tsv=f"{APNEA_OUT}/{{encoder}}/predictions.tsv",
+    log:
+        f"{RESULTS}/logs/heads_apnea_predict/{{encoder}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads_apnea_predict/{{encoder}}.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/heads_apnea_predict.py"
+
+
+rule heads_apnea_evaluate:
+    input:
+        unpack(
+            lambda wildcards: {
+                "pretrained": f"{APNEA_OUT}/pretrained/predictions.parquet",
+                "indices": f"{RESULTS}/heads/night_indices.parquet",
+                "splits": f"{MODEL_OUT}/splits.tsv",
+                **(
+                    {"random_init": f"{APNEA_OUT}/random_init/predictions.parquet"}
+                    if APNEA_RANDOM
+                    else {}
+                ),
+            }
+        ),
+    output:
+        tsv=f"{APNEA_OUT}/evaluation.tsv",
+        png=report(
+            f"{APNEA_OUT}/evaluation.png",
+            caption="../report/apnea_evaluation.rst",
+            category="Heads",
+        ),
+    log:
+        f"{RESULTS}/logs/heads_apnea_evaluate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/heads_apnea_evaluate.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        apnea={k: APNEA[k] for k in ("n_boot", "seed")},
+    script:
+        "../scripts/heads_apnea_evaluate.py"
+
+
 HEADS_TARGETS = []
 if HEADS["night_indices"]["enabled"]:
     HEADS_TARGETS.append(f"{RESULTS}/heads/night_indices.parquet")
@@ -164,3 +247,5 @@ if STAGING["enabled"]:
     ]
     if not STAGING["checkpoint"]:
         HEADS_TARGETS.append(f"{STAGING_OUT}/pretrained/training_curve.png")
+if APNEA["enabled"]:
+    HEADS_TARGETS.append(f"{APNEA_OUT}/evaluation.tsv")

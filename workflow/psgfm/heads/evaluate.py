@@ -33,6 +33,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 from psgfm import MODALITIES
+from psgfm.heads.bootstrap import resamples
 from psgfm.heads.data import read_night, token_files
 from psgfm.heads.staging import STAGES, load_staging, predict_night
 from psgfm.heads.train import read_splits, staging_cfg
@@ -99,16 +100,12 @@ def bootstrap_metrics(y, pred, groups, n_boot: int = 1000, seed: int = 0) -> pd.
     resample scored by :func:`stage_metrics`, the same definitions from the confusion
     matrix)."""
     y, pred, groups = map(np.asarray, (y, pred, groups))
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
     reps = []
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a resample may lack a class (balanced accuracy)
-        for _ in range(n_boot):
-            idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        for idx in resamples(groups, n_boot, seed):
             reps.append(stage_metrics(y[idx], pred[idx]))
         point = sklearn_metrics(y, pred)
     reps = pd.DataFrame(reps)
