@@ -95,15 +95,38 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
     n_out = -(-n_in * up // down)
     n_out_row = g * up
     n_rows = -(-n_out // n_out_row)
-    rows_in = n_rows + len(mats) - 1
-    # input rows: row k starts at input k*L + j_min (zeros outside the signal, as scipy pads)
-    xpad = np.zeros(rows_in * n_in_row, dtype=np.float32)
-    start = -j_min
-    n_copy = min(n_in, len(xpad) - start)
-    xpad[start : start + n_copy] = x[:n_copy]
-    rows = xpad.reshape(rows_in, n_in_row)
+    n_mats = len(mats)
     y = np.empty((n_rows, n_out_row), dtype=np.float32)
-    tmp = np.empty((min(ROWS_PER_BLOCK, n_rows), n_out_row), dtype=np.float32)
+    # input row k holds x[k*L + j_min : (k+1)*L + j_min] (zeros outside the signal, as scipy
+    # pads). Output rows whose inputs lie inside the signal read x itself, reshaped (no copy);
+    # the few at either end read a zero-padded copy of their inputs.
+    head = min(n_rows, -(-(-j_min) // n_in_row))
+    tail = max(head, min(n_rows, (n_in - j_min) // n_in_row - n_mats + 1))
+    for b0, b1 in ((0, head), (head, tail), (tail, n_rows)):
+        if b1 <= b0:
+            continue
+        start, stop = b0 * n_in_row + j_min, (b1 + n_mats - 1) * n_in_row + j_min
+        if b0 == head and b1 == tail:
+            rows = x[start:stop].reshape(-1, n_in_row)
+        else:
+            rows = _window(x, start, stop).reshape(-1, n_in_row)
+        _products(rows, mats, y[b0:b1])
+    return y.reshape(-1)[:n_out]
+
+
+def _window(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """``x[start:stop]`` with zeros where the range runs past either end of ``x``."""
+    out = np.zeros(stop - start, dtype=np.float32)
+    lo, hi = max(start, 0), min(stop, len(x))
+    if hi > lo:
+        out[lo - start : hi - start] = x[lo:hi]
+    return out
+
+
+def _products(rows: np.ndarray, mats: tuple[np.ndarray, ...], y: np.ndarray) -> None:
+    """``y[b] = sum_s rows[b + s] @ mats[s]``, in blocks of output rows."""
+    n_rows = len(y)
+    tmp = np.empty((min(ROWS_PER_BLOCK, n_rows), y.shape[1]), dtype=np.float32)
     for b0 in range(0, n_rows, ROWS_PER_BLOCK):
         b1 = min(b0 + ROWS_PER_BLOCK, n_rows)
         out = y[b0:b1]
@@ -112,4 +135,3 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
         for s in range(1, len(mats)):
             np.matmul(rows[b0 + s : b1 + s], mats[s], out=t)
             out += t
-    return y.reshape(-1)[:n_out]
