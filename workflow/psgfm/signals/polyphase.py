@@ -100,7 +100,7 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
     # input row k holds x[k*L + j_min : (k+1)*L + j_min] (zeros outside the signal, as scipy
     # pads). Output rows whose inputs lie inside the signal read x itself, reshaped (no copy);
     # the few at either end read a zero-padded copy of their inputs.
-    head = min(n_rows, -(-(-j_min) // n_in_row))
+    head = min(n_rows, -(j_min // n_in_row))  # ceil(-j_min / L): rows starting before x
     tail = max(head, min(n_rows, (n_in - j_min) // n_in_row - n_mats + 1))
     for b0, b1 in ((0, head), (head, tail), (tail, n_rows)):
         if b1 <= b0:
