@@ -375,9 +375,10 @@ def harmonise_recording(
                 units.setdefault(j, a.rule.unit)
             if a.rule.ceiling is not None:
                 ceilings.setdefault(a.index, a.rule.ceiling)
-    # channels in parallel with the rule's threads (cfg "threads", set by the rule script):
-    # the polyphase filter (BLAS matrix products) and the reader's numpy work release the GIL
-    # BLAS (the resampling's matrix products) on one thread: the parallelism is the channels'
+    # channels in parallel with the rule's threads (cfg "threads", set by the rule script or
+    # the CLI): the polyphase filter's BLAS products and the reader's numpy work release the
+    # GIL. BLAS itself on one thread: the parallelism is the channels' (BLAS threads on top
+    # cost 2-20x more CPU on a busy machine, experiments/2026-12-07-harmonise-perf)
     threads = min(int(cfg.get("threads", 1)), len(units))
     with threadpool_limits(1, user_api="blas"):
         if threads > 1:
