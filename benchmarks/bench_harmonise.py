@@ -192,16 +192,17 @@ def worker(side: str, row: dict, out_dir: Path, threads: int = 1) -> dict:
     cfg["harmonise"]["threads"] = threads  # as the harmonise rule passes its `threads`
     out_dir.mkdir(parents=True, exist_ok=True)
     base = _rss_mib()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if side == "ref":
         info = reference_preprocess(row["edf"], out_dir / f"{row['recording_id']}.h5")
         info = {"status": "ok", "reason": "", "channels": info["channels"], "fs": info["fs"]}
     else:
         info = ours_preprocess(row, out_dir, cfg)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         **info,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "peak_mib": _peak_mib(),
         "baseline_mib": base,
         "output_mib": _dir_mib(out_dir),
@@ -245,6 +246,144 @@ def run_worker(side: str, row: dict, repeats: int, threads: int = 1) -> dict:
         "peak_mib": max(r["peak_mib"] for r in ok),
         "all_seconds": [r["seconds"] for r in ok],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Counted CPU time, alternating sides, in-process and through the CLI (--counted)
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_counted(cmd: list[str], env: dict, cwd: Path) -> dict:
+    """Run a command; its own user+sys CPU seconds, wall seconds and peak RSS (os.wait4)."""
+    log = cwd / "child.log"
+    with open(log, "wb") as fh:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{log.read_text()[-3000:]}")
+    return {"cpu": ru.ru_utime + ru.ru_stime, "wall": wall, "peak_mib": ru.ru_maxrss / 1024.0}
+
+
+def _side_env(workflow: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(workflow), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def cli_ours(row: dict, workflow: Path, tmp: Path) -> dict:
+    """``psgfm harmonise`` then ``psgfm export`` on one recording, as a user runs them (the
+    console script, fresh interpreters, imports included); CPU and wall summed, peak the max."""
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    sheet = tmp / "recordings.tsv"
+    cols = ["recording_id", "subject_id", "edf", "hypnogram", "psg_date", "site"]
+    sheet.write_text(
+        "\t".join(cols) + "\n" + "\t".join(str(row.get(c) or "") for c in cols) + "\n",
+        encoding="utf-8",
+    )
+    cfg["samples"] = str(sheet)
+    cfg["harmonise"]["channel_rules"] = str(ROOT / cfg["harmonise"]["channel_rules"])
+    config = tmp / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    script = Path(sys.executable).parent / "psgfm"
+    psgfm = [str(script)] if script.exists() else [sys.executable, "-m", "psgfm.cli"]
+    env = _side_env(workflow)
+    h = _run_counted(
+        [*psgfm, "harmonise", "--config", str(config), "--out", str(tmp / "h")], env, tmp
+    )
+    e = _run_counted(
+        [*psgfm, "export", "--config", str(config), "--harmonised", str(tmp / "h")]
+        + ["--out", str(tmp / "x")],
+        env,
+        tmp,
+    )
+    if not list((tmp / "x").glob("*.arrow")):
+        raise RuntimeError(f"{row['recording_id']}: the CLI wrote no tensor file")
+    return {
+        "cpu": h["cpu"] + e["cpu"],
+        "wall": h["wall"] + e["wall"],
+        "peak_mib": max(h["peak_mib"], e["peak_mib"]),
+        "detail": f"harmonise {h['cpu']:.2f} + export {e['cpu']:.2f} CPU-s",
+    }
+
+
+def cli_reference(row: dict, tmp: Path) -> dict:
+    """The reference as a script a user runs: a fresh interpreter, its imports included."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "from bench_harmonise import reference_preprocess; "
+        f"reference_preprocess({row['edf']!r}, {str(tmp / 'ref.h5')!r})"
+    )
+    return _run_counted([sys.executable, "-c", code], _side_env(ROOT / "workflow"), tmp)
+
+
+def in_process(side: str, row: dict, workflow: Path, tmp: Path) -> dict:
+    """One side in a fresh worker interpreter (imports before the clock): counted CPU time."""
+    res_file = tmp / "result.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--row"]
+    cmd += [json.dumps(row), "--worker-out", str(tmp / "out"), "--worker-result", str(res_file)]
+    cmd += ["--threads", "1"]
+    _run_counted(cmd, _side_env(workflow), tmp)
+    res = json.loads(res_file.read_text())
+    return {"cpu": res["cpu_seconds"], "wall": res["seconds"], "peak_mib": res["peak_mib"]}
+
+
+def counted(row: dict, repeats: int, baseline: Path | None) -> list[dict]:
+    """Every side and mode ``repeats`` times, alternating (reference, ours, baseline, ...)."""
+    sides = [("reference", ROOT / "workflow"), ("ours", ROOT / "workflow")]
+    if baseline is not None:
+        sides.append(("baseline", baseline))
+    results = []
+    for run in range(1, repeats + 1):
+        for mode in ("in-process", "cli"):
+            for side, workflow in sides:
+                tmp = Path(tempfile.mkdtemp(prefix=f"bench-{side}-"))
+                try:
+                    if mode == "in-process":
+                        res = in_process(
+                            "ref" if side == "reference" else "ours", row, workflow, tmp
+                        )
+                    elif side == "reference":
+                        res = cli_reference(row, tmp)
+                    else:
+                        res = cli_ours(row, workflow, tmp)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                results.append({"side": side, "mode": mode, "run": run, **res})
+                print(
+                    f"  run {run} {mode:10} {side:9} CPU {res['cpu']:6.2f} s  wall "
+                    f"{res['wall']:6.2f} s  peak {res['peak_mib']:5.0f} MiB  {res.get('detail', '')}",
+                    flush=True,
+                )
+    return results
+
+
+def counted_lines(results: list[dict]) -> list[str]:
+    """Markdown table: all runs, the medians, and median(reference) / median(side)."""
+    lines = [
+        "| mode | side | CPU s (runs) | CPU s median | wall s (runs) | peak MiB (max) | "
+        "ratio (CPU medians) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode in ("in-process", "cli"):
+        ref = [r["cpu"] for r in results if r["mode"] == mode and r["side"] == "reference"]
+        for side in ("reference", "ours", "baseline"):
+            rs = [r for r in results if r["mode"] == mode and r["side"] == side]
+            if not rs:
+                continue
+            cpu = [r["cpu"] for r in rs]
+            wall = ", ".join(f"{r['wall']:.1f}" for r in rs)
+            ratio = float(np.median(ref)) / float(np.median(cpu))
+            lines.append(
+                f"| {mode} | {side} | {', '.join(f'{c:.2f}' for c in cpu)} | "
+                f"{np.median(cpu):.2f} | {wall} | "
+                f"{max(r['peak_mib'] for r in rs):.0f} | "
+                + ("-" if side == "reference" else f"**{ratio:.1f}x**")
+                + " |"
+            )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +637,7 @@ def profile_ours(row: dict, top: int = 30) -> Path:
     ours_preprocess(row, warm, cfg)  # a first run, unprofiled: lazy imports and caches
     shutil.rmtree(warm, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.process_time)  # counted CPU time, not wall
     try:
         prof.enable()
         ours_preprocess(row, tmp, cfg)
@@ -536,6 +675,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="RECORDING_ID",
         help="cProfile our side on one generated recording (default: the first)",
     )
+    ap.add_argument(
+        "--counted",
+        nargs="?",
+        const="",
+        metavar="RECORDING_ID",
+        help="counted CPU time of one generated night (default: the first), sides alternating "
+        "in fresh processes, in-process and through the CLI (psgfm harmonise + psgfm export, "
+        "imports included); --repeats runs each (default 3)",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="WORKFLOW_DIR",
+        help="with --counted: also time our side with the psgfm package of another checkout "
+        "(its workflow/ folder), e.g. the main branch, in the same alternation",
+    )
     ap.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -548,7 +702,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.hours is None:
         args.hours = 0.25 if args.quick else 8.0
     if args.repeats is None:
-        args.repeats = 3 if args.quick else 1
+        args.repeats = 3 if args.quick or args.counted is not None else 1
     return args
 
 
@@ -565,6 +719,23 @@ def main(argv=None) -> int:
         path = profile_ours(rec)
         print(f"profile of our side on {rec['recording_id']} written to {path}")
         print("\n".join(path.read_text().splitlines()[:45]))
+        return 0
+    if args.counted is not None:
+        rec = next((r for r in recs if r["recording_id"] == args.counted), recs[0])
+        meta = describe(rec["edf"])
+        _warm_cache(rec["edf"])
+        print(
+            f"machine: {machine()}; {rec['recording_id']} ({rec['source']}, "
+            f"{meta['hours']:.2f} h, {meta['n_channels']} channels, {meta['file_mib']:.0f} MiB); "
+            f"{args.repeats} runs per side and mode, alternating; counted CPU time"
+        )
+        baseline = Path(args.baseline).resolve() if args.baseline else None
+        lines = counted_lines(counted(rec, args.repeats, baseline))
+        print("\n".join(["", *lines]))
+        OUT.mkdir(parents=True, exist_ok=True)
+        path = OUT / "bench_harmonise_counted.md"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"\nwritten: {path.relative_to(ROOT)}")
         return 0
     if not args.no_real:
         recs += real_recordings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -140,7 +141,6 @@ def explain_table(audit: list[dict], width: int) -> list[str]:
 
 def _explain(args: argparse.Namespace) -> int:
     """``psgfm validate --explain EDF``: the mapping of one recording, printed, nothing written."""
-    import os
     import shutil
 
     from psgfm.signals.harmonise import explain_recording
@@ -183,6 +183,13 @@ def _explain(args: argparse.Namespace) -> int:
     return status
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def _cmd_harmonise(args: argparse.Namespace) -> int:
     from psgfm.config import load_config, load_recordings
     from psgfm.signals.harmonise import harmonise_batch
@@ -191,7 +198,11 @@ def _cmd_harmonise(args: argparse.Namespace) -> int:
     sheet = load_recordings(cfg["samples"])
     if args.recording:
         sheet = sheet[sheet["recording_id"].isin(args.recording)]
-    qc = harmonise_batch(sheet.to_dict("records"), args.out, cfg["harmonise"])
+    # channels in parallel, as the harmonise rule passes its threads: by default every core
+    # this process may use (recordings run one after another, so a batch smaller than the
+    # core count would otherwise leave cores idle)
+    hcfg = {**cfg["harmonise"], "threads": args.threads or available_cores()}
+    qc = harmonise_batch(sheet.to_dict("records"), args.out, hcfg)
     print(qc[["recording_id", "status", "reason"]].to_string(index=False))
     return 0
 
@@ -521,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--config", default="config/config.yaml")
     h.add_argument("--out", required=True)
     h.add_argument("--recording", nargs="*", help="only these recording ids")
+    h.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads converting a recording's channels in parallel (default: the cores "
+        "available to this process)",
+    )
     h.set_defaults(func=_cmd_harmonise)
 
     e = sub.add_parser("export", help="export a harmonised folder to chunked Arrow tensors")

@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from scipy.signal import resample_poly
+from threadpoolctl import threadpool_limits
 
 from psgfm import MODALITIES
 from psgfm.io import atomic_path, provenance, raise_if_environment, write_json, write_parquet
 from psgfm.signals.edfheader import EDFError, EDFHeader, SampleReader, read_header
 from psgfm.signals.hypnogram import HypnogramError, read_stages
 from psgfm.signals.montage import Assignment, RuleSet, assign_channels, load_rules, unit_scale_to_uv
+from psgfm.signals.polyphase import resample_poly
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ def mne_gain(unit: str) -> float:
 
 
 def resample(x: np.ndarray, fs_in: float, fs_out: float, n_out: int) -> np.ndarray:
-    """Polyphase resampling with scipy's Kaiser anti-aliasing filter; exact output length."""
+    """Polyphase resampling with scipy's Kaiser anti-aliasing filter (float32,
+    :func:`psgfm.signals.polyphase.resample_poly`); exact output length."""
     if fs_in == fs_out:
         y = x
     else:
@@ -195,16 +197,25 @@ def read_native(
     return out
 
 
-def _clip_fraction(x: np.ndarray, sig, ceiling: float | None = None) -> float:
+def _clip_fraction(
+    x: np.ndarray, sig, ceiling: float | None = None, lo_hi: tuple | None = None
+) -> float:
     """Fraction of samples on the physical min/max rails (within one quantum). A max rail at the
     quantity's physiological ceiling (a rule's ``ceiling``: SpO2 at 100 %) is not clipping: a
-    saturation that sits at 100 % is normal, so only the lower rail counts there."""
+    saturation that sits at 100 % is normal, so only the lower rail counts there.
+
+    ``lo_hi``: ``(x.min(), x.max())`` when known (finite): a rail that neither reaches has no
+    sample on it, so the full comparisons are skipped (the same result, one pass fewer)."""
     span = sig.physical_max - sig.physical_min
     steps = max(sig.digital_max - sig.digital_min, 1)
     quantum = abs(span) / steps
     lo, hi = sorted((sig.physical_min, sig.physical_max))
     if ceiling is not None and abs(hi - ceiling) <= quantum:
+        if lo_hi is not None and not lo_hi[0] <= lo + quantum:
+            return 0.0
         return float(np.mean(x <= lo + quantum))
+    if lo_hi is not None and not (lo_hi[0] <= lo + quantum or lo_hi[1] >= hi - quantum):
+        return 0.0
     return float(np.mean((x <= lo + quantum) | (x >= hi - quantum)))
 
 
@@ -323,9 +334,13 @@ def harmonise_recording(
         ripple at its edges)."""
         sig = signals[i]
         x = native.pop(sig.label)
-        clipped = _clip_fraction(x, sig, ceilings.get(i))
-        finite = np.isfinite(x)
-        nan_frac = 0.0 if finite.all() else float(np.mean(~finite))
+        # one min/max pass answers the common case of every check: NaN and inf propagate
+        # into them, a rail that neither reaches has no clipped sample, and min == max is flat
+        lo_hi = (x.min(), x.max()) if len(x) else (np.nan, np.nan)
+        all_finite = bool(np.isfinite(lo_hi[0]) and np.isfinite(lo_hi[1]))
+        clipped = _clip_fraction(x, sig, ceilings.get(i), lo_hi if all_finite else None)
+        finite = None if all_finite else np.isfinite(x)
+        nan_frac = 0.0 if all_finite or finite.all() else float(np.mean(~finite))
         scale = 1.0
         if unit is not None:
             src = unit_scale_to_uv(sig.physical_dimension)
@@ -336,8 +351,10 @@ def harmonise_recording(
             return np.full(n_out, np.nan, dtype=np.float32), scale, clipped, nan_frac, True
         if nan_frac > 0:  # gaps are filled with the channel median before filtering
             x = np.where(finite, x, np.median(x[finite]))
-        # a strided look first: a varying channel (nearly always) costs no full pass
-        constant = np.ptp(x[:: max(1, len(x) // 4096)]) == 0 and np.ptp(x) == 0
+        if all_finite:
+            constant = lo_hi[0] == lo_hi[1]
+        else:  # a strided look first: a varying channel (nearly always) costs no full pass
+            constant = np.ptp(x[:: max(1, len(x) // 4096)]) == 0 and np.ptp(x) == 0
         if x.dtype == np.float32:  # our own buffer (memory-mapped reader): scale in place
             if scale != 1.0:
                 x *= np.float32(scale)
@@ -358,15 +375,18 @@ def harmonise_recording(
                 units.setdefault(j, a.rule.unit)
             if a.rule.ceiling is not None:
                 ceilings.setdefault(a.index, a.rule.ceiling)
-    # channels in parallel with the rule's threads (cfg "threads", set by the rule script):
-    # the polyphase filter (scipy's upfirdn) and the reader's numpy work release the GIL
+    # channels in parallel with the rule's threads (cfg "threads", set by the rule script or
+    # the CLI): the polyphase filter's BLAS products and the reader's numpy work release the
+    # GIL. BLAS itself on one thread: the parallelism is the channels' (BLAS threads on top
+    # cost 2-20x more CPU on a busy machine, experiments/2026-12-07-harmonise-perf)
     threads = min(int(cfg.get("threads", 1)), len(units))
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            done = pool.map(lambda item: to_target(*item), units.items())
-            target = dict(zip(units, done, strict=True))
-    else:
-        target = {i: to_target(i, unit) for i, unit in units.items()}
+    with threadpool_limits(1, user_api="blas"):
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                done = pool.map(lambda item: to_target(*item), units.items())
+                target = dict(zip(units, done, strict=True))
+        else:
+            target = {i: to_target(i, unit) for i, unit in units.items()}
     for j in {j for a in assignments for j in a.reference_indices}:
         y, scale, clipped, nan_frac, _ = target[j]
         audit[j].update(
@@ -394,8 +414,12 @@ def harmonise_recording(
             scale=scale, clipped_fraction=clipped, nan_fraction=nan_frac, unit_out=unit_out
         )
         y = np.asarray(y, dtype=np.float32)
-        stats = robust_stats(y) if np.isfinite(y).all() else None
-        reason = _check_channel(y, a, sig, clipped, nan_frac, cfg, stats, constant)
+        y_lo, y_hi = (y.min(), y.max()) if len(y) else (np.nan, np.nan)
+        finite = bool(np.isfinite(y_lo) and np.isfinite(y_hi))  # NaN and inf propagate
+        stats = robust_stats(y) if finite else None
+        reason = _check_channel(
+            y, a, sig, clipped, nan_frac, cfg, stats, constant, (finite, y_lo == y_hi)
+        )
         row_audit["robust_std"] = stats["robust_std"] if stats else float("nan")
         if reason:
             row_audit.update(role="dropped", used=False, reason=reason)
@@ -432,16 +456,21 @@ def _check_channel(
     cfg: dict,
     stats: dict | None,
     source_constant: bool = False,
+    finite_flat: tuple[bool, bool] | None = None,
 ) -> str:
+    """Why the channel is dropped, or "". ``finite_flat``: (every sample of ``y`` finite,
+    ``y`` constant) when the caller knows them (one min/max pass)."""
+    if finite_flat is None:
+        finite_flat = (bool(np.isfinite(y).all()), None)
     if nan_frac > cfg["nan_fraction"]:
         return f"{nan_frac:.0%} of samples are NaN (limit {cfg['nan_fraction']:.0%})"
     if source_constant:
         return (
             "flat: every source sample has the same value (disconnected electrode or empty channel)"
         )
-    if not np.isfinite(y).all():
+    if not finite_flat[0]:
         return "non-finite samples after resampling"
-    if np.ptp(y) == 0:
+    if finite_flat[1] if finite_flat[1] is not None else np.ptp(y) == 0:
         return "flat: the signal is constant (disconnected electrode or empty channel)"
     if clipped > cfg["clip_fraction"]:
         return (

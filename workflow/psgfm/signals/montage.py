@@ -31,6 +31,9 @@ import yaml
 
 from psgfm import MODALITIES
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML was built with it (the same documents, ~10x faster)."""
+
 UNIT_SCALE_TO_UV = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
 """Factor that turns a value in the EDF physical dimension into microvolts."""
 
@@ -327,7 +330,8 @@ def load_rules(path: str | Path) -> RuleSet:
     """Load and check a rules file."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml where available (same documents, ~10x faster); its errors name line and column
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     except FileNotFoundError:
         raise RulesError(
             f"channel rules file {path} not found; set harmonise.channel_rules"
