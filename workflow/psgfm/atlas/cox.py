@@ -47,11 +47,12 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg  # noqa: F401 - loads scipy's BLAS before any threadpool_limits
+import scipy.linalg  # loads scipy's BLAS before any threadpool_limits
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
+_potrf, _potri = scipy.linalg.lapack.dpotrf, scipy.linalg.lapack.dpotri
 
 STATUSES = ("ok", "no_events", "singular", "separation", "not_converged")
 
@@ -459,47 +460,53 @@ def _evaluate_rows(ev: _Eval, S: _Sorted, Xs: np.ndarray, rows: np.ndarray, beta
 def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
     """(K, P, P) information matrix (minus the Hessian of the Efron log-likelihood)."""
     k, n = S.order.shape
-    V = np.maximum(ev.v, 0.0).ravel()[S.flat[1]].reshape(k, n)
-    H = _weighted_gram(Xs, V, dtype)
-    # risk-set mean term at the event groups: per outcome, risk-set sums of w x at each
-    # distinct event time (a sparse groups x persons product, column-major so that X is read
-    # in order, then a cumulative sum over the groups), and Efron's corrections for ties
-    Xf = Xs.astype(dtype, copy=False)
     f_rank = S.flat[1]
+    V = np.maximum(ev.v, 0.0).ravel()[f_rank].reshape(k, n)
+    H = _weighted_gram(Xs, V, dtype)
+    g = S.n_groups
+    goff = np.r_[0, np.cumsum(g)]
+    if goff[-1] == 0:
+        return H
+    # risk-set mean term at the event groups. Risk-set sums of w x at every outcome's distinct
+    # event times: the persons' w x summed into their first event group by one sparse
+    # (all outcomes' groups x persons) product, column-major so that each row of X is read
+    # once for all outcomes, then a cumulative sum over each outcome's groups
     jb = S.jbin.ravel()[f_rank].reshape(k, n)  # event group of each person, person order
-    wp = ev.w.ravel()[f_rank].reshape(k, n)
+    inside = jb < g[:, None]
+    data = np.where(inside, ev.w.ravel()[f_rank].reshape(k, n), 0.0).astype(dtype)
+    rows = np.where(inside, goff[:-1, None] + jb, 0)
+    M = sp.csc_matrix(
+        (data.T.ravel(), rows.T.ravel(), np.arange(0, n * k + 1, k)), shape=(int(goff[-1]), n)
+    )
+    D = M @ Xs.astype(dtype, copy=False)  # (groups of all outcomes, P)
+    gg = goff[S.ev_k] + S.ev_g  # each event's group among all outcomes' groups
     inv2 = 1.0 / ev.phi**2
+    sqc0 = np.sqrt(np.bincount(gg, weights=inv2, minlength=goff[-1]))
     fr = S.ev_frac
-    ev_bounds = np.searchsorted(S.ev_k, np.arange(k + 1))
-    cols = np.arange(n + 1)
-    for j in np.flatnonzero(S.n_groups):
-        g = int(S.n_groups[j])
-        inside = jb[j] < g
-        M = sp.csc_matrix(
-            (np.where(inside, wp[j], 0.0).astype(dtype), np.minimum(jb[j], g - 1), cols),
-            shape=(g, n),
-        )
-        s1 = np.cumsum((M @ Xf).astype(np.float64), axis=0)
-        e = slice(ev_bounds[j], ev_bounds[j + 1])
-        eg = S.ev_g[e]
-        c0 = np.bincount(eg, weights=inv2[e], minlength=g)
-        A = (s1 * np.sqrt(c0)[:, None]).astype(dtype)
-        H[j] -= A.T @ A
-        tied_ev = fr[e] > 0
-        if tied_ev.any():  # groups with tied events: Efron's correction terms
-            tg = np.unique(eg[tied_ev])
-            c1 = np.bincount(eg, weights=fr[e] * inv2[e], minlength=g)[tg]
-            c2 = np.bincount(eg, weights=fr[e] ** 2 * inv2[e], minlength=g)[tg]
-            in_t = np.isin(eg, tg)
-            pos = np.searchsorted(tg, eg[in_t])
-            q = S.ev_q[e][in_t]
-            wx = ev.w[j, q][:, None] * Xs[S.order[j, q]]
-            o = np.argsort(pos, kind="stable")  # (already ascending: events in time order)
-            first = np.flatnonzero(np.r_[True, np.diff(pos[o]) != 0])
-            B = np.add.reduceat(wx[o], first, axis=0)  # every group in tg has a tied event
-            At = s1[tg]
-            AtB = At.T @ (c1[:, None] * B)
-            H[j] += AtB + AtB.T - B.T @ (c2[:, None] * B)
+    tied = fr > 0
+    tg = np.unique(gg[tied])  # groups with tied events (ascending)
+    At = np.empty((len(tg), Xs.shape[1]))  # their risk-set sums
+    tb = np.searchsorted(tg, goff)
+    for j in np.flatnonzero(g):
+        seg = slice(goff[j], goff[j + 1])
+        s1 = np.cumsum(D[seg], axis=0, dtype=np.float64)
+        a = (s1 * sqc0[seg, None]).astype(dtype)
+        H[j] -= a.T @ a
+        if tb[j + 1] > tb[j]:
+            At[tb[j] : tb[j + 1]] = s1[tg[tb[j] : tb[j + 1]] - goff[j]]
+    if len(tg):  # groups with tied events: Efron's correction terms
+        c1 = np.bincount(gg, weights=fr * inv2, minlength=goff[-1])[tg]
+        c2 = np.bincount(gg, weights=fr**2 * inv2, minlength=goff[-1])[tg]
+        in_t = np.zeros(int(goff[-1]), dtype=bool)
+        in_t[tg] = True
+        e = np.flatnonzero(in_t[gg])  # events ordered by outcome, then group: runs of gg
+        wx = ev.w[S.ev_k[e], S.ev_q[e]][:, None] * Xs[S.order[S.ev_k[e], S.ev_q[e]]]
+        first = np.flatnonzero(np.r_[True, np.diff(gg[e]) != 0])
+        B = np.add.reduceat(wx, first, axis=0)  # (tied groups, P), in the order of tg
+        for j in np.flatnonzero(np.diff(tb)):
+            t = slice(tb[j], tb[j + 1])
+            AtB = At[t].T @ (c1[t, None] * B[t])
+            H[j] += AtB + AtB.T - B[t].T @ (c2[t, None] * B[t])
     return H
 
 
@@ -524,20 +531,26 @@ def _information(H: np.ndarray, lam: np.ndarray, used: np.ndarray) -> np.ndarray
 
 
 def _inverse(J: np.ndarray):
-    """Batched inverse; ``ok`` is False where J is not (numerically) positive definite."""
-    k = J.shape[0]
+    """Batched inverse; ``ok`` is False where J is not (numerically) positive definite.
+
+    Each matrix by its Cholesky factor (LAPACK ``potrf``, whose failure is the test of
+    positive definiteness) and ``potri`` (the inverse from the factor): a third of the work of
+    a general inverse, and the factor is computed once for both."""
+    k, p = J.shape[:2]
     ok = np.ones(k, dtype=bool)
-    try:
-        np.linalg.cholesky(J)
-    except np.linalg.LinAlgError:
-        for j in range(k):
-            try:
-                np.linalg.cholesky(J[j])
-            except np.linalg.LinAlgError:
-                ok[j] = False
     inv = np.full_like(J, np.nan)
-    if ok.any():
-        inv[ok] = np.linalg.inv(J[ok])
+    upper = np.triu(np.ones((p, p), dtype=bool), 1)
+    for j in range(k):
+        # J[j] is symmetric: its C-order buffer read as Fortran order is the same matrix
+        c, info = _potrf(J[j].T, lower=False, overwrite_a=False, clean=False)
+        if info != 0 or not np.isfinite(c).all():
+            ok[j] = False
+            continue
+        a, info = _potri(c, lower=False, overwrite_c=True)
+        if info != 0:
+            ok[j] = False
+            continue
+        inv[j] = np.where(upper, a, a.T)  # potri fills the upper triangle only
     # well-conditioned: lambda_min > 1e-10 lambda_max. For a positive definite J,
     # cond <= tr(J) tr(J^-1) <= p^2 cond, so the eigenvalues are needed only in between
     p = J.shape[1]
@@ -633,17 +646,19 @@ def _fit_chunk(
         y_vec = grad[a] - new_grad  # change of the gradient of the negative likelihood
         sy = np.einsum("kp,kp->k", s_vec, y_vec)
         upd = sy > 1e-300
-        hi = Hinv[a]
+        everyone = len(a) == k
+        hi = Hinv if everyone else Hinv[a]
         hy = np.einsum("kpq,kq->kp", hi, y_vec)
         rho = np.where(upd, 1.0 / np.where(upd, sy, 1.0), 0.0)
         yhy = np.einsum("kp,kp->k", y_vec, hy)
-        hi = (
-            hi
-            - rho[:, None, None] * (hy[:, :, None] * s_vec[:, None, :])
-            - rho[:, None, None] * (s_vec[:, :, None] * hy[:, None, :])
-            + ((rho**2 * yhy + rho)[:, None, None]) * (s_vec[:, :, None] * s_vec[:, None, :])
-        )
-        Hinv[a] = hi
+        # H <- H - rho (h s' + s h') + (rho^2 y'h + rho) s s', written as H - u s' - s u'
+        # with u = rho h - (rho^2 y'h + rho) s / 2: two outer products, in place
+        u = rho[:, None] * hy - (0.5 * (rho**2 * yhy + rho))[:, None] * s_vec
+        outer = np.multiply(u[:, :, None], s_vec[:, None, :])
+        hi -= outer
+        hi -= outer.transpose(0, 2, 1)
+        if not everyone:
+            Hinv[a] = hi
         beta[a] = new_beta
         grad[a] = new_grad
         llp[a] = new_llp
