@@ -154,7 +154,8 @@ def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
         )
     time = _as_rows(time, "time", n, np.float64)
     k = time.shape[0]
-    event_raw = _as_rows(event, "event", n, np.float64)
+    boolean = np.asarray(event).dtype == bool  # 0/1 by construction: nothing to check
+    event_raw = _as_rows(event, "event", n, bool if boolean else np.float64)
     if event_raw.shape[0] != k:
         raise CoxInputError(f"event has {event_raw.shape[0]} rows but time has {k}.")
     include = (
@@ -164,16 +165,21 @@ def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
     )
     if include.shape[0] != k:
         raise CoxInputError(f"include has {include.shape[0]} rows but time has {k}.")
-    ev_in = np.where(include, event_raw, 0.0)
-    if np.isnan(ev_in).any() or not np.isin(ev_in, (0.0, 1.0)).all():
-        raise CoxInputError(
-            "event must be 0/1 (or boolean) for every included person; "
-            f"found {np.unique(ev_in[~np.isin(ev_in, (0.0, 1.0))])[:5].tolist()}."
-        )
-    t_in = time[include]
-    if not np.isfinite(t_in).all():
-        raise CoxInputError("time must be finite for every included person (NaN/inf found).")
-    if (t_in < 0).any():
+    if boolean:
+        ev_out = event_raw & include
+    else:
+        ev_in = np.where(include, event_raw, 0.0)
+        if np.isnan(ev_in).any() or not np.isin(ev_in, (0.0, 1.0)).all():
+            raise CoxInputError(
+                "event must be 0/1 (or boolean) for every included person; "
+                f"found {np.unique(ev_in[~np.isin(ev_in, (0.0, 1.0))])[:5].tolist()}."
+            )
+        ev_out = ev_in.astype(bool)
+    # one pass: NaN, infinite and negative times of included persons
+    if not (include <= ((time >= 0) & (time < np.inf))).all():
+        t_in = time[include]
+        if not np.isfinite(t_in).all():
+            raise CoxInputError("time must be finite for every included person (NaN/inf found).")
         raise CoxInputError(
             f"time must be >= 0 for every included person; found {t_in[t_in < 0][:5].tolist()}."
         )
@@ -189,7 +195,7 @@ def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
                 f"columns must have shape ({p},) or ({k}, {p}); got {np.shape(columns)}."
             )
         columns = columns.copy()
-    return X, time, ev_in.astype(bool), include, pen, columns
+    return X, time, ev_out, include, pen, columns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,11 +569,14 @@ def _breslow(S: _Sorted, ev: _Eval):
 
 def _information(H: np.ndarray, lam: np.ndarray, used: np.ndarray) -> np.ndarray:
     """Penalised information with unused columns replaced by identity rows/columns."""
-    p = H.shape[1]
-    eye = np.eye(p)
-    J = H + lam[:, :, None] * eye
-    both = used[:, :, None] & used[:, None, :]
-    return np.where(both, J, 0.0) + (~used).astype(np.float64)[:, :, None] * eye
+    k, p = H.shape[:2]
+    J = H.copy()
+    diag = J.reshape(k, p * p)[:, :: p + 1]  # a view of the diagonals
+    diag += lam
+    if not used.all():
+        J[~used[:, :, None] | ~used[:, None, :]] = 0.0
+        diag[~used] = 1.0
+    return J
 
 
 def _inverse(J: np.ndarray):
