@@ -293,12 +293,15 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
     k, n = time.shape
     key = np.where(include, time, -np.inf)
     order = np.argsort(-key, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(n), (k, n)), axis=1)
-    ts = np.take_along_axis(key, order, axis=1)
-    valid = np.take_along_axis(include, order, axis=1)
-    es = np.take_along_axis(event, order, axis=1) & valid
+    # row-wise gathers through flat indices (a few times faster than take_along_axis)
+    base = (np.arange(k) * n)[:, None]
+    f_order = (order + base).ravel()
     pos = np.broadcast_to(np.arange(n), (k, n))
+    rank = np.empty_like(order)
+    rank.ravel()[f_order] = pos.ravel()
+    ts = key.ravel()[f_order].reshape(k, n)
+    valid = include.ravel()[f_order].reshape(k, n)
+    es = event.ravel()[f_order].reshape(k, n) & valid
     new = np.ones((k, n), dtype=bool)
     new[:, 1:] = ts[:, 1:] != ts[:, :-1]
     gstart = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
@@ -307,8 +310,8 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
     gend = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
     ecount = np.cumsum(es, axis=1)
     ecount_excl = ecount - es
-    before = np.take_along_axis(ecount_excl, gstart, axis=1)
-    d = np.take_along_axis(ecount, gend, axis=1) - before
+    before = ecount_excl.ravel()[(gstart + base).ravel()].reshape(k, n)
+    d = ecount.ravel()[(gend + base).ravel()].reshape(k, n) - before
     is_grp_end = last & (d > 0) & valid
     cum_end = np.cumsum(is_grp_end, axis=1)
     jbin = cum_end - is_grp_end  # event groups ending strictly before the row
@@ -337,6 +340,11 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
         n_groups=n_groups,
         grp_end=grp_end,
         grp_d=grp_d,
+        _flat=(
+            f_order,
+            (rank + base).ravel(),
+            (jbin + (np.arange(k) * (gmax + 1))[:, None]).ravel(),
+        ),
     )
 
 
