@@ -215,11 +215,12 @@ class _Sorted:
     order: np.ndarray  # (K, N) person index at each sorted position
     rank: np.ndarray  # (K, N) sorted position of each person (inverse of order)
     valid: np.ndarray  # (K, N) bool
-    neg: np.ndarray  # (K, N) 0 for included persons, -inf for the others
+    neg: np.ndarray  # (K, N) person order: 0 for included persons, -inf for the others
     times_sorted: np.ndarray  # (K, N)
     jbin: np.ndarray  # (K, N) first event group whose risk set holds the row (G_k: none)
     ev_k: np.ndarray  # (E,) outcome of each event
     ev_q: np.ndarray  # (E,) sorted position of each event
+    ev_p: np.ndarray  # (E,) person (row of X) of each event
     ev_g: np.ndarray  # (E,) event group of each event
     ev_frac: np.ndarray  # (E,) l/d: the l-th of d tied events (Efron)
     n_groups: np.ndarray  # (K,)
@@ -242,14 +243,16 @@ class _Sorted:
 
     @property
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Flat indices for row-wise gathers: order, rank, and jbin into (K, Gmax + 1)."""
+        """Flat indices for row-wise gathers: order, rank, and each person's jbin (person
+        order) into (K, Gmax + 1)."""
         if self._flat is None:
             k, n = self.order.shape
             rows = np.arange(k)[:, None]
+            f_rank = (self.rank + rows * n).ravel()
             self._flat = (
                 (self.order + rows * n).ravel(),
-                (self.rank + rows * n).ravel(),
-                (self.jbin + rows * (self.gmax + 1)).ravel(),
+                f_rank,
+                (self.jbin.ravel()[f_rank].reshape(k, n) + rows * (self.gmax + 1)).ravel(),
             )
         return self._flat
 
@@ -258,7 +261,7 @@ class _Sorted:
         if self._xe is None or self._xe[0] is not X:
             k, n = self.order.shape
             E = sp.csr_matrix(
-                (np.ones(len(self.ev_k)), (self.ev_k, self.order[self.ev_k, self.ev_q])),
+                (np.ones(len(self.ev_k)), (self.ev_k, self.ev_p)),
                 shape=(k, n),
             )
             self._xe = (X, np.asarray(E @ X))
@@ -280,6 +283,7 @@ class _Sorted:
             jbin=self.jbin[rows],
             ev_k=new_k[o],
             ev_q=self.ev_q[sel][o],
+            ev_p=self.ev_p[sel][o],
             ev_g=self.ev_g[sel][o],
             ev_frac=self.ev_frac[sel][o],
             n_groups=self.n_groups[rows],
@@ -330,11 +334,12 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
         order=order,
         rank=rank,
         valid=valid,
-        neg=np.where(valid, 0.0, -np.inf),
+        neg=np.where(include, 0.0, -np.inf),
         times_sorted=ts,
         jbin=jbin,
         ev_k=ev_k,
         ev_q=ev_q,
+        ev_p=order[ev_k, ev_q],
         ev_g=ev_g,
         ev_frac=ev_frac,
         n_groups=n_groups,
@@ -343,7 +348,10 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
         _flat=(
             f_order,
             (rank + base).ravel(),
-            (jbin + (np.arange(k) * (gmax + 1))[:, None]).ravel(),
+            (
+                jbin.ravel()[(rank + base).ravel()].reshape(k, n)
+                + (np.arange(k) * (gmax + 1))[:, None]
+            ).ravel(),
         ),
     )
 
@@ -434,10 +442,10 @@ def _segment_cumsum(a: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 class _Eval:
     ll: np.ndarray  # (K,)
     grad: np.ndarray  # (K, P)
-    w: np.ndarray  # (K, N) exp(eta - c) in sorted order
+    w: np.ndarray  # (K, N) exp(eta - c), person order
     c: np.ndarray  # (K,)
     s0_grp: np.ndarray  # (K, Gmax) risk-set sums at the event groups (scaled by exp(-c))
-    v: np.ndarray | None = None  # (K, N) sorted
+    v: np.ndarray | None = None  # (K, N) person order
     phi: np.ndarray | None = None  # (E,)
 
 
@@ -451,30 +459,31 @@ def _evaluate(S: _Sorted, Xs: np.ndarray, beta: np.ndarray) -> _Eval:
     k, n = S.order.shape
     gm = S.gmax
     f_order, f_rank, f_jbin = S.flat
-    eta = (beta @ Xs.T).ravel()[f_order].reshape(k, n)
+    eta = beta @ Xs.T  # (K, N), person order (as w and v below)
     eta += S.neg
     c = eta.max(axis=1)
     c = np.where(np.isfinite(c), c, 0.0)
-    w = eta - c[:, None]
-    np.exp(w, out=w)
-    cs = np.cumsum(w, axis=1)
+    eta -= c[:, None]
+    w = np.exp(eta)
+    ws = w.ravel()[f_order].reshape(k, n)  # sorted order: risk sets are prefixes
+    cs = np.cumsum(ws, axis=1)
     s0_grp = np.take_along_axis(cs, S.grp_end, axis=1)  # (K, Gmax)
-    ek, eg = S.ev_k, S.ev_g
+    ek, eg, ep = S.ev_k, S.ev_g, S.ev_p
     eflat = S.ev_flat  # ek * (Gmax + 1) + eg: group sums as one bincount each
     size = k * (gm + 1)
-    w_ev = w[ek, S.ev_q]
+    w_ev = w[ek, ep]
     s0d = _sum_by(eflat, w_ev, size)
     phi = s0_grp[ek, eg] - S.ev_frac * s0d[eflat]
-    ll = _sum_by(ek, eta[ek, S.ev_q] - c[ek] - np.log(phi), k)
+    ll = _sum_by(ek, eta[ek, ep] - np.log(phi), k)
     inv = 1.0 / phi
     a_grp = _sum_by(eflat, inv, size).reshape(k, gm + 1)
     b_grp = _sum_by(eflat, S.ev_frac * inv, size).reshape(k, gm + 1)
     rc = np.cumsum(a_grp[:, ::-1], axis=1)[:, ::-1]  # sum over groups >= j
     v = rc.ravel()[f_jbin].reshape(k, n)
     v *= w
-    v[ek, S.ev_q] -= w_ev * b_grp[ek, eg]
+    v[ek, ep] -= w_ev * b_grp[ek, eg]
     # gradient X^T (e - v): the events' part is the same at every beta
-    grad = S.event_sums(Xs) - v.ravel()[f_rank].reshape(k, n) @ Xs
+    grad = S.event_sums(Xs) - v @ Xs
     return _Eval(ll=ll, grad=grad, w=w, c=c, s0_grp=s0_grp, v=v, phi=phi)
 
 
@@ -505,7 +514,7 @@ def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
     """(K, P, P) information matrix (minus the Hessian of the Efron log-likelihood)."""
     k, n = S.order.shape
     f_rank = S.flat[1]
-    V = np.maximum(ev.v, 0.0).ravel()[f_rank].reshape(k, n)
+    V = np.maximum(ev.v, 0.0)
     H = _weighted_gram(Xs, V, dtype)
     g = S.n_groups
     goff = np.r_[0, np.cumsum(g)]
@@ -518,7 +527,7 @@ def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
     # all outcomes per product), then a cumulative sum over each outcome's groups
     jb = S.jbin.ravel()[f_rank].reshape(k, n)  # event group of each person, person order
     inside = jb < g[:, None]
-    data = np.where(inside, ev.w.ravel()[f_rank].reshape(k, n), 0.0).astype(dtype)
+    data = np.where(inside, ev.w, 0.0).astype(dtype)
     Xf = Xs.astype(dtype, copy=False)
     gg = goff[S.ev_k] + S.ev_g  # each event's group among all outcomes' groups
     inv2 = 1.0 / ev.phi**2
@@ -554,14 +563,9 @@ def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
         in_t = np.zeros(int(goff[-1]), dtype=bool)
         in_t[tg] = True
         e = np.flatnonzero(in_t[gg])
-        ke, qe = S.ev_k[e], S.ev_q[e]
+        ke, pe = S.ev_k[e], S.ev_p[e]
         # (tied groups, P): sum of w x over each group's events, in the order of tg
-        B = (
-            sp.csr_matrix(
-                (ev.w[ke, qe], (np.searchsorted(tg, gg[e]), S.order[ke, qe])), shape=(len(tg), n)
-            )
-            @ Xs
-        )
+        B = sp.csr_matrix((ev.w[ke, pe], (np.searchsorted(tg, gg[e]), pe)), shape=(len(tg), n)) @ Xs
         for j in np.flatnonzero(np.diff(tb)):
             t = slice(tb[j], tb[j + 1])
             AtB = At[t].T @ (c1[t, None] * B[t])
