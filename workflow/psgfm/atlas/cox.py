@@ -47,11 +47,12 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg  # noqa: F401 - loads scipy's BLAS before any threadpool_limits
+import scipy.linalg  # loads scipy's BLAS before any threadpool_limits
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
+_potrf, _potri = scipy.linalg.lapack.dpotrf, scipy.linalg.lapack.dpotri
 
 STATUSES = ("ok", "no_events", "singular", "separation", "not_converged")
 
@@ -153,7 +154,8 @@ def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
         )
     time = _as_rows(time, "time", n, np.float64)
     k = time.shape[0]
-    event_raw = _as_rows(event, "event", n, np.float64)
+    boolean = np.asarray(event).dtype == bool  # 0/1 by construction: nothing to check
+    event_raw = _as_rows(event, "event", n, bool if boolean else np.float64)
     if event_raw.shape[0] != k:
         raise CoxInputError(f"event has {event_raw.shape[0]} rows but time has {k}.")
     include = (
@@ -163,16 +165,21 @@ def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
     )
     if include.shape[0] != k:
         raise CoxInputError(f"include has {include.shape[0]} rows but time has {k}.")
-    ev_in = np.where(include, event_raw, 0.0)
-    if np.isnan(ev_in).any() or not np.isin(ev_in, (0.0, 1.0)).all():
-        raise CoxInputError(
-            "event must be 0/1 (or boolean) for every included person; "
-            f"found {np.unique(ev_in[~np.isin(ev_in, (0.0, 1.0))])[:5].tolist()}."
-        )
-    t_in = time[include]
-    if not np.isfinite(t_in).all():
-        raise CoxInputError("time must be finite for every included person (NaN/inf found).")
-    if (t_in < 0).any():
+    if boolean:
+        ev_out = event_raw & include
+    else:
+        ev_in = np.where(include, event_raw, 0.0)
+        if np.isnan(ev_in).any() or not np.isin(ev_in, (0.0, 1.0)).all():
+            raise CoxInputError(
+                "event must be 0/1 (or boolean) for every included person; "
+                f"found {np.unique(ev_in[~np.isin(ev_in, (0.0, 1.0))])[:5].tolist()}."
+            )
+        ev_out = ev_in.astype(bool)
+    # one pass: NaN, infinite and negative times of included persons
+    if not (include <= ((time >= 0) & (time < np.inf))).all():
+        t_in = time[include]
+        if not np.isfinite(t_in).all():
+            raise CoxInputError("time must be finite for every included person (NaN/inf found).")
         raise CoxInputError(
             f"time must be >= 0 for every included person; found {t_in[t_in < 0][:5].tolist()}."
         )
@@ -188,7 +195,7 @@ def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
                 f"columns must have shape ({p},) or ({k}, {p}); got {np.shape(columns)}."
             )
         columns = columns.copy()
-    return X, time, ev_in.astype(bool), include, pen, columns
+    return X, time, ev_out, include, pen, columns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,11 +215,12 @@ class _Sorted:
     order: np.ndarray  # (K, N) person index at each sorted position
     rank: np.ndarray  # (K, N) sorted position of each person (inverse of order)
     valid: np.ndarray  # (K, N) bool
-    neg: np.ndarray  # (K, N) 0 for included persons, -inf for the others
+    neg: np.ndarray  # (K, N) person order: 0 for included persons, -inf for the others
     times_sorted: np.ndarray  # (K, N)
     jbin: np.ndarray  # (K, N) first event group whose risk set holds the row (G_k: none)
     ev_k: np.ndarray  # (E,) outcome of each event
     ev_q: np.ndarray  # (E,) sorted position of each event
+    ev_p: np.ndarray  # (E,) person (row of X) of each event
     ev_g: np.ndarray  # (E,) event group of each event
     ev_frac: np.ndarray  # (E,) l/d: the l-th of d tied events (Efron)
     n_groups: np.ndarray  # (K,)
@@ -220,6 +228,7 @@ class _Sorted:
     grp_d: np.ndarray  # (K, Gmax) events in each group (0 = padding)
     _flat: tuple | None = None
     _ev_flat: np.ndarray | None = None
+    _xe: tuple | None = None  # (X, (K, P) sum of X over each outcome's events)
 
     @property
     def gmax(self) -> int:
@@ -234,16 +243,29 @@ class _Sorted:
 
     @property
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Flat indices for row-wise gathers: order, rank, and jbin into (K, Gmax + 1)."""
+        """Flat indices for row-wise gathers: order, rank, and each person's jbin (person
+        order) into (K, Gmax + 1)."""
         if self._flat is None:
             k, n = self.order.shape
             rows = np.arange(k)[:, None]
+            f_rank = (self.rank + rows * n).ravel()
             self._flat = (
                 (self.order + rows * n).ravel(),
-                (self.rank + rows * n).ravel(),
-                (self.jbin + rows * (self.gmax + 1)).ravel(),
+                f_rank,
+                (self.jbin.ravel()[f_rank].reshape(k, n) + rows * (self.gmax + 1)).ravel(),
             )
         return self._flat
+
+    def event_sums(self, X: np.ndarray) -> np.ndarray:
+        """(K, P) sum of the rows of ``X`` over each outcome's events (kept for this X)."""
+        if self._xe is None or self._xe[0] is not X:
+            k, n = self.order.shape
+            E = sp.csr_matrix(
+                (np.ones(len(self.ev_k)), (self.ev_k, self.ev_p)),
+                shape=(k, n),
+            )
+            self._xe = (X, np.asarray(E @ X))
+        return self._xe[1]
 
     def take(self, rows: np.ndarray) -> _Sorted:
         remap = np.full(self.order.shape[0], -1)
@@ -261,11 +283,13 @@ class _Sorted:
             jbin=self.jbin[rows],
             ev_k=new_k[o],
             ev_q=self.ev_q[sel][o],
+            ev_p=self.ev_p[sel][o],
             ev_g=self.ev_g[sel][o],
             ev_frac=self.ev_frac[sel][o],
             n_groups=self.n_groups[rows],
             grp_end=self.grp_end[rows],
             grp_d=self.grp_d[rows],
+            _xe=None if self._xe is None else (self._xe[0], self._xe[1][rows]),
         )
 
 
@@ -273,12 +297,15 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
     k, n = time.shape
     key = np.where(include, time, -np.inf)
     order = np.argsort(-key, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(n), (k, n)), axis=1)
-    ts = np.take_along_axis(key, order, axis=1)
-    valid = np.take_along_axis(include, order, axis=1)
-    es = np.take_along_axis(event, order, axis=1) & valid
+    # row-wise gathers through flat indices (a few times faster than take_along_axis)
+    base = (np.arange(k) * n)[:, None]
+    f_order = (order + base).ravel()
     pos = np.broadcast_to(np.arange(n), (k, n))
+    rank = np.empty_like(order)
+    rank.ravel()[f_order] = pos.ravel()
+    ts = key.ravel()[f_order].reshape(k, n)
+    valid = include.ravel()[f_order].reshape(k, n)
+    es = event.ravel()[f_order].reshape(k, n) & valid
     new = np.ones((k, n), dtype=bool)
     new[:, 1:] = ts[:, 1:] != ts[:, :-1]
     gstart = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
@@ -287,8 +314,8 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
     gend = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
     ecount = np.cumsum(es, axis=1)
     ecount_excl = ecount - es
-    before = np.take_along_axis(ecount_excl, gstart, axis=1)
-    d = np.take_along_axis(ecount, gend, axis=1) - before
+    before = ecount_excl.ravel()[(gstart + base).ravel()].reshape(k, n)
+    d = ecount.ravel()[(gend + base).ravel()].reshape(k, n) - before
     is_grp_end = last & (d > 0) & valid
     cum_end = np.cumsum(is_grp_end, axis=1)
     jbin = cum_end - is_grp_end  # event groups ending strictly before the row
@@ -307,16 +334,25 @@ def _sorted_structure(time: np.ndarray, event: np.ndarray, include: np.ndarray) 
         order=order,
         rank=rank,
         valid=valid,
-        neg=np.where(valid, 0.0, -np.inf),
+        neg=np.where(include, 0.0, -np.inf),
         times_sorted=ts,
         jbin=jbin,
         ev_k=ev_k,
         ev_q=ev_q,
+        ev_p=order[ev_k, ev_q],
         ev_g=ev_g,
         ev_frac=ev_frac,
         n_groups=n_groups,
         grp_end=grp_end,
         grp_d=grp_d,
+        _flat=(
+            f_order,
+            (rank + base).ravel(),
+            (
+                jbin.ravel()[(rank + base).ravel()].reshape(k, n)
+                + (np.arange(k) * (gmax + 1))[:, None]
+            ).ravel(),
+        ),
     )
 
 
@@ -353,26 +389,39 @@ def _weighted_gram(Xs: np.ndarray, V: np.ndarray, dtype, block: int = 4096):
     return out
 
 
-def _weighted_gram_pairs(Xs: np.ndarray, V: np.ndarray, dtype, nbytes: int = 2**26):
+def _weighted_gram_pairs(
+    Xs: np.ndarray, V: np.ndarray, dtype, persons: int = 512, pairs: int = 1024
+):
     """:func:`_weighted_gram` for many outcomes: ``G[pair, k] = sum_i z_i[pair] V[k, i]``
-    with ``z_i`` the upper-triangle products of person i (persons in blocks of at most
-    ``nbytes`` of products)."""
+    with ``z_i`` the upper-triangle products of person i. The products are formed in tiles of
+    about ``pairs`` products (whole rows of the triangle) x ``persons`` persons, small enough
+    to stay in the core's cache between being formed and being multiplied, and each tile's
+    part of ``G`` stays there across the persons."""
     k, n = V.shape
     p = Xs.shape[1]
     iu, ju = np.triu_indices(p)
     starts = np.r_[0, np.cumsum(np.arange(p, 0, -1))]
-    size = np.dtype(dtype).itemsize
-    rb = int(max(64, min(n, nbytes // (len(iu) * size))))
+    tiles = []  # rows a0..a1-1 of the triangle, about `pairs` products
+    a0 = 0
+    while a0 < p:
+        a1 = a0 + 1
+        while a1 < p and starts[a1 + 1] - starts[a0] <= pairs:
+            a1 += 1
+        tiles.append((a0, a1))
+        a0 = a1
     XT = np.ascontiguousarray(Xs.T, dtype=dtype)  # (P, N): each covariate one row
     VT = np.ascontiguousarray(np.maximum(V, 0.0).T, dtype=dtype)  # (N, K)
-    Z = np.empty((len(iu), rb), dtype=dtype)
+    Z = np.empty((max(starts[a1] - starts[a0] for a0, a1 in tiles), persons), dtype=dtype)
     G = np.zeros((len(iu), k), dtype=dtype)
-    for i0 in range(0, n, rb):
-        m = min(rb, n - i0)
-        Xb = XT[:, i0 : i0 + m]
-        for a in range(p):  # rows a..p-1 of the upper triangle: x[a] * x[a:]
-            np.multiply(Xb[a], Xb[a:], out=Z[starts[a] : starts[a + 1], :m])
-        G += Z[:, :m] @ VT[i0 : i0 + m]
+    for a0, a1 in tiles:
+        s0, s1 = starts[a0], starts[a1]
+        Gt = G[s0:s1]
+        for i0 in range(0, n, persons):
+            m = min(persons, n - i0)
+            Xb = XT[:, i0 : i0 + m]
+            for a in range(a0, a1):  # row a of the triangle: x[a] * x[a:]
+                np.multiply(Xb[a], Xb[a:], out=Z[starts[a] - s0 : starts[a + 1] - s0, :m])
+            Gt += Z[: s1 - s0, :m] @ VT[i0 : i0 + m]
     out = np.empty((k, p, p))
     out[:, iu, ju] = G.T
     out[:, ju, iu] = G.T
@@ -393,10 +442,10 @@ def _segment_cumsum(a: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 class _Eval:
     ll: np.ndarray  # (K,)
     grad: np.ndarray  # (K, P)
-    w: np.ndarray  # (K, N) exp(eta - c) in sorted order
+    w: np.ndarray  # (K, N) exp(eta - c), person order
     c: np.ndarray  # (K,)
     s0_grp: np.ndarray  # (K, Gmax) risk-set sums at the event groups (scaled by exp(-c))
-    v: np.ndarray | None = None  # (K, N) sorted
+    v: np.ndarray | None = None  # (K, N) person order
     phi: np.ndarray | None = None  # (E,)
 
 
@@ -410,41 +459,46 @@ def _evaluate(S: _Sorted, Xs: np.ndarray, beta: np.ndarray) -> _Eval:
     k, n = S.order.shape
     gm = S.gmax
     f_order, f_rank, f_jbin = S.flat
-    eta = (beta @ Xs.T).ravel()[f_order].reshape(k, n)
+    eta = beta @ Xs.T  # (K, N), person order (as w and v below)
     eta += S.neg
     c = eta.max(axis=1)
     c = np.where(np.isfinite(c), c, 0.0)
-    w = eta - c[:, None]
-    np.exp(w, out=w)
-    cs = np.cumsum(w, axis=1)
+    eta -= c[:, None]
+    w = np.exp(eta)
+    ws = w.ravel()[f_order].reshape(k, n)  # sorted order: risk sets are prefixes
+    cs = np.cumsum(ws, axis=1)
     s0_grp = np.take_along_axis(cs, S.grp_end, axis=1)  # (K, Gmax)
-    ek, eg = S.ev_k, S.ev_g
+    ek, eg, ep = S.ev_k, S.ev_g, S.ev_p
     eflat = S.ev_flat  # ek * (Gmax + 1) + eg: group sums as one bincount each
     size = k * (gm + 1)
-    w_ev = w[ek, S.ev_q]
+    w_ev = w[ek, ep]
     s0d = _sum_by(eflat, w_ev, size)
     phi = s0_grp[ek, eg] - S.ev_frac * s0d[eflat]
-    ll = _sum_by(ek, eta[ek, S.ev_q] - c[ek] - np.log(phi), k)
+    ll = _sum_by(ek, eta[ek, ep] - np.log(phi), k)
     inv = 1.0 / phi
     a_grp = _sum_by(eflat, inv, size).reshape(k, gm + 1)
     b_grp = _sum_by(eflat, S.ev_frac * inv, size).reshape(k, gm + 1)
     rc = np.cumsum(a_grp[:, ::-1], axis=1)[:, ::-1]  # sum over groups >= j
     v = rc.ravel()[f_jbin].reshape(k, n)
     v *= w
-    v[ek, S.ev_q] -= w_ev * b_grp[ek, eg]
-    resid = -v
-    resid[ek, S.ev_q] += 1.0
-    r = resid.ravel()[f_rank].reshape(k, n)  # back to person order
-    return _Eval(ll=ll, grad=r @ Xs, w=w, c=c, s0_grp=s0_grp, v=v, phi=phi)
+    v[ek, ep] -= w_ev * b_grp[ek, eg]
+    # gradient X^T (e - v): the events' part is the same at every beta
+    grad = S.event_sums(Xs) - v @ Xs
+    return _Eval(ll=ll, grad=grad, w=w, c=c, s0_grp=s0_grp, v=v, phi=phi)
 
 
-def _evaluate_rows(ev: _Eval, S: _Sorted, Xs: np.ndarray, rows: np.ndarray, beta) -> tuple:
+def _evaluate_rows(
+    ev: _Eval, S: _Sorted, Xs: np.ndarray, rows: np.ndarray, beta, beta_all
+) -> tuple:
     """Evaluate the outcomes ``rows`` (ascending) of ``S`` at ``beta`` (one row each) and
     write the result into ``ev``, the evaluation of all of ``S``'s outcomes, so that ``ev``
-    always holds each outcome's newest evaluation. Returns ``(ev, e)``, ``e`` the rows' own."""
-    if len(rows) == S.order.shape[0]:
-        e = _evaluate(S, Xs, beta)
-        return e, e
+    always holds each outcome's newest evaluation. Returns ``(ev, ll)``, ``ll`` the rows'
+    log-likelihoods. ``beta_all`` (K, P): the coefficients of ``ev``'s evaluation with the
+    rows' replaced by ``beta``; when most outcomes are evaluated anyway, all of them are, at
+    ``beta_all`` (the others' values do not change), which is cheaper than a subset's copies."""
+    if 20 * len(rows) >= 7 * S.order.shape[0]:
+        e = _evaluate(S, Xs, beta_all)
+        return e, e.ll[rows]
     e = _evaluate(S.take(rows), Xs, beta)
     ev.ll[rows] = e.ll
     ev.grad[rows] = e.grad
@@ -453,53 +507,69 @@ def _evaluate_rows(ev: _Eval, S: _Sorted, Xs: np.ndarray, rows: np.ndarray, beta
     ev.s0_grp[rows] = e.s0_grp
     ev.v[rows] = e.v
     ev.phi[np.isin(S.ev_k, rows)] = e.phi
-    return ev, e
+    return ev, e.ll
 
 
 def _hessian(S: _Sorted, Xs: np.ndarray, ev: _Eval, dtype) -> np.ndarray:
     """(K, P, P) information matrix (minus the Hessian of the Efron log-likelihood)."""
     k, n = S.order.shape
-    V = np.maximum(ev.v, 0.0).ravel()[S.flat[1]].reshape(k, n)
-    H = _weighted_gram(Xs, V, dtype)
-    # risk-set mean term at the event groups: per outcome, risk-set sums of w x at each
-    # distinct event time (a sparse groups x persons product, column-major so that X is read
-    # in order, then a cumulative sum over the groups), and Efron's corrections for ties
-    Xf = Xs.astype(dtype, copy=False)
     f_rank = S.flat[1]
+    V = np.maximum(ev.v, 0.0)
+    H = _weighted_gram(Xs, V, dtype)
+    g = S.n_groups
+    goff = np.r_[0, np.cumsum(g)]
+    if goff[-1] == 0:
+        return H
+    # risk-set mean term at the event groups. Risk-set sums of w x at every outcome's distinct
+    # event times: the persons' w x summed into their first event group by a sparse
+    # (groups x persons) product, column-major so that X is read in order, for `kb` outcomes
+    # at a time (their sums stay in the core's cache: a few times faster than one outcome or
+    # all outcomes per product), then a cumulative sum over each outcome's groups
     jb = S.jbin.ravel()[f_rank].reshape(k, n)  # event group of each person, person order
-    wp = ev.w.ravel()[f_rank].reshape(k, n)
+    inside = jb < g[:, None]
+    data = np.where(inside, ev.w, 0.0).astype(dtype)
+    Xf = Xs.astype(dtype, copy=False)
+    gg = goff[S.ev_k] + S.ev_g  # each event's group among all outcomes' groups
     inv2 = 1.0 / ev.phi**2
+    sqc0 = np.sqrt(np.bincount(gg, weights=inv2, minlength=goff[-1]))
     fr = S.ev_frac
-    ev_bounds = np.searchsorted(S.ev_k, np.arange(k + 1))
-    cols = np.arange(n + 1)
-    for j in np.flatnonzero(S.n_groups):
-        g = int(S.n_groups[j])
-        inside = jb[j] < g
+    tied = fr > 0
+    tg = np.unique(gg[tied])  # groups with tied events (ascending)
+    At = np.empty((len(tg), Xs.shape[1]))  # their risk-set sums
+    tb = np.searchsorted(tg, goff)
+    kb = 8
+    for j0 in range(0, k, kb):
+        j1 = min(k, j0 + kb)
+        if goff[j1] == goff[j0]:
+            continue
+        rows = np.where(inside[j0:j1], goff[j0:j1, None] - goff[j0] + jb[j0:j1], 0)
         M = sp.csc_matrix(
-            (np.where(inside, wp[j], 0.0).astype(dtype), np.minimum(jb[j], g - 1), cols),
-            shape=(g, n),
+            (data[j0:j1].T.ravel(), rows.T.ravel(), np.arange(0, n * (j1 - j0) + 1, j1 - j0)),
+            shape=(int(goff[j1] - goff[j0]), n),
         )
-        s1 = np.cumsum((M @ Xf).astype(np.float64), axis=0)
-        e = slice(ev_bounds[j], ev_bounds[j + 1])
-        eg = S.ev_g[e]
-        c0 = np.bincount(eg, weights=inv2[e], minlength=g)
-        A = (s1 * np.sqrt(c0)[:, None]).astype(dtype)
-        H[j] -= A.T @ A
-        tied_ev = fr[e] > 0
-        if tied_ev.any():  # groups with tied events: Efron's correction terms
-            tg = np.unique(eg[tied_ev])
-            c1 = np.bincount(eg, weights=fr[e] * inv2[e], minlength=g)[tg]
-            c2 = np.bincount(eg, weights=fr[e] ** 2 * inv2[e], minlength=g)[tg]
-            in_t = np.isin(eg, tg)
-            pos = np.searchsorted(tg, eg[in_t])
-            q = S.ev_q[e][in_t]
-            wx = ev.w[j, q][:, None] * Xs[S.order[j, q]]
-            o = np.argsort(pos, kind="stable")  # (already ascending: events in time order)
-            first = np.flatnonzero(np.r_[True, np.diff(pos[o]) != 0])
-            B = np.add.reduceat(wx[o], first, axis=0)  # every group in tg has a tied event
-            At = s1[tg]
-            AtB = At.T @ (c1[:, None] * B)
-            H[j] += AtB + AtB.T - B.T @ (c2[:, None] * B)
+        D = M @ Xf  # (groups of these outcomes, P)
+        for j in range(j0, j1):
+            seg = slice(goff[j] - goff[j0], goff[j + 1] - goff[j0])
+            if seg.stop == seg.start:
+                continue
+            s1 = np.cumsum(D[seg], axis=0, dtype=np.float64)
+            a = (s1 * sqc0[goff[j] : goff[j + 1], None]).astype(dtype)
+            H[j] -= a.T @ a
+            if tb[j + 1] > tb[j]:
+                At[tb[j] : tb[j + 1]] = s1[tg[tb[j] : tb[j + 1]] - goff[j]]
+    if len(tg):  # groups with tied events: Efron's correction terms
+        c1 = np.bincount(gg, weights=fr * inv2, minlength=goff[-1])[tg]
+        c2 = np.bincount(gg, weights=fr**2 * inv2, minlength=goff[-1])[tg]
+        in_t = np.zeros(int(goff[-1]), dtype=bool)
+        in_t[tg] = True
+        e = np.flatnonzero(in_t[gg])
+        ke, pe = S.ev_k[e], S.ev_p[e]
+        # (tied groups, P): sum of w x over each group's events, in the order of tg
+        B = sp.csr_matrix((ev.w[ke, pe], (np.searchsorted(tg, gg[e]), pe)), shape=(len(tg), n)) @ Xs
+        for j in np.flatnonzero(np.diff(tb)):
+            t = slice(tb[j], tb[j + 1])
+            AtB = At[t].T @ (c1[t, None] * B[t])
+            H[j] += AtB + AtB.T - B[t].T @ (c2[t, None] * B[t])
     return H
 
 
@@ -516,28 +586,37 @@ def _breslow(S: _Sorted, ev: _Eval):
 
 def _information(H: np.ndarray, lam: np.ndarray, used: np.ndarray) -> np.ndarray:
     """Penalised information with unused columns replaced by identity rows/columns."""
-    p = H.shape[1]
-    eye = np.eye(p)
-    J = H + lam[:, :, None] * eye
-    both = used[:, :, None] & used[:, None, :]
-    return np.where(both, J, 0.0) + (~used).astype(np.float64)[:, :, None] * eye
+    k, p = H.shape[:2]
+    J = H.copy()
+    diag = J.reshape(k, p * p)[:, :: p + 1]  # a view of the diagonals
+    diag += lam
+    if not used.all():
+        J[~used[:, :, None] | ~used[:, None, :]] = 0.0
+        diag[~used] = 1.0
+    return J
 
 
 def _inverse(J: np.ndarray):
-    """Batched inverse; ``ok`` is False where J is not (numerically) positive definite."""
-    k = J.shape[0]
+    """Batched inverse; ``ok`` is False where J is not (numerically) positive definite.
+
+    Each matrix by its Cholesky factor (LAPACK ``potrf``, whose failure is the test of
+    positive definiteness) and ``potri`` (the inverse from the factor): a third of the work of
+    a general inverse, and the factor is computed once for both."""
+    k, p = J.shape[:2]
     ok = np.ones(k, dtype=bool)
-    try:
-        np.linalg.cholesky(J)
-    except np.linalg.LinAlgError:
-        for j in range(k):
-            try:
-                np.linalg.cholesky(J[j])
-            except np.linalg.LinAlgError:
-                ok[j] = False
     inv = np.full_like(J, np.nan)
-    if ok.any():
-        inv[ok] = np.linalg.inv(J[ok])
+    upper = np.triu(np.ones((p, p), dtype=bool), 1)
+    for j in range(k):
+        # J[j] is symmetric: its C-order buffer read as Fortran order is the same matrix
+        c, info = _potrf(J[j].T, lower=False, overwrite_a=False, clean=False)
+        if info != 0 or not np.isfinite(c).all():
+            ok[j] = False
+            continue
+        a, info = _potri(c, lower=False, overwrite_c=True)
+        if info != 0:
+            ok[j] = False
+            continue
+        inv[j] = np.where(upper, a, a.T)  # potri fills the upper triangle only
     # well-conditioned: lambda_min > 1e-10 lambda_max. For a positive definite J,
     # cond <= tr(J) tr(J^-1) <= p^2 cond, so the eigenvalues are needed only in between
     p = J.shape[1]
@@ -616,8 +695,10 @@ def _fit_chunk(
         new_llp = np.full(len(a), -np.inf)
         for _h in range(40):  # step halving until the penalised likelihood does not fall
             rows = a[todo]
-            ev, e = _evaluate_rows(ev, S, Xs, rows, new_beta[todo])
-            lp = e.ll - 0.5 * (lam[rows] * new_beta[todo] ** 2).sum(axis=1)
+            trial = beta.copy()  # every outcome's coefficients of this evaluation
+            trial[a] = new_beta
+            ev, ll_rows = _evaluate_rows(ev, S, Xs, rows, new_beta[todo], trial)
+            lp = ll_rows - 0.5 * (lam[rows] * new_beta[todo] ** 2).sum(axis=1)
             new_llp[todo] = lp
             fell = ~(lp >= llp[a[todo]] - 1e-12 * np.abs(llp[a[todo]]))
             if not fell.any():
@@ -633,17 +714,19 @@ def _fit_chunk(
         y_vec = grad[a] - new_grad  # change of the gradient of the negative likelihood
         sy = np.einsum("kp,kp->k", s_vec, y_vec)
         upd = sy > 1e-300
-        hi = Hinv[a]
+        everyone = len(a) == k
+        hi = Hinv if everyone else Hinv[a]
         hy = np.einsum("kpq,kq->kp", hi, y_vec)
         rho = np.where(upd, 1.0 / np.where(upd, sy, 1.0), 0.0)
         yhy = np.einsum("kp,kp->k", y_vec, hy)
-        hi = (
-            hi
-            - rho[:, None, None] * (hy[:, :, None] * s_vec[:, None, :])
-            - rho[:, None, None] * (s_vec[:, :, None] * hy[:, None, :])
-            + ((rho**2 * yhy + rho)[:, None, None]) * (s_vec[:, :, None] * s_vec[:, None, :])
-        )
-        Hinv[a] = hi
+        # H <- H - rho (h s' + s h') + (rho^2 y'h + rho) s s', written as H - u s' - s u'
+        # with u = rho h - (rho^2 y'h + rho) s / 2: two outer products, in place
+        u = rho[:, None] * hy - (0.5 * (rho**2 * yhy + rho))[:, None] * s_vec
+        outer = np.multiply(u[:, :, None], s_vec[:, None, :])
+        hi -= outer
+        hi -= outer.transpose(0, 2, 1)
+        if not everyone:
+            Hinv[a] = hi
         beta[a] = new_beta
         grad[a] = new_grad
         llp[a] = new_llp
@@ -666,7 +749,7 @@ def _fit_chunk(
             g = (ev.grad - lam * beta) * used
             delta = np.einsum("kpq,kq->kp", inv[todo], g[todo])
             beta[todo] += delta
-            ev, _ = _evaluate_rows(ev, S, Xs, todo, beta[todo])
+            ev, _ = _evaluate_rows(ev, S, Xs, todo, beta[todo], beta)
             todo = todo[np.abs(delta).max(axis=1) >= np.sqrt(tol)]
             if len(todo) == 0:
                 break
