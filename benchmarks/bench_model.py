@@ -20,9 +20,10 @@ Timing: ``--repeats`` rounds, interleaved (release, ours, release, ours, ...), e
 ``--steps`` steps (or embedding passes); the figures are the **median** round, and every round
 is printed and kept in the JSON (``repeats_*``). On CPU a round is counted CPU time of this
 process (``time.process_time``: all its threads, not wall time, so a loaded machine does not
-skew it; run with ``OMP_NUM_THREADS=1`` for one-core figures); on CUDA it is synchronised wall
-time. On a CPU run the glibc allocator setting of :mod:`psgfm.model.cpualloc` (freed memory kept
-in the process) is applied at the start, so it holds for **both** sides and the ratio is the
+skew it; run with ``OMP_NUM_THREADS=1``: with several threads it also counts OpenMP's
+spin-waiting, which makes rounds erratic); on CUDA it is synchronised wall time. On a CPU
+run the glibc allocator setting of :mod:`psgfm.model.cpualloc` (freed memory kept in the
+process) is applied at the start, so it holds for **both** sides and the ratio is the
 algorithmic one; ``--malloc default`` leaves glibc's default, to show the setting's own effect
 (compare two runs).
 
