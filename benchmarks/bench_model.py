@@ -16,7 +16,18 @@ memory of each side's training step. ``--precision`` selects our side's precisio
 the pretrain code's ``autocast_for`` (``auto``: bf16 on CUDA, fp32 on CPU); the release side
 is always fp32, as released.
 
-    python benchmarks/bench_model.py                      # CPU, tiny config
+Timing: ``--repeats`` rounds, interleaved (release, ours, release, ours, ...), each of
+``--steps`` steps (or embedding passes); the figures are the **median** round, and every round
+is printed and kept in the JSON (``repeats_*``). On CPU a round is counted CPU time of this
+process (``time.process_time``: all its threads, not wall time, so a loaded machine does not
+skew it; run with ``OMP_NUM_THREADS=1``: with several threads it also counts OpenMP's
+spin-waiting, which makes rounds erratic); on CUDA it is synchronised wall time. On a CPU
+run the glibc allocator setting of :mod:`psgfm.model.cpualloc` (freed memory kept in the
+process) is applied at the start, so it holds for **both** sides and the ratio is the
+algorithmic one; ``--malloc default`` leaves glibc's default, to show the setting's own effect
+(compare two runs).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_model.py --batch 16     # CPU, tiny config
     python benchmarks/bench_model.py --size base --batch 64 --compile   # on a GPU
 """
 
@@ -24,11 +35,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
 
 from psgfm import MODALITIES
+from psgfm.model.cpualloc import keep_freed_memory
 from psgfm.model.encoder import SleepEncoder
 from psgfm.model.pretrain import ContrastiveModel, autocast_for, compile_in_place
 from psgfm.model.release import release_modality_forward, release_train_step
@@ -60,24 +73,45 @@ def sync(device):
 
 
 def time_loop(fn, n, device) -> float:
+    """Seconds for ``n`` calls of ``fn``: counted CPU time on CPU, synchronised wall time on
+    CUDA."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     sync(device)
-    t = time.perf_counter()
+    t = clock()
     for _ in range(n):
         fn()
     sync(device)
-    return time.perf_counter() - t
+    return clock() - t
+
+
+def interleaved(fns: dict, repeats: int, n: int, device) -> dict[str, list[float]]:
+    """``repeats`` rounds of ``n`` calls of each function, interleaved A, B, A, B, ...: the
+    seconds of every round per name."""
+    out = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            out[name].append(time_loop(fn, n, device))
+    return out
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="tiny")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2, help="steps (passes) per timed round")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; median reported")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument(
+        "--malloc",
+        default="keep",
+        choices=["keep", "default"],
+        help="CPU: keep freed memory in the process for both sides (psgfm.model.cpualloc), "
+        "or glibc's default",
+    )
     p.add_argument("--json", help="write the figures here")
     return p
 
@@ -87,6 +121,9 @@ def run(args) -> dict:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
+    malloc_kept = False
+    if device.type == "cpu" and args.malloc == "keep":
+        malloc_kept = keep_freed_memory()  # before any tensor: both sides run under it
     torch.manual_seed(0)
     batches = [make_batch(args.batch, s, device) for s in range(2)]
 
@@ -141,8 +178,8 @@ def run(args) -> dict:
     for _ in range(args.warmup):
         rel_step(), our_step()
     mem_rel, mem_ours = peak(rel_step), peak(our_step)
-    t_rel = time_loop(rel_step, args.steps, device)
-    t_ours = time_loop(our_step, args.steps, device)
+    rounds = interleaved({"release": rel_step, "ours": our_step}, args.repeats, args.steps, device)
+    t_rel, t_ours = (statistics.median(rounds[k]) for k in ("release", "ours"))
     train_rel = args.steps * args.batch / t_rel
     train_ours = args.steps * args.batch / t_ours
 
@@ -156,15 +193,19 @@ def run(args) -> dict:
         for x, m in zip(xs, ms):
             release_modality_forward(rel, x, m)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # as psgfm.model.embed.embed_recording
     def our_embed():
         b = batches[0]
         with autocast_for(device, args.precision):
             ours.encoder(b["signals"], b["channel_mask"], b["patch_mask"])
 
     rel_embed(), our_embed()
-    e_rel = args.steps * args.batch / 12 / time_loop(rel_embed, args.steps, device)
-    e_ours = args.steps * args.batch / 12 / time_loop(our_embed, args.steps, device)
+    erounds = interleaved(
+        {"release": rel_embed, "ours": our_embed}, args.repeats, args.steps, device
+    )
+    e_rel, e_ours = (
+        args.steps * args.batch / 12 / statistics.median(erounds[k]) for k in ("release", "ours")
+    )
 
     out = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -181,6 +222,13 @@ def run(args) -> dict:
         "embed_recording_hours_per_s_release": e_rel,
         "embed_recording_hours_per_s_ours": e_ours,
         "embed_ratio": e_ours / e_rel,
+        "timer": "wall (synchronised)" if device.type == "cuda" else "process CPU time",
+        "malloc_kept": malloc_kept,
+        "steps_per_round": args.steps,
+        "repeats_train_s_release": rounds["release"],
+        "repeats_train_s_ours": rounds["ours"],
+        "repeats_embed_s_release": erounds["release"],
+        "repeats_embed_s_ours": erounds["ours"],
     }
     if device.type == "cuda":
         out["peak_memory_gib_release"] = mem_rel
@@ -208,6 +256,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     out = run(args)
     for k, v in out.items():
+        if isinstance(v, list):
+            v = "[" + ", ".join(f"{x:.3f}" for x in v) + "]"
         print(f"{k:40s} {v:.4g}" if isinstance(v, float) else f"{k:40s} {v}")
     if args.json:
         with open(args.json, "w") as fh:

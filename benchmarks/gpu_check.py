@@ -56,6 +56,7 @@ WHEELS = ROOT / "benchmarks" / "out" / "wheels"
 BLOCKED = ("mne", "polars", "snakemake", "lifelines", "sksurv")
 MODEL_MODULES = (
     "psgfm.model",
+    "psgfm.model.cpualloc",
     "psgfm.model.encoder",
     "psgfm.model.release",
     "psgfm.model.data",

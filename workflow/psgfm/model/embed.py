@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader
 from psgfm import MODALITIES
 from psgfm.io import provenance, raise_if_environment, write_json, write_parquet
 from psgfm.model.checkpoint import load_encoder
+from psgfm.model.cpualloc import keep_freed_memory
 from psgfm.model.data import ChunkDataset, SeededSampler, collate, to_device
 from psgfm.model.encoder import SleepEncoder, encoder_config
 from psgfm.model.pretrain import autocast_for, resolve_device
@@ -75,7 +76,7 @@ def _vectors(arr: np.ndarray, present: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(values, d, mask=pa.array(~present))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed_recording(
     model: SleepEncoder,
     tensor_path: str | Path,
@@ -232,6 +233,8 @@ def embed_batch(
     tensor_dir, out_dir = Path(tensor_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg["device"])
+    if device.type == "cpu":
+        keep_freed_memory()  # glibc: activations stay mapped between batches (cpualloc)
     model = load_model(checkpoint, model_cfg, device)
     caps = model_cfg.get("channel_caps") or {}
     seed = int(model_cfg.get("seed", 0))

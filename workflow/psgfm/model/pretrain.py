@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from psgfm import MODALITIES
 from psgfm.io import atomic_path, write_json
 from psgfm.model.checkpoint import build_payload, load_encoder, read_checkpoint, save_checkpoint
+from psgfm.model.cpualloc import keep_freed_memory
 from psgfm.model.data import ChunkDataset, SeededSampler, collate, to_device
 from psgfm.model.encoder import SleepEncoder, encoder_config
 from psgfm.model.loss import ContrastiveResult, SpectralHeads, contrastive_loss
@@ -385,6 +386,8 @@ def pretrain(
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / ".state"
     rt = _init_distributed(cfg["device"])
+    if rt.device.type == "cpu":
+        keep_freed_memory()  # glibc: activations stay mapped between steps (cpualloc)
     seed = int(model_cfg["seed"])
 
     man = pd.read_parquet(manifest)
