@@ -85,6 +85,53 @@ def test_release_size_has_the_release_layout_and_a_module_prefixed_state_dict_lo
     assert "shape of fc.weight: file (4, 128), model (5, 128)" in msg
 
 
+def _logits(model, x, mm):
+    model.eval()
+    with torch.no_grad():
+        return model(x, mm, torch.ones(x.shape[:2], dtype=torch.bool))
+
+
+def test_modality_embedding_tells_modalities_apart_and_release_has_none():
+    """The spatial pooling is symmetric in the modalities: without the (small size's) modality
+    embedding, swapping two modalities' tokens leaves every logit unchanged, so a head cannot
+    learn that a stage shows in BAS and not in RESP; with it, the logits change. The release
+    size has no such parameter (its layout is the release's)."""
+    rng = np.random.default_rng(2)
+    n = _night(rng, 24)
+    x, mm = torch.as_tensor(n["tokens"])[None], torch.as_tensor(n["modality_mask"])[None]
+    swapped = x[:, :, [1, 0, 2, 3]]
+    torch.manual_seed(0)
+    plain = StagingHead(
+        staging_config("small", embed_dim=16, dropout=0.0, modality_embedding=False)
+    )
+    torch.testing.assert_close(_logits(plain, x, mm), _logits(plain, swapped, mm))
+    ident = _small(0)
+    assert ident.cfg.modality_embedding and tuple(ident.modality_embedding.shape) == (4, 16)
+    assert (_logits(ident, x, mm) - _logits(ident, swapped, mm)).abs().max() > 1e-3
+    extra = set(ident.state_dict()) - set(plain.state_dict())
+    assert extra == {"modality_embedding"}
+    assert not staging_config("release").modality_embedding
+    assert "modality_embedding" not in StagingHead("release").state_dict()
+
+
+def test_positions_are_used_only_when_configured():
+    """``positional: false`` (small: trained on crops whose positions restart at 0) ignores
+    the positional buffer; ``true`` (release: whole nights) adds it."""
+    rng = np.random.default_rng(4)
+    n = _night(rng, 30)
+    x, mm = torch.as_tensor(n["tokens"])[None], torch.as_tensor(n["modality_mask"])[None]
+    for positional in (False, True):
+        torch.manual_seed(0)
+        model = StagingHead(
+            staging_config("small", embed_dim=16, dropout=0.0, positional=positional)
+        )
+        before = _logits(model, x, mm)
+        model.positional_encoding.pe.normal_()
+        moved = (_logits(model, x, mm) - before).abs().max()
+        assert (moved > 1e-3) == positional, (positional, float(moved))
+    assert staging_config("release").positional and not staging_config("small").positional
+
+
 def test_save_load_round_trip(tmp_path):
     from psgfm.heads.train import input_norm
 

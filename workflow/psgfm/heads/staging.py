@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from psgfm import MODALITIES
 from psgfm.io import atomic_path
 from psgfm.model.checkpoint import (
     CheckpointError,
@@ -69,6 +70,13 @@ class StagingConfig:
     dropout: float = 0.3
     max_tokens: int = 8196
     n_classes: int = 5
+    # beyond the release layout (both off in ``release``, so its checkpoint loads unchanged):
+    # a learned vector per modality added to its tokens before the spatial pooling, which is
+    # otherwise symmetric in the modalities and cannot tell a BAS token from a RESP token
+    modality_embedding: bool = False
+    # sinusoidal positions from the start of the input; off where training sees crops (their
+    # positions restart at 0, a whole night's at inference run to thousands)
+    positional: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +84,9 @@ class StagingConfig:
 
 SIZES = {
     "release": StagingConfig(),
-    "small": StagingConfig(ff_dim=128, dropout=0.1, max_tokens=8196),
+    "small": StagingConfig(
+        ff_dim=128, dropout=0.1, max_tokens=8196, modality_embedding=True, positional=False
+    ),
 }
 
 
@@ -130,6 +140,11 @@ class StagingHead(nn.Module):
         )
         self.lstm = nn.LSTM(d, d // 2, num_layers=1, batch_first=True, bidirectional=True)
         self.fc = nn.Linear(d, cfg.n_classes)
+        self.modality_embedding = (
+            nn.Parameter(torch.zeros(len(MODALITIES), d)) if cfg.modality_embedding else None
+        )
+        if self.modality_embedding is not None:
+            nn.init.normal_(self.modality_embedding, std=1.0)
         # input standardisation (per modality and dimension, from the training tokens); not
         # in the state_dict (the release layout has none), saved beside it by save_staging
         self.register_buffer("input_mean", None, persistent=False)
@@ -173,12 +188,21 @@ class StagingHead(nn.Module):
             raise ValueError("a real token has no modality; mark it as padding")
         if self.input_mean is not None:
             tokens = (tokens - self.input_mean) / self.input_std
+        if self.modality_embedding is not None:
+            if M != self.modality_embedding.shape[0]:
+                raise ValueError(
+                    f"tokens have {M} modalities; the head's modality embedding has "
+                    f"{self.modality_embedding.shape[0]} ({', '.join(MODALITIES)})"
+                )
+            tokens = tokens + self.modality_embedding.to(tokens.dtype)
         # modalities pooled per real token only: padding never enters the spatial attention
         real = tokens[token_mask]  # (N, M, D)
         pooled = self.spatial_pooling(real, key_padding_mask=~modality_mask[token_mask])
         x = tokens.new_zeros(B, S, D)
         x[token_mask] = pooled
-        x = self.layer_norm(x + self._positions(S, tokens.device, x.dtype)[None])
+        if self.cfg.positional:
+            x = x + self._positions(S, tokens.device, x.dtype)[None]
+        x = self.layer_norm(x)
         x = self.transformer_encoder(x, src_key_padding_mask=~token_mask)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
