@@ -45,6 +45,9 @@ if not MODEL["checkpoint"]:
             f"{RESULTS}/logs/pretrain.log",
         benchmark:
             f"{RESULTS}/benchmarks/pretrain.tsv"
+        # the critical path: scheduled before the heads' trainings and other ready jobs that
+        # would hold the cores (make validate started a random-init head first and waited)
+        priority: 10
         conda:
             "../../envs/torch.yaml"
         resources:
