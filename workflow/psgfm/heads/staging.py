@@ -32,7 +32,6 @@ is per token, as in the release: every real token carries its epoch's label.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,7 +49,12 @@ from psgfm.model.checkpoint import (
     state_dict_mismatch,
     strip_prefix,
 )
-from psgfm.model.encoder import AttentionPooling, PositionalEncoding
+from psgfm.model.encoder import (
+    AttentionPooling,
+    PositionalEncoding,
+    prenorm_transformer,
+    sinusoids,
+)
 
 STAGES = ("W", "N1", "N2", "N3", "REM")
 FORMAT = "psgfm.staging/1"
@@ -127,16 +131,8 @@ class StagingHead(nn.Module):
         self.spatial_pooling = AttentionPooling(d, cfg.pooling_heads, cfg.ff_dim, cfg.dropout)
         self.positional_encoding = PositionalEncoding(cfg.max_tokens, d)
         self.layer_norm = nn.LayerNorm(d)
-        layer = nn.TransformerEncoderLayer(
-            d_model=d,
-            nhead=cfg.n_heads,
-            dim_feedforward=cfg.ff_dim,
-            dropout=cfg.dropout,
-            batch_first=True,
-            norm_first=True,
-        )
-        self.transformer_encoder = nn.TransformerEncoder(
-            layer, num_layers=cfg.n_layers, enable_nested_tensor=False
+        self.transformer_encoder = prenorm_transformer(
+            d, cfg.n_heads, cfg.ff_dim, cfg.dropout, cfg.n_layers
         )
         self.lstm = nn.LSTM(d, d // 2, num_layers=1, batch_first=True, bidirectional=True)
         self.fc = nn.Linear(d, cfg.n_classes)
@@ -164,15 +160,7 @@ class StagingHead(nn.Module):
         if n <= pe.shape[1]:
             return pe[0, :n].to(dtype)
         # nights longer than the buffer: the same sinusoids, computed for every position
-        d = pe.shape[2]
-        pos = torch.arange(n, dtype=torch.float32, device=device).unsqueeze(1)
-        div = torch.exp(
-            torch.arange(0, d, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / d)
-        )
-        out = torch.zeros(n, d, device=device)
-        out[:, 0::2] = torch.sin(pos * div)
-        out[:, 1::2] = torch.cos(pos * div)
-        return out.to(dtype)
+        return sinusoids(n, pe.shape[2], device).to(dtype)
 
     def forward(self, tokens: Tensor, modality_mask: Tensor, token_mask: Tensor) -> Tensor:
         B, S, M, D = tokens.shape

@@ -184,17 +184,39 @@ class AttentionPooling(nn.Module):
         return (y * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
 
 
+def sinusoids(n: int, dim: int, device=None) -> Tensor:
+    """(n, dim) float32 sinusoidal positions: sin on even, cos on odd dimensions."""
+    position = torch.arange(n, dtype=torch.float32, device=device).unsqueeze(1)
+    div = torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim)
+    )
+    pe = torch.zeros(n, dim, device=device)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div)
+    return pe
+
+
+def prenorm_transformer(
+    dim: int, heads: int, ff_dim: int, dropout: float, layers: int
+) -> nn.TransformerEncoder:
+    """The pre-norm transformer stack of the encoder and the staging head (batch first)."""
+    layer = nn.TransformerEncoderLayer(
+        d_model=dim,
+        nhead=heads,
+        dim_feedforward=ff_dim,
+        dropout=dropout,
+        batch_first=True,
+        norm_first=True,
+    )
+    return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+
+
 class PositionalEncoding(nn.Module):
     """Sinusoidal positions (sin on even, cos on odd dimensions), persistent buffer ``pe``."""
 
     def __init__(self, max_len: int, dim: int):
         super().__init__()
-        position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-        div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-        pe = torch.zeros(max_len, dim)
-        pe[:, 0::2] = torch.sin(position * div)
-        pe[:, 1::2] = torch.cos(position * div)
-        self.register_buffer("pe", pe.unsqueeze(0))
+        self.register_buffer("pe", sinusoids(max_len, dim).unsqueeze(0))
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.pe[:, : x.shape[1]]
@@ -236,16 +258,8 @@ class SleepEncoder(nn.Module):
         self.spatial_pooling = AttentionPooling(c.embed_dim, c.pooling_heads, c.ff_dim, c.dropout)
         self.positional_encoding = PositionalEncoding(c.max_tokens, c.embed_dim)
         self.layer_norm = nn.LayerNorm(c.embed_dim)
-        layer = nn.TransformerEncoderLayer(
-            d_model=c.embed_dim,
-            nhead=c.n_heads,
-            dim_feedforward=c.ff_dim,
-            dropout=c.dropout,
-            batch_first=True,
-            norm_first=True,
-        )
-        self.transformer_encoder = nn.TransformerEncoder(
-            layer, num_layers=c.n_layers, enable_nested_tensor=False
+        self.transformer_encoder = prenorm_transformer(
+            c.embed_dim, c.n_heads, c.ff_dim, c.dropout, c.n_layers
         )
         self.temporal_pooling = AttentionPooling(c.embed_dim, c.pooling_heads, c.ff_dim, c.dropout)
 
