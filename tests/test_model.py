@@ -466,18 +466,70 @@ def test_spectral_targets_equal_a_numpy_periodogram_and_ignore_padding():
     assert (got.argmax(-1) == alpha).all()
 
 
-def test_spectral_term_trains_and_resumes_to_the_same_weights(tensors, tmp_path):
+def test_channel_targets_equal_numpy_summaries_and_ignore_padding():
+    from psgfm.model.loss import CHANNEL_STATS, channel_targets, within_targets
+
+    rng = np.random.default_rng(1)
+    n = 640
+    x = rng.standard_normal((3, 4, 5, n)).astype(np.float32)
+    x[0, 1] *= 0.05  # a stopped channel: low log RMS
+    x[0, 2] -= 4.0  # a fallen level: low mean
+    x[1, 3] = 1e4  # padded: must not count
+    mask = torch.tensor(
+        [[True, True, True, False], [True, True, True, False], [False, False, False, False]]
+    )
+    got = channel_targets(torch.from_numpy(x), mask).numpy()
+    assert got.shape == (3, 5, len(CHANNEL_STATS))
+    for b in range(2):
+        real = x[b, :3].astype(np.float64)
+        lr = np.log(real.std(-1) + 1e-3)
+        mu = real.mean(-1)
+        ref = np.stack([lr.min(0), lr.mean(0), lr.max(0), mu.min(0), mu.mean(0), mu.max(0)], -1)
+        np.testing.assert_allclose(got[b], ref, rtol=1e-4, atol=1e-4)
+    assert np.isfinite(got).all() and (got[2] == 0).all()  # no real channel: zeros, never inf
+    assert (got[0, :, 0] < np.log(0.1)).all() and (got[0, :, 3] < -3.5).all()
+    both = within_targets(torch.from_numpy(x), mask, "bands+channels").numpy()
+    np.testing.assert_allclose(both[..., -len(CHANNEL_STATS) :], got)
+    with pytest.raises(ValueError, match="bands\\+channels"):
+        within_targets(torch.from_numpy(x), mask, "channels")
+
+
+def test_channel_targets_give_finite_gradients_when_a_chunk_lacks_the_modality():
+    from psgfm.model.loss import SpectralHeads
+
+    torch.manual_seed(0)
+    heads = SpectralHeads(("BAS", "RESP"), 8, "bands+channels")
+    tokens = torch.randn(3, 2, 5, 8, requires_grad=True)
+    modality_mask = torch.tensor([[True, True], [True, False], [True, True]])
+    x = torch.randn(3, 2, 5, 640)
+    cm = torch.tensor([[True, True], [False, False], [True, False]])
+    batch = {
+        "signals": {"BAS": torch.randn(3, 1, 5, 640), "RESP": x},
+        "channel_mask": {"BAS": torch.ones(3, 1, dtype=torch.bool), "RESP": cm},
+        "patch_mask": torch.ones(3, 5, dtype=torch.bool),
+    }
+    loss = heads(tokens, modality_mask, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(tokens.grad).all()
+    assert tokens.grad[1, 1].abs().sum() == 0  # the absent modality takes no part
+    assert heads.heads["RESP"].out_features == 14
+
+
+@pytest.mark.parametrize("targets", ["bands", "bands+channels"])
+def test_spectral_term_trains_and_resumes_to_the_same_weights(tensors, tmp_path, targets):
     torch.set_num_threads(1)
-    full = _train(tensors, tmp_path / "a", spectral_weight=1.0)
+    full = _train(tensors, tmp_path / "a", spectral_weight=1.0, spectral_targets=targets)
     assert full["steps"] == 6
-    _train(tensors, tmp_path / "b", stop_after=3, spectral_weight=1.0)
-    _train(tensors, tmp_path / "b", spectral_weight=1.0)
+    _train(tensors, tmp_path / "b", stop_after=3, spectral_weight=1.0, spectral_targets=targets)
+    _train(tensors, tmp_path / "b", spectral_weight=1.0, spectral_targets=targets)
     a = torch.load(tmp_path / "a" / "encoder.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "encoder.pt", weights_only=False)
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     for k in a["spectral_heads"]:
         assert torch.equal(a["spectral_heads"][k], b["spectral_heads"][k]), k
+    n_out = a["spectral_heads"]["heads.BAS.weight"].shape[0]
+    assert n_out == (8 if targets == "bands" else 14)
     # the heads live outside the encoder: the release layout is unchanged
     plain = _train(tensors, tmp_path / "c")
     c = torch.load(tmp_path / "c" / "encoder.pt", weights_only=False)

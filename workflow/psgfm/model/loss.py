@@ -140,8 +140,54 @@ def spectral_targets(x: Tensor, channel_mask: Tensor, fs: float = 128.0) -> Tens
     return torch.log(mean + 1e-6)
 
 
+CHANNEL_STATS = ("log_rms_min", "log_rms_mean", "log_rms_max", "mean_min", "mean_mean", "mean_max")
+TARGET_SETS = ("bands", "bands+channels")
+
+
+def channel_targets(x: Tensor, channel_mask: Tensor) -> Tensor:
+    """(B, P, 6) channel-order-free amplitude and level of each patch of ``x`` (B, C, P, L):
+    the minimum, mean and maximum over the real channels of ``channel_mask`` (B, C) of each
+    channel's log RMS about its patch mean (``log(sd + 1e-3)``) and of its patch mean, in the
+    order of :data:`CHANNEL_STATS`. ``x`` is the normalised signal the encoder sees, so both are
+    relative to the channel's night (robust centre and scale). A flow or effort channel that
+    stops (an apnea) lowers the minimum log RMS; an SpO2 channel that falls (a desaturation)
+    lowers the minimum mean. A chunk with no real channel gets zeros (it is never a valid
+    target: the modality is absent)."""
+    xf = x.float()
+    mean = xf.mean(-1)
+    log_rms = torch.log(xf.std(-1, unbiased=False) + 1e-3)
+    m = channel_mask[:, :, None]
+    n = m.sum(1).clamp(min=1)
+    has = channel_mask.any(1)[:, None]
+    out = []
+    for v in (log_rms, mean):
+        lo = torch.where(m, v, torch.full_like(v, float("inf"))).amin(1)
+        hi = torch.where(m, v, torch.full_like(v, float("-inf"))).amax(1)
+        avg = torch.where(m, v, torch.zeros_like(v)).sum(1) / n
+        out += [torch.where(has, lo, 0.0), avg, torch.where(has, hi, 0.0)]
+    return torch.stack(out, -1)
+
+
+def within_targets(x: Tensor, channel_mask: Tensor, targets: str = "bands") -> Tensor:
+    """The within-modality term's targets: the log band powers (``bands``), followed by the
+    channel summaries of :func:`channel_targets` with ``bands+channels``."""
+    t = spectral_targets(x, channel_mask)
+    if targets == "bands":
+        return t
+    if targets == "bands+channels":
+        return torch.cat([t, channel_targets(x, channel_mask)], -1)
+    raise ValueError(f"within-modality targets must be one of {TARGET_SETS}, got {targets!r}")
+
+
+def n_targets(targets: str) -> int:
+    if targets not in TARGET_SETS:
+        raise ValueError(f"within-modality targets must be one of {TARGET_SETS}, got {targets!r}")
+    return len(SPECTRAL_BANDS_HZ) + (len(CHANNEL_STATS) if targets == "bands+channels" else 0)
+
+
 class SpectralHeads(torch.nn.Module):
-    """One linear head per modality, token embedding -> the patch's log band powers.
+    """One linear head per modality, token embedding -> the patch's log band powers (and, with
+    ``targets="bands+channels"``, its channel summaries, :func:`channel_targets`).
 
     The loss is the mean squared error against the targets standardised per band over the
     batch's real (chunk, patch) entries of that modality (targets carry no gradient), averaged
@@ -150,10 +196,11 @@ class SpectralHeads(torch.nn.Module):
     parameter layout stays the release's.
     """
 
-    def __init__(self, modalities, embed_dim: int):
+    def __init__(self, modalities, embed_dim: int, targets: str = "bands"):
         super().__init__()
         self.modalities = tuple(modalities)
-        nb = len(SPECTRAL_BANDS_HZ)
+        self.targets = targets
+        nb = n_targets(targets)
         self.heads = torch.nn.ModuleDict({m: torch.nn.Linear(embed_dim, nb) for m in modalities})
 
     def forward(self, tokens: Tensor, modality_mask: Tensor, batch: dict) -> Tensor:
@@ -166,7 +213,7 @@ class SpectralHeads(torch.nn.Module):
             if int(valid.sum()) < 2:
                 continue
             with torch.no_grad():
-                t = spectral_targets(x, batch["channel_mask"][m])
+                t = within_targets(x, batch["channel_mask"][m], self.targets)
                 mu = t[valid].mean(0)
                 sd = t[valid].std(0).clamp(min=1e-3)
                 z = (t - mu) / sd

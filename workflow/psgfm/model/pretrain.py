@@ -125,14 +125,21 @@ class ContrastiveModel(nn.Module):
     """Encoder plus the learnable temperature; forward returns the contrastive result."""
 
     def __init__(
-        self, encoder: SleepEncoder, temperature_init: float, mode: str, spectral: bool = False
+        self,
+        encoder: SleepEncoder,
+        temperature_init: float,
+        mode: str,
+        spectral: bool = False,
+        spectral_targets: str = "bands",
     ):
         super().__init__()
         self.encoder = encoder
         self.temperature = nn.Parameter(torch.tensor(float(temperature_init)))
         self.mode = mode
         self.spectral = (
-            SpectralHeads(encoder.modalities, encoder.cfg.embed_dim) if spectral else None
+            SpectralHeads(encoder.modalities, encoder.cfg.embed_dim, spectral_targets)
+            if spectral
+            else None
         )
 
     def forward(self, batch: dict) -> ContrastiveResult:
@@ -231,6 +238,8 @@ def fingerprint(model_cfg: dict, train_cfg: dict, paths: list[str], world_size: 
     """Hash of what determines the weights; a checkpoint of another run is not resumed. The
     number of processes counts when > 1 (it sets each rank's share of the data)."""
     keep = {k: v for k, v in train_cfg.items() if k not in ("num_workers", "log_every")}
+    if keep.get("spectral_targets") == "bands":  # the default before the key existed
+        keep.pop("spectral_targets")
     parts = [model_cfg, keep, sorted(paths)] + ([world_size] if world_size > 1 else [])
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -411,7 +420,11 @@ def pretrain(
         encoder, _ = load_encoder(model_cfg["init"], size=model_cfg["size"])
     spectral_weight = float(cfg.get("spectral_weight", 0.0))
     model = ContrastiveModel(
-        encoder, cfg["temperature_init"], cfg["mode"], spectral=spectral_weight > 0
+        encoder,
+        cfg["temperature_init"],
+        cfg["mode"],
+        spectral=spectral_weight > 0,
+        spectral_targets=cfg.get("spectral_targets", "bands"),
     ).to(rt.device)
     if cfg["compile"]:
         compile_in_place(model.encoder)
