@@ -90,7 +90,7 @@ def test_bootstrap_resamples_whole_groups_and_pairs():
 
 
 # --- a synthetic cohort of night embeddings -------------------------------------------------
-def _write_cohort(root, n=160, planted=True, seed=0, n_batches=2):
+def _write_cohort(root, n=160, planted=True, seed=0, n_batches=2, blocks=(1,)):
     """Two embed batch folders of night.parquet, a night_indices table and a splits table.
     log(1 + AHI) = 1.8 + 1.1 * (RESP night vector . w) + small noise when planted; otherwise
     independent of the embeddings. Every 9th recording lacks EMG, every 11th is unscored,
@@ -104,7 +104,8 @@ def _write_cohort(root, n=160, planted=True, seed=0, n_batches=2):
     x = rng.normal(size=(n, len(MODS), D)).astype(np.float32)
     present = np.ones((n, len(MODS)), bool)
     present[::9, 3] = False
-    z = x[:, 1] @ w if planted else rng.normal(size=n) * 1.1
+    z = sum(x[:, b] @ w for b in blocks) / np.sqrt(len(blocks))
+    z = z if planted else rng.normal(size=n) * 1.1
     log_ahi = np.clip(1.8 + 1.1 * z + rng.normal(scale=0.25, size=n), 0, None)
     ahi = np.expm1(log_ahi)
     ahi[::11] = np.nan
@@ -220,6 +221,47 @@ def test_planted_direction_is_recovered(tmp_path):
         spearmanr(y2, p.loc[odi_ids, "log1p_ahi_pred"]).statistic - spearmanr(y2, odi).statistic
     )
     assert (table.loc[table["kind"] == "difference", "model"].str.contains("_minus_")).all()
+
+
+@pytest.mark.parametrize(
+    "planted, expected", [((1,), ["RESP"]), ((1, 2), ["BAS", "RESP", "EKG", "EMG"])]
+)
+def test_block_sets_are_chosen_with_the_penalty_on_validation(tmp_path, planted, expected):
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    dirs, ind_path, sp_path, ind, sp = _write_cohort(tmp_path, n=240, blocks=planted)
+    cfg = {"block_sets": [["EMG", "BAS", "RESP", "EKG"], ["RESP"], ["BAS"]]}
+    summary, pred, _ = _run(tmp_path, dirs, ind_path, sp_path, cfg)
+    assert summary["modalities"] == expected
+    assert summary["block_sets"] == ["BAS+RESP+EKG+EMG", "RESP", "BAS"]
+    curve = pd.read_csv(tmp_path / "m.alphas", sep="\t")
+    assert len(curve) == 3 * 6 and set(curve["blocks"]) == set(summary["block_sets"])
+    best = curve.loc[curve["heldout_mse"].idxmin()]
+    assert best["blocks"] == "+".join(expected) and best["alpha"] == summary["alpha"]
+    # independent reference for the RESP-only rows: scikit-learn fitted by hand on the
+    # pretrain/train rows, scored on the validation rows
+    night = pd.concat([pd.read_parquet(d / "night.parquet") for d in dirs])
+    night = night.set_index("recording_id")
+    lab = sp.set_index("recording_id")["split"]
+    y = np.log1p(ind.set_index("recording_id")["ahi"])
+    ok = y.notna()
+    tr = [r for r in night.index if lab[r] in ("pretrain", "train") and ok[r]]
+    va = [r for r in night.index if lab[r] == "validation" and ok[r]]
+    xr = np.stack(night["RESP"].to_numpy())
+    xr = pd.DataFrame(np.c_[xr, np.zeros(len(xr))], index=night.index)
+    for alpha in (1.0, 100.0, 10000.0):
+        m = make_pipeline(SimpleImputer(), StandardScaler(), Ridge(alpha=alpha))
+        m.fit(xr.loc[tr], y[tr])
+        mse = float(np.mean((m.predict(xr.loc[va]) - y[va]) ** 2))
+        got = curve[(curve["blocks"] == "RESP") & (curve["alpha"] == alpha)]["heldout_mse"]
+        assert got.item() == pytest.approx(mse, rel=1e-5)  # the TSV keeps 6 digits
+    # the predictions use the chosen blocks only
+    assert pred["modalities_present"].eq("+".join(expected).replace("+", ",")).any()
+    with pytest.raises(HeadInputError, match="block_sets"):
+        train_apnea(dirs, ind_path, sp_path, {}, {"block_sets": [["RESP", "EEG"]]})
 
 
 def test_pure_noise_is_not_recovered(tmp_path):

@@ -23,7 +23,8 @@ dichotomy, so it does not fail when a severity class is rare or absent among the
 recordings.
 
 Splits (the staging head's rule): the model fits on the scored recordings of the
-``pretrain`` and ``train`` subjects; the ridge penalty is the one of ``alphas`` with the least
+``pretrain`` and ``train`` subjects; the ridge penalty (and, with ``block_sets``, the set of
+modality blocks, chosen jointly with it) is the one of ``alphas`` with the least
 squared error on the scored ``validation`` recordings (when there are at least
 ``min_validation`` of them; otherwise by ``cv_folds``-fold cross-validation grouped by subject
 over the training recordings, recorded as ``selection``); sigma is the held-out residual SD
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULTS = {
     "enabled": False,
     "modalities": list(MODALITIES),
+    "block_sets": [],
     "alphas": [1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0],
     "min_validation": 5,
     "cv_folds": 5,
@@ -234,6 +236,40 @@ def select_penalty(x, y, role, subjects, cfg: dict) -> dict:
     }
 
 
+def block_sets(cfg: dict) -> list[list[str]]:
+    """The candidate block sets: ``block_sets`` when given, else ``modalities`` alone. Each
+    set is kept in the order of :data:`psgfm.MODALITIES`; repeats are dropped."""
+    sets, seen = [], set()
+    for cand in cfg.get("block_sets") or [cfg["modalities"]]:
+        unknown = sorted(set(cand) - set(MODALITIES))
+        if unknown or not cand:
+            raise HeadInputError(
+                f"heads.apnea.block_sets: {list(cand)} is not a non-empty list of "
+                f"{list(MODALITIES)} (unknown: {unknown}); fix config.yaml."
+            )
+        ordered = [m for m in MODALITIES if m in cand]
+        if tuple(ordered) not in seen:
+            seen.add(tuple(ordered))
+            sets.append(ordered)
+    return sets
+
+
+def select_blocks(emb, dims, y, role, cfg: dict) -> tuple[list[str], dict]:
+    """The block set and penalty with the least held-out squared error of log(1 + AHI) over
+    every (block set, penalty) pair (:func:`select_penalty` per set, on the same held-out
+    recordings); the curve gains a ``blocks`` column. Ties go to the earlier set."""
+    best, curves = None, []
+    for blocks in block_sets(cfg):
+        x = feature_matrix(emb, blocks, dims)
+        choice = select_penalty(x, y, role, emb["subject_id"].to_numpy(), cfg)
+        curves.append(choice["curve"].assign(blocks="+".join(blocks)))
+        if best is None or choice["curve"]["heldout_mse"].min() < best[1]["mse"]:
+            best = (blocks, {**choice, "mse": float(choice["curve"]["heldout_mse"].min())})
+    blocks, choice = best
+    choice["curve"] = pd.concat(curves, ignore_index=True)[["blocks", "alpha", "heldout_mse"]]
+    return blocks, choice
+
+
 def read_splits_table(path) -> pd.DataFrame:
     sp = pd.read_csv(path, sep="\t", dtype=str)
     if not {"recording_id", "split"} <= set(sp.columns):
@@ -255,7 +291,8 @@ def train_apnea(emb_dirs, indices_path, splits_path, out: dict, cfg: dict | None
     pipeline, penalty, sigma, modalities and widths), ``out['alphas']`` (held-out MSE per
     penalty, TSV) and ``out['summary']`` (JSON: recordings used, choice, sigma)."""
     cfg = apnea_cfg(cfg)
-    mods = list(cfg["modalities"])
+    sets = block_sets(cfg)
+    mods = [m for m in MODALITIES if any(m in b for b in sets)]
     emb, meta = read_night_embeddings(emb_dirs, mods)
     missing_dims = [m for m in mods if m not in meta["dims"]]
     if missing_dims:
@@ -270,21 +307,24 @@ def train_apnea(emb_dirs, indices_path, splits_path, out: dict, cfg: dict | None
         np.where(emb["split"] == "validation", "validation", "other"),
     )
     y = np.log1p(emb["ahi"].to_numpy(np.float64))
-    x = feature_matrix(emb, mods, meta["dims"])
     reason = ""
     try:
-        choice = select_penalty(x, y, role, emb["subject_id"].to_numpy(), cfg)
+        mods, choice = select_blocks(emb, meta["dims"], y, role, cfg)
     except TooFewScored as exc:
         reason = str(exc)
         log.warning("apnea head not fitted: %s", reason)
         nan = float("nan")
+        mods = sets[0]
         choice = {
             "alpha": nan,
             "sigma": nan,
             "selection": "none",
             "n_heldout": 0,
-            "curve": pd.DataFrame({"alpha": cfg["alphas"], "heldout_mse": nan}),
+            "curve": pd.DataFrame({"blocks": "+".join(mods), "alpha": cfg["alphas"]}).assign(
+                heldout_mse=nan
+            ),
         }
+    x = feature_matrix(emb, mods, meta["dims"])
     fit_rows = np.isin(role, ["train", "validation"]) & np.isfinite(y)
     model = None if reason else make_model(choice["alpha"]).fit(x[fit_rows], y[fit_rows])
     trained_on = [] if reason else sorted(emb.loc[fit_rows, "recording_id"])
@@ -295,7 +335,7 @@ def train_apnea(emb_dirs, indices_path, splits_path, out: dict, cfg: dict | None
         "alpha": choice["alpha"],
         "sigma": choice["sigma"],
         "modalities": mods,
-        "dims": meta["dims"],
+        "dims": {m: meta["dims"][m] for m in mods},
         "pooling": meta["pooling"],
         "trained_on": trained_on,
     }
@@ -313,13 +353,15 @@ def train_apnea(emb_dirs, indices_path, splits_path, out: dict, cfg: dict | None
         "n_validation": int(((role == "validation") & np.isfinite(y)).sum()),
         "n_unscored_skipped": int((np.isin(role, ["train", "validation"]) & ~np.isfinite(y)).sum()),
         "modalities": mods,
+        "block_sets": ["+".join(b) for b in sets],
         "pooling": meta["pooling"],
         "train_recordings": trained_on,
     }
     write_json(summary, out["summary"])
     log.info(
-        "apnea head: %d training recordings, alpha %g (%s), sigma %.3f",
+        "apnea head: %d training recordings, blocks %s, alpha %g (%s), sigma %.3f",
         len(trained_on),
+        "+".join(mods),
         choice["alpha"],
         choice["selection"],
         choice["sigma"],
