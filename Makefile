@@ -26,6 +26,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	@$(BIN)/psgfm unlock-stale
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+	$(BIN)/psgfm demo-check results
 
 lint: install
 	$(BIN)/ruff check .

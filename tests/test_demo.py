@@ -167,3 +167,45 @@ def test_synthetic_ehr_honours_code_systems_sex_and_planted_links():
 
     assert rate("obstructive_sleep_apnea", hi) > 2 * rate("obstructive_sleep_apnea", lo)
     assert rate("wrist_fracture", hi) == pytest.approx(rate("wrist_fracture", lo), abs=0.05)
+
+
+def _evaluation(path, head, majority, lo):
+    rows = [
+        ("staging_head", "macro_f1", head, head - 0.05, head + 0.05),
+        ("majority", "macro_f1", majority, majority, majority),
+        ("staging_head", "macro_f1_head_minus_majority", head - majority, lo, lo + 0.2),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["model", "metric", "value", "lo", "hi"]).to_csv(
+        path, sep="\t", index=False
+    )
+
+
+@pytest.mark.parametrize(
+    "head, majority, lo, ok",
+    [
+        (0.49, 0.07, 0.30, True),  # the demo's figures
+        (0.30, 0.07, 0.10, False),  # margin 0.23 < 0.25
+        (0.49, 0.07, -0.01, False),  # CI reaches 0
+    ],
+)
+def test_demo_check_states_the_staging_margin(tmp_path, head, majority, lo, ok):
+    from psgfm.cli import main
+    from psgfm.demo.check import STAGING_MARGIN, check_demo
+
+    _evaluation(tmp_path / "heads" / "staging" / "evaluation.tsv", head, majority, lo)
+    passed, lines = check_demo(tmp_path)
+    assert passed is ok and passed is (head - majority >= STAGING_MARGIN and lo > 0)
+    assert ("NOT MET" in lines[0]) is (not ok) and f"{head:.3f}" in lines[0]
+    assert main(["demo-check", str(tmp_path)]) == (0 if ok else 1)
+
+
+def test_demo_check_names_a_broken_table(tmp_path):
+    from psgfm.demo.check import check_demo
+
+    assert check_demo(tmp_path)[0]  # no table: the head is off, nothing to check
+    p = tmp_path / "heads" / "staging" / "evaluation.tsv"
+    p.parent.mkdir(parents=True)
+    p.write_text("model\tvalue\nx\t1\n")
+    ok, lines = check_demo(tmp_path)
+    assert not ok and str(p) in lines[0] and "heads_staging_evaluate" in lines[0]

@@ -473,6 +473,15 @@ def _cmd_unlock_stale(args: argparse.Namespace) -> int:
     return 1 if action == "running" else 0
 
 
+def _cmd_demo_check(args: argparse.Namespace) -> int:
+    from psgfm.demo.check import check_demo
+
+    ok, lines = check_demo(args.results)
+    for line in lines:
+        print(f"psgfm demo-check: {line}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def _cmd_stage(args: argparse.Namespace) -> int:
     from psgfm.config import load_config
     from psgfm.heads.train import stage_edf
@@ -623,6 +632,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     u.add_argument("dir", nargs="?", default=".", help="the workflow folder (default: .)")
     u.set_defaults(func=_cmd_unlock_stale)
+
+    dc = sub.add_parser(
+        "demo-check",
+        help="check the demo's stated margins on a finished run (the last step of make demo)",
+    )
+    dc.add_argument(
+        "results", nargs="?", default="results", help="results folder (default: results)"
+    )
+    dc.set_defaults(func=_cmd_demo_check)
 
     c = sub.add_parser(
         "config-diff",
