@@ -1,23 +1,42 @@
 """Token-level diagnosis: what do RESP tokens keep? pretrained vs random-init.
-Targets per 5-s token: in a scored respiratory event; log RMS of each RESP channel (robust-normalised);
-SpO2 mean (normalised). Linear probes (ridge / logistic) trained on 100 recordings, tested on 50."""
-import glob, json, sys
-import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq
-from sklearn.linear_model import RidgeCV, LogisticRegression
-from sklearn.metrics import roc_auc_score, r2_score
+Targets per 5-s token: in a scored respiratory event; log RMS and mean of each RESP channel
+(robust-normalised, as the encoder sees it). Linear probes (ridge / logistic) fitted on 2/3 of the
+sampled recordings, scored on the other 1/3.
+
+    python diag_resp_tokens.py                      # non-test recordings (the diagnosis)
+    python diag_resp_tokens.py --split test --variant results-validation-chantargets/embeddings
+"""
+
+import argparse
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 R = "/work/main/results-validation"
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--split", choices=["non-test", "test"], default="non-test")
+ap.add_argument("--variant", help="a third encoder's embeddings folder (results/embeddings)")
+args = ap.parse_args()
 emb_dirs = {"pretrained": f"{R}/embeddings", "random": f"{R}/probe/random_init"}
-if len(sys.argv) > 1:
-    emb_dirs["variant"] = sys.argv[1]
+if args.variant:
+    emb_dirs["variant"] = str(Path(args.variant).resolve())
 files = sorted(glob.glob(f"{R}/tensors/*/*.arrow"))
 sp = pd.read_csv(f"{R}/model/splits.tsv", sep="\t")
-ok_ids = set(sp.loc[sp.split != "test", sp.columns[0]].astype(str))
+is_test = sp.split == "test"
+ok_ids = set(sp.loc[is_test if args.split == "test" else ~is_test, sp.columns[0]].astype(str))
 files = [f for f in files if f.split("/")[-1][:-6] in ok_ids]
 rng = np.random.default_rng(0)
-files = [files[i] for i in rng.choice(len(files), 150, replace=False)]
-CH = ["Airflow", "NasalPressure", "Thor", "Abdo", "SpO2"]
+files = [files[i] for i in rng.choice(len(files), min(150, len(files)), replace=False)]
+
 
 def targets(path):
     rid = path.split("/")[-1][:-6]
@@ -29,8 +48,6 @@ def targets(path):
         return None
     names = [c["name"] for c in chans]
     stats = {c["name"]: (c["median"], c["robust_std"]) for c in chans}
-    x = np.stack([np.asarray(v.as_py() if False else v.values.to_numpy(zero_copy_only=False)).reshape(len(names), 60, 640)
-                  for v in t.column("RESP").chunks[0].storage]) if False else None
     arr = t.column("RESP").combine_chunks()
     x = arr.storage.flatten().to_numpy().reshape(t.num_rows, len(names), 60, 640)
     feats = {}
@@ -53,8 +70,9 @@ def targets(path):
     df["recording_id"] = rid
     return df
 
+
 rows = []
-for i, f in enumerate(files):
+for f in files:
     d = targets(f)
     if d is None:
         continue
@@ -66,7 +84,11 @@ for i, f in enumerate(files):
         e = np.stack(tp.RESP.to_numpy())
         key = tp.chunk_index.astype(int) * 1000 + tp.token_index.astype(int)
         m = pd.DataFrame(e, index=key).add_prefix(f"{k}_")
-        d = d.set_index(d.chunk_index * 1000 + d.token_index).join(m, how="inner").reset_index(drop=True)
+        d = (
+            d.set_index(d.chunk_index * 1000 + d.token_index)
+            .join(m, how="inner")
+            .reset_index(drop=True)
+        )
     rows.append(d)
 df = pd.concat(rows, ignore_index=True)
 rec = df.recording_id.unique()
@@ -77,12 +99,14 @@ tcols = [c for c in df.columns if c.startswith(("logrms_", "mean_"))]
 out = []
 for k in emb_dirs:
     X = df[[c for c in df.columns if c.startswith(k + "_")]].to_numpy()
-    sc = StandardScaler().fit(X[tr]); X = sc.transform(X)
+    sc = StandardScaler().fit(X[tr])
+    X = sc.transform(X)
     clf = LogisticRegression(max_iter=2000, C=1.0).fit(X[tr], df.event[tr])
     auc = roc_auc_score(df.event[~tr], clf.decision_function(X[~tr]))
     res = {"encoder": k, "event_auroc": round(auc, 3)}
     for c in tcols:
-        y = df[c].to_numpy(); ok = np.isfinite(y)
+        y = df[c].to_numpy()
+        ok = np.isfinite(y)
         mdl = RidgeCV(alphas=[0.1, 1, 10, 100]).fit(X[tr & ok], y[tr & ok])
         res[c] = round(r2_score(y[~tr & ok], mdl.predict(X[~tr & ok])), 3)
     out.append(res)
@@ -91,7 +115,11 @@ for k in emb_dirs:
 for stat in ("logrms", "mean"):
     cols = [c for c in tcols if c.startswith(stat + "_")]
     v = df[cols].to_numpy()
-    df[f"{stat}_min"], df[f"{stat}_avg"], df[f"{stat}_max"] = np.nanmin(v, 1), np.nanmean(v, 1), np.nanmax(v, 1)
+    df[f"{stat}_min"], df[f"{stat}_avg"], df[f"{stat}_max"] = (
+        np.nanmin(v, 1),
+        np.nanmean(v, 1),
+        np.nanmax(v, 1),
+    )
 scols = [f"{a}_{b}" for a in ("logrms", "mean") for b in ("min", "avg", "max")]
 for k in emb_dirs:
     X = df[[c for c in df.columns if c.startswith(k + "_")]].to_numpy()
@@ -102,9 +130,15 @@ for k in emb_dirs:
         out[list(emb_dirs).index(k)][c] = round(r2_score(y[~tr], mdl.predict(X[~tr])), 3)
 S = StandardScaler().fit(df[scols].to_numpy()[tr]).transform(df[scols].to_numpy())
 clf = LogisticRegression(max_iter=2000).fit(S[tr], df.event[tr])
-print("summaries over channels (this token only) event AUROC", round(roc_auc_score(df.event[~tr], clf.decision_function(S[~tr])), 3))
+print(
+    "summaries over channels (this token only) event AUROC",
+    round(roc_auc_score(df.event[~tr], clf.decision_function(S[~tr])), 3),
+)
 print(pd.DataFrame(out).set_index("encoder").T.to_string())
 H = df[tcols].fillna(0).to_numpy()
 H = StandardScaler().fit(H[tr]).transform(H)
 clf = LogisticRegression(max_iter=2000).fit(H[tr], df.event[tr])
-print("hand features (this token only) event AUROC", round(roc_auc_score(df.event[~tr], clf.decision_function(H[~tr])), 3))
+print(
+    "hand features (this token only) event AUROC",
+    round(roc_auc_score(df.event[~tr], clf.decision_function(H[~tr])), 3),
+)
