@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.abc
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from psgfm import __version__
@@ -190,7 +193,30 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def one_blas_thread() -> None:
+    """Start OpenBLAS with one thread in a command that never asks it for more: harmonisation
+    holds BLAS to one thread while it runs (its parallelism is the channels'), and export
+    uses no BLAS, but numpy's import starts OpenBLAS's whole thread pool first (~0.07 CPU-s
+    of the import on 2 cores). Only before numpy is imported, and never over the user's own
+    ``OPENBLAS_NUM_THREADS``."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def text_table(rows: list[dict], columns: list[str]) -> str:
+    """Rows as a plain text table, columns right-aligned (as pandas prints a frame without
+    its index), so that ``psgfm export`` prints without importing pandas."""
+    cells = [[str(c) for c in columns]] + [
+        ["" if r[c] is None else str(r[c]) for c in columns] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join(
+        " ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells
+    )
+
+
 def _cmd_harmonise(args: argparse.Namespace) -> int:
+    one_blas_thread()
     from psgfm.config import load_config, load_recordings
     from psgfm.signals.harmonise import harmonise_batch
 
@@ -204,16 +230,53 @@ def _cmd_harmonise(args: argparse.Namespace) -> int:
     hcfg = {**cfg["harmonise"], "threads": args.threads or available_cores()}
     qc = harmonise_batch(sheet.to_dict("records"), args.out, hcfg)
     print(qc[["recording_id", "status", "reason"]].to_string(index=False))
+    if args.export:  # what `psgfm export --harmonised OUT --out EXPORT` does, in this process
+        _print_manifest(_export(args.out, args.export, cfg))
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from psgfm.config import load_config
-    from psgfm.signals.export import export_batch
+def _export(harmonised: str, out: str, cfg: dict):
+    from psgfm.signals.export import export_manifest
 
-    cfg = load_config(args.config)
-    manifest = export_batch(args.harmonised, args.out, cfg["export"])
-    print(manifest[["recording_id", "n_chunks", "modalities"]].to_string(index=False))
+    return export_manifest(harmonised, out, cfg["export"])
+
+
+def _print_manifest(manifest) -> None:
+    print(text_table(manifest.to_pylist(), ["recording_id", "n_chunks", "modalities"]))
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """An import finder under which ``import pandas`` fails as if pandas were not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"pandas is not imported by this command: {name}", name=name)
+        return None
+
+
+@contextlib.contextmanager
+def pandas_blocked() -> Iterator[None]:
+    """Within the block pandas cannot be imported (unless it already was). pyarrow imports
+    pandas, when it is installed, the first time it converts any array (``pa.array``), only
+    to ask whether the object is a pandas one: ~0.35 CPU-s that ``psgfm export``, which never
+    uses pandas, would otherwise spend. pyarrow takes the failed import as "pandas absent"."""
+    if "pandas" in sys.modules:
+        yield
+        return
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    one_blas_thread()
+    from psgfm.config import load_config
+
+    with pandas_blocked():  # the files are the same (tests/test_cli_imports.py)
+        _print_manifest(_export(args.harmonised, args.out, load_config(args.config)))
     return 0
 
 
@@ -538,6 +601,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="threads converting a recording's channels in parallel (default: the cores "
         "available to this process)",
+    )
+    h.add_argument(
+        "--export",
+        metavar="DIR",
+        help="then export the harmonised recordings to chunked Arrow tensors in DIR, in the "
+        "same process: the files `psgfm export --harmonised OUT --out DIR` writes, without a "
+        "second interpreter start",
     )
     h.set_defaults(func=_cmd_harmonise)
 
