@@ -180,6 +180,7 @@ def preimport() -> None:
     """Import what either side needs, so neither side's timing includes imports."""
     import h5py  # noqa: F401
     import mne  # noqa: F401
+    import pandas  # noqa: F401  (psgfm imports it where it is used: the QC table, hypnograms)
     import scipy.signal  # noqa: F401
 
     import psgfm.signals.export  # noqa: F401
