@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import warnings
 
 import numpy as np
@@ -256,10 +257,10 @@ def test_the_hasher_reports_a_failed_read_and_the_whole_file(tmp_path):
     """GrowingFileHasher: the digest of the whole file, whatever parts were announced; an
     error in its thread reaches the caller."""
     path = tmp_path / "f.bin"
-    payload = np.random.default_rng(0).bytes(3 * ex.GrowingFileHasher.BLOCK + 17)
+    payload = np.random.default_rng(0).bytes(3 * (1 << 20) + 17)
     with open(path, "wb") as fh:
         hasher = ex.GrowingFileHasher(path)
-        for end in (5, ex.GrowingFileHasher.BLOCK + 3, len(payload) - 9):
+        for end in (5, mmap.ALLOCATIONGRANULARITY + 3, (1 << 20) + 1, len(payload) - 9):
             fh.write(payload[fh.tell() : end])
             fh.flush()
             hasher.written(end)

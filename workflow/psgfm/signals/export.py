@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
+import os
 import queue
 import threading
 from pathlib import Path
@@ -99,8 +101,6 @@ class GrowingFileHasher:
     :meth:`hexdigest` (after the file is closed) hashes the rest and returns the digest of the
     whole file, as :func:`psgfm.io.sha256_file` would."""
 
-    BLOCK = 1 << 20
-
     def __init__(self, path: str | Path):
         self._fh = open(path, "rb")  # noqa: SIM115 (closed by the thread)
         self._sha = hashlib.sha256()
@@ -116,15 +116,19 @@ class GrowingFileHasher:
     def _run(self) -> None:
         pos = 0
         try:
+            fd = self._fh.fileno()
             while True:
-                upto = self._todo.get()
-                while upto is None or pos < upto:  # None: to the end of the finished file
-                    size = self.BLOCK if upto is None else min(self.BLOCK, upto - pos)
-                    chunk = self._fh.read(size)
-                    if not chunk:
-                        break
-                    self._sha.update(chunk)
-                    pos += len(chunk)
+                upto = self._todo.get()  # None: to the end of the finished file
+                end = os.fstat(fd).st_size if upto is None else upto
+                if end > pos:  # mapped, not read: no copy out of the page cache
+                    base = pos - pos % mmap.ALLOCATIONGRANULARITY
+                    with mmap.mmap(fd, end - base, offset=base, access=mmap.ACCESS_READ) as m:
+                        view = memoryview(m)
+                        try:
+                            self._sha.update(view[pos - base :])
+                        finally:
+                            view.release()
+                    pos = end
                 if upto is None:
                     return
         except BaseException as err:  # handed to the caller by hexdigest()
