@@ -37,12 +37,18 @@ rc = main(sys.argv[1:])
 assert "torch" not in sys.modules, "torch was imported"
 print("TORCH-FREE", rc)
 print("PANDAS", "pandas" in sys.modules)
+from threadpoolctl import threadpool_info
+
+print("OPENBLAS", [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"])
 sys.exit(rc)
 """
 
 
 def _run(args, cwd):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKFLOW), str(Path(__file__).parent)])}
+    env.pop(
+        "OPENBLAS_NUM_THREADS", None
+    )  # the commands choose (one thread, unless the user set it)
     return subprocess.run(
         [sys.executable, "-c", RUNNER, *args],
         cwd=cwd,
@@ -88,6 +94,7 @@ def test_harmonise_and_export_never_import_torch(tmp_path):
     h = _run(["harmonise", "--config", str(config), "--out", str(tmp_path / "h")], tmp_path)
     assert h.returncode == 0, h.stderr
     assert "TORCH-FREE 0" in h.stdout
+    assert "OPENBLAS [1]" in h.stdout  # started with one thread (numpy's OpenBLAS)
     assert re.search(r"^\s*r\s+ok\b", h.stdout, re.M), h.stdout  # harmonised, not rejected
 
     e = _run(
@@ -105,6 +112,7 @@ def test_harmonise_and_export_never_import_torch(tmp_path):
     assert e.returncode == 0, e.stderr
     assert "TORCH-FREE 0" in e.stdout
     assert "PANDAS False" in e.stdout
+    assert "OPENBLAS [1]" in e.stdout
     assert re.search(r"^\s*r\s+2\s+BAS,EKG", e.stdout, re.M), e.stdout  # 300 s + a 60 s chunk
 
     # both steps in one interpreter: the same files as the two commands

@@ -193,13 +193,17 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def one_blas_thread() -> None:
-    """Start OpenBLAS with one thread in a command that never asks it for more: harmonisation
+ONE_BLAS_THREAD_COMMANDS = ("harmonise", "export")
+
+
+def one_blas_thread(argv: list[str]) -> None:
+    """Start OpenBLAS with one thread for a command that never asks it for more: harmonisation
     holds BLAS to one thread while it runs (its parallelism is the channels'), and export
     uses no BLAS, but numpy's import starts OpenBLAS's whole thread pool first (~0.07 CPU-s
-    of the import on 2 cores). Only before numpy is imported, and never over the user's own
-    ``OPENBLAS_NUM_THREADS``."""
-    if "numpy" not in sys.modules:
+    of the import on 2 cores). Called before anything imports numpy (the parser does, through
+    ``psgfm.signals.sheet``), and never over the user's own ``OPENBLAS_NUM_THREADS``."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in ONE_BLAS_THREAD_COMMANDS and "numpy" not in sys.modules:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
@@ -216,7 +220,6 @@ def text_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def _cmd_harmonise(args: argparse.Namespace) -> int:
-    one_blas_thread()
     from psgfm.config import load_config, load_recordings
     from psgfm.signals.harmonise import harmonise_batch
 
@@ -272,7 +275,6 @@ def pandas_blocked() -> Iterator[None]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    one_blas_thread()
     from psgfm.config import load_config
 
     with pandas_blocked():  # the files are the same (tests/test_cli_imports.py)
@@ -729,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     # CheckpointError (psgfm.model.checkpoint) is a ValueError: importing it here would import
     # torch for every command (1.4-2.5 s), also for harmonise and export, which never use it.
 
+    argv = sys.argv[1:] if argv is None else argv
+    one_blas_thread(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:
