@@ -180,6 +180,7 @@ def preimport() -> None:
     """Import what either side needs, so neither side's timing includes imports."""
     import h5py  # noqa: F401
     import mne  # noqa: F401
+    import pandas  # noqa: F401  (psgfm imports it where it is used: the QC table, hypnograms)
     import scipy.signal  # noqa: F401
 
     import psgfm.signals.export  # noqa: F401
@@ -271,9 +272,10 @@ def _side_env(workflow: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(workflow), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def cli_ours(row: dict, workflow: Path, tmp: Path) -> dict:
+def cli_ours(row: dict, workflow: Path, tmp: Path, one: bool = False) -> dict:
     """``psgfm harmonise`` then ``psgfm export`` on one recording, as a user runs them (the
-    console script, fresh interpreters, imports included); CPU and wall summed, peak the max."""
+    console script, fresh interpreters, imports included); CPU and wall summed, peak the max.
+    ``one``: ``psgfm harmonise --export`` instead (both steps in one interpreter)."""
     import yaml
 
     cfg = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
@@ -290,6 +292,16 @@ def cli_ours(row: dict, workflow: Path, tmp: Path) -> dict:
     script = Path(sys.executable).parent / "psgfm"
     psgfm = [str(script)] if script.exists() else [sys.executable, "-m", "psgfm.cli"]
     env = _side_env(workflow)
+    if one:
+        o = _run_counted(
+            [*psgfm, "harmonise", "--config", str(config), "--out", str(tmp / "h")]
+            + ["--export", str(tmp / "x")],
+            env,
+            tmp,
+        )
+        if not list((tmp / "x").glob("*.arrow")):
+            raise RuntimeError(f"{row['recording_id']}: the CLI wrote no tensor file")
+        return o | {"detail": "harmonise --export, one process"}
     h = _run_counted(
         [*psgfm, "harmonise", "--config", str(config), "--out", str(tmp / "h")], env, tmp
     )
@@ -319,68 +331,91 @@ def cli_reference(row: dict, tmp: Path) -> dict:
     return _run_counted([sys.executable, "-c", code], _side_env(ROOT / "workflow"), tmp)
 
 
-def in_process(side: str, row: dict, workflow: Path, tmp: Path) -> dict:
-    """One side in a fresh worker interpreter (imports before the clock): counted CPU time."""
+def in_process(side: str, row: dict, workflow: Path, tmp: Path, threads: int = 1) -> dict:
+    """One side in a fresh worker interpreter (imports before the clock): counted CPU time.
+    ``threads``: channels in parallel on our side (the reference has no such option)."""
     res_file = tmp / "result.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--row"]
     cmd += [json.dumps(row), "--worker-out", str(tmp / "out"), "--worker-result", str(res_file)]
-    cmd += ["--threads", "1"]
+    cmd += ["--threads", str(threads)]
     _run_counted(cmd, _side_env(workflow), tmp)
     res = json.loads(res_file.read_text())
     return {"cpu": res["cpu_seconds"], "wall": res["seconds"], "peak_mib": res["peak_mib"]}
 
 
-def counted(row: dict, repeats: int, baseline: Path | None) -> list[dict]:
-    """Every side and mode ``repeats`` times, alternating (reference, ours, baseline, ...)."""
+MODES = ("in-process", "cli", "cli-one")
+"""cli-one: ``psgfm harmonise --export`` (ours only: the baseline may not have the option; the
+reference's row is its cli run)."""
+
+
+def counted(
+    row: dict, repeats: int, baseline: Path | None, threads: int = 1, one: bool = True
+) -> list[dict]:
+    """Every side and mode ``repeats`` times, alternating (reference, ours, baseline, ...).
+    ``threads``: our in-process side's channel threads; ``one``: also the cli-one mode."""
     sides = [("reference", ROOT / "workflow"), ("ours", ROOT / "workflow")]
     if baseline is not None:
         sides.append(("baseline", baseline))
     results = []
     for run in range(1, repeats + 1):
-        for mode in ("in-process", "cli"):
+        for mode in MODES if one else MODES[:2]:
             for side, workflow in sides:
+                if mode == "cli-one" and side != "ours":
+                    continue
                 tmp = Path(tempfile.mkdtemp(prefix=f"bench-{side}-"))
+                load = os.getloadavg()[0]
                 try:
                     if mode == "in-process":
                         res = in_process(
-                            "ref" if side == "reference" else "ours", row, workflow, tmp
+                            "ref" if side == "reference" else "ours",
+                            row,
+                            workflow,
+                            tmp,
+                            1 if side == "reference" else threads,
                         )
                     elif side == "reference":
                         res = cli_reference(row, tmp)
                     else:
-                        res = cli_ours(row, workflow, tmp)
+                        res = cli_ours(row, workflow, tmp, one=mode == "cli-one")
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
-                results.append({"side": side, "mode": mode, "run": run, **res})
+                results.append({"side": side, "mode": mode, "run": run, "load": load, **res})
                 print(
                     f"  run {run} {mode:10} {side:9} CPU {res['cpu']:6.2f} s  wall "
-                    f"{res['wall']:6.2f} s  peak {res['peak_mib']:5.0f} MiB  {res.get('detail', '')}",
+                    f"{res['wall']:6.2f} s  peak {res['peak_mib']:5.0f} MiB  load {load:4.2f}  "
+                    f"{res.get('detail', '')}",
                     flush=True,
                 )
     return results
 
 
 def counted_lines(results: list[dict]) -> list[str]:
-    """Markdown table: all runs, the medians, and median(reference) / median(side)."""
+    """Markdown table: all runs, the medians, and median(reference) / median(side), in CPU
+    and in wall time (cli-one against the reference's cli runs)."""
     lines = [
-        "| mode | side | CPU s (runs) | CPU s median | wall s (runs) | peak MiB (max) | "
-        "ratio (CPU medians) |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | side | CPU s (runs) | CPU s median | wall s (runs) | wall s median | "
+        "peak MiB (max) | ratio (CPU medians) | ratio (wall medians) | load (1 min, runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode in ("in-process", "cli"):
-        ref = [r["cpu"] for r in results if r["mode"] == mode and r["side"] == "reference"]
+    for mode in MODES:
+        ref_mode = "cli" if mode == "cli-one" else mode
+        ref = [r for r in results if r["mode"] == ref_mode and r["side"] == "reference"]
         for side in ("reference", "ours", "baseline"):
             rs = [r for r in results if r["mode"] == mode and r["side"] == side]
-            if not rs:
+            if not rs or (mode == "cli-one" and side == "reference"):
                 continue
-            cpu = [r["cpu"] for r in rs]
-            wall = ", ".join(f"{r['wall']:.1f}" for r in rs)
-            ratio = float(np.median(ref)) / float(np.median(cpu))
+            cpu, wall = [r["cpu"] for r in rs], [r["wall"] for r in rs]
+            if side == "reference":
+                ratios = "- | -"
+            else:
+                cpu_ratio = np.median([r["cpu"] for r in ref]) / np.median(cpu)
+                wall_ratio = np.median([r["wall"] for r in ref]) / np.median(wall)
+                ratios = f"**{cpu_ratio:.1f}x** | **{wall_ratio:.1f}x**"
             lines.append(
                 f"| {mode} | {side} | {', '.join(f'{c:.2f}' for c in cpu)} | "
-                f"{np.median(cpu):.2f} | {wall} | "
-                f"{max(r['peak_mib'] for r in rs):.0f} | "
-                + ("-" if side == "reference" else f"**{ratio:.1f}x**")
+                f"{np.median(cpu):.2f} | {', '.join(f'{w:.2f}' for w in wall)} | "
+                f"{np.median(wall):.2f} | {max(r['peak_mib'] for r in rs):.0f} | {ratios} | "
+                + ", ".join(f"{r.get('load', float('nan')):.2f}" for r in rs)
                 + " |"
             )
     return lines
@@ -685,6 +720,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "imports included); --repeats runs each (default 3)",
     )
     ap.add_argument(
+        "--counted-threads",
+        type=int,
+        default=1,
+        help="with --counted: channel threads of our in-process side (default 1; the CLI "
+        "uses every core); use 2 for wall time on an idle 2-core machine",
+    )
+    ap.add_argument(
+        "--no-cli-one",
+        action="store_true",
+        help="with --counted: leave out the `psgfm harmonise --export` (one process) mode",
+    )
+    ap.add_argument(
         "--baseline",
         metavar="WORKFLOW_DIR",
         help="with --counted: also time our side with the psgfm package of another checkout "
@@ -730,10 +777,13 @@ def main(argv=None) -> int:
             f"{args.repeats} runs per side and mode, alternating; counted CPU time"
         )
         baseline = Path(args.baseline).resolve() if args.baseline else None
-        lines = counted_lines(counted(rec, args.repeats, baseline))
+        results = counted(
+            rec, args.repeats, baseline, args.counted_threads, one=not args.no_cli_one
+        )
+        lines = counted_lines(results)
         print("\n".join(["", *lines]))
         OUT.mkdir(parents=True, exist_ok=True)
-        path = OUT / "bench_harmonise_counted.md"
+        path = OUT / f"bench_harmonise_counted_t{args.counted_threads}.md"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         print(f"\nwritten: {path.relative_to(ROOT)}")
         return 0

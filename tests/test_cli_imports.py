@@ -1,4 +1,6 @@
-"""`psgfm harmonise` and `psgfm export` never import torch (1.4-2.5 s of import per call).
+"""`psgfm harmonise` and `psgfm export` never import torch (1.4-2.5 s of import per call),
+and `psgfm export` not pandas either (~0.35 CPU-s); `psgfm harmonise --export` writes what the
+two commands write.
 
 Each command runs in a fresh interpreter in which importing torch raises; the run must
 succeed, write its outputs, and leave torch out of ``sys.modules``.
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import yaml
 from conftest import RULES, eeg_like, write_edf
 
@@ -33,12 +36,19 @@ from psgfm.cli import main
 rc = main(sys.argv[1:])
 assert "torch" not in sys.modules, "torch was imported"
 print("TORCH-FREE", rc)
+print("PANDAS", "pandas" in sys.modules)
+from threadpoolctl import threadpool_info
+
+print("OPENBLAS", [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"])
 sys.exit(rc)
 """
 
 
 def _run(args, cwd):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKFLOW), str(Path(__file__).parent)])}
+    env.pop(
+        "OPENBLAS_NUM_THREADS", None
+    )  # the commands choose (one thread, unless the user set it)
     return subprocess.run(
         [sys.executable, "-c", RUNNER, *args],
         cwd=cwd,
@@ -84,6 +94,7 @@ def test_harmonise_and_export_never_import_torch(tmp_path):
     h = _run(["harmonise", "--config", str(config), "--out", str(tmp_path / "h")], tmp_path)
     assert h.returncode == 0, h.stderr
     assert "TORCH-FREE 0" in h.stdout
+    assert "OPENBLAS [1]" in h.stdout  # started with one thread (numpy's OpenBLAS)
     assert re.search(r"^\s*r\s+ok\b", h.stdout, re.M), h.stdout  # harmonised, not rejected
 
     e = _run(
@@ -100,7 +111,27 @@ def test_harmonise_and_export_never_import_torch(tmp_path):
     )
     assert e.returncode == 0, e.stderr
     assert "TORCH-FREE 0" in e.stdout
+    assert "PANDAS False" in e.stdout
+    assert "OPENBLAS [1]" in e.stdout
     assert re.search(r"^\s*r\s+2\s+BAS,EKG", e.stdout, re.M), e.stdout  # 300 s + a 60 s chunk
+
+    # both steps in one interpreter: the same files as the two commands
+    one = _run(
+        ["harmonise", "--config", str(config), "--out", str(tmp_path / "h1")]
+        + ["--export", str(tmp_path / "x1")],
+        tmp_path,
+    )
+    assert one.returncode == 0, one.stderr
+    assert "TORCH-FREE 0" in one.stdout
+    assert re.search(r"^\s*r\s+2\s+BAS,EKG", one.stdout, re.M), one.stdout
+    for name in ("r.signals.arrow", "r.stages.parquet", "r.audit.parquet", "qc.parquet"):
+        assert (tmp_path / "h1" / name).read_bytes() == (tmp_path / "h" / name).read_bytes(), name
+    assert (tmp_path / "x1" / "r.arrow").read_bytes() == (tmp_path / "x" / "r.arrow").read_bytes()
+    two, single = (
+        pq.read_table(d / "manifest.parquet").to_pylist() for d in (tmp_path / "x", tmp_path / "x1")
+    )
+    assert [{**r, "path": None} for r in two] == [{**r, "path": None} for r in single]
+    assert single[0]["path"] == str(tmp_path / "x1" / "r.arrow")
 
 
 def test_the_guard_catches_a_torch_import(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import mmap
 import warnings
 
 import numpy as np
@@ -70,7 +72,9 @@ def test_chunks_hold_the_harmonised_samples(harmonised, tmp_path, monkeypatch, r
     assert meta["modality_mask"] == {"BAS": True, "RESP": True, "EKG": True, "EMG": False}
     assert [c["name"] for c in meta["channels"]["BAS"]] == ["C3-M2", "E1-M2"]
     assert "EMG" not in table.column_names
-    assert manifest.loc[0, "sha256"] and manifest.loc[0, "bytes"] > 0
+    data = (tmp_path / "t" / "r.arrow").read_bytes()  # hashed while written: the whole file
+    assert manifest.loc[0, "sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest.loc[0, "bytes"] == len(data) > 0
 
 
 def test_readable_with_polars_alone(harmonised, tmp_path):
@@ -247,3 +251,27 @@ def test_a_full_disk_stops_the_batch_instead_of_rejecting_recordings(
     with pytest.raises(EnvironmentFailure):
         raise_if_environment(MemoryError(), "x")
     raise_if_environment(ValueError("not the machine"), "x")  # returns: the caller records it
+
+
+def test_the_hasher_reports_a_failed_read_and_the_whole_file(tmp_path):
+    """GrowingFileHasher: the digest of the whole file, whatever parts were announced; an
+    error in its thread reaches the caller."""
+    path = tmp_path / "f.bin"
+    payload = np.random.default_rng(0).bytes(3 * (1 << 20) + 17)
+    with open(path, "wb") as fh:
+        hasher = ex.GrowingFileHasher(path)
+        for end in (5, mmap.ALLOCATIONGRANULARITY + 3, (1 << 20) + 1, len(payload) - 9):
+            fh.write(payload[fh.tell() : end])
+            fh.flush()
+            hasher.written(end)
+        fh.write(payload[fh.tell() :])
+    assert hasher.hexdigest() == hashlib.sha256(payload).hexdigest()
+
+    class Broken(ex.GrowingFileHasher):
+        def _run(self):
+            self._fh.close()
+            super()._run()  # reading a closed file raises in the thread
+
+    broken = Broken(path)
+    with pytest.raises(ValueError, match="closed file"):
+        broken.hexdigest()

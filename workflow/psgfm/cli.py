@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.abc
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from psgfm import __version__
@@ -190,6 +193,32 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+ONE_BLAS_THREAD_COMMANDS = ("harmonise", "export")
+
+
+def one_blas_thread(argv: list[str]) -> None:
+    """Start OpenBLAS with one thread for a command that never asks it for more: harmonisation
+    holds BLAS to one thread while it runs (its parallelism is the channels'), and export
+    uses no BLAS, but numpy's import starts OpenBLAS's whole thread pool first (~0.07 CPU-s
+    of the import on 2 cores). Called before anything imports numpy (the parser does, through
+    ``psgfm.signals.sheet``), and never over the user's own ``OPENBLAS_NUM_THREADS``."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in ONE_BLAS_THREAD_COMMANDS and "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def text_table(rows: list[dict], columns: list[str]) -> str:
+    """Rows as a plain text table, columns right-aligned (as pandas prints a frame without
+    its index), so that ``psgfm export`` prints without importing pandas."""
+    cells = [[str(c) for c in columns]] + [
+        ["" if r[c] is None else str(r[c]) for c in columns] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join(
+        " ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells
+    )
+
+
 def _cmd_harmonise(args: argparse.Namespace) -> int:
     from psgfm.config import load_config, load_recordings
     from psgfm.signals.harmonise import harmonise_batch
@@ -204,16 +233,52 @@ def _cmd_harmonise(args: argparse.Namespace) -> int:
     hcfg = {**cfg["harmonise"], "threads": args.threads or available_cores()}
     qc = harmonise_batch(sheet.to_dict("records"), args.out, hcfg)
     print(qc[["recording_id", "status", "reason"]].to_string(index=False))
+    if args.export:  # what `psgfm export --harmonised OUT --out EXPORT` does, in this process
+        _print_manifest(_export(args.out, args.export, cfg))
     return 0
+
+
+def _export(harmonised: str, out: str, cfg: dict):
+    from psgfm.signals.export import export_manifest
+
+    return export_manifest(harmonised, out, cfg["export"])
+
+
+def _print_manifest(manifest) -> None:
+    print(text_table(manifest.to_pylist(), ["recording_id", "n_chunks", "modalities"]))
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """An import finder under which ``import pandas`` fails as if pandas were not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"pandas is not imported by this command: {name}", name=name)
+        return None
+
+
+@contextlib.contextmanager
+def pandas_blocked() -> Iterator[None]:
+    """Within the block pandas cannot be imported (unless it already was). pyarrow imports
+    pandas, when it is installed, the first time it converts any array (``pa.array``), only
+    to ask whether the object is a pandas one: ~0.35 CPU-s that ``psgfm export``, which never
+    uses pandas, would otherwise spend. pyarrow takes the failed import as "pandas absent"."""
+    if "pandas" in sys.modules:
+        yield
+        return
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from psgfm.config import load_config
-    from psgfm.signals.export import export_batch
 
-    cfg = load_config(args.config)
-    manifest = export_batch(args.harmonised, args.out, cfg["export"])
-    print(manifest[["recording_id", "n_chunks", "modalities"]].to_string(index=False))
+    with pandas_blocked():  # the files are the same (tests/test_cli_imports.py)
+        _print_manifest(_export(args.harmonised, args.out, load_config(args.config)))
     return 0
 
 
@@ -548,6 +613,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads converting a recording's channels in parallel (default: the cores "
         "available to this process)",
     )
+    h.add_argument(
+        "--export",
+        metavar="DIR",
+        help="then export the harmonised recordings to chunked Arrow tensors in DIR, in the "
+        "same process: the files `psgfm export --harmonised OUT --out DIR` writes, without a "
+        "second interpreter start",
+    )
     h.set_defaults(func=_cmd_harmonise)
 
     e = sub.add_parser("export", help="export a harmonised folder to chunked Arrow tensors")
@@ -677,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     # CheckpointError (psgfm.model.checkpoint) is a ValueError: importing it here would import
     # torch for every command (1.4-2.5 s), also for harmonise and export, which never use it.
 
+    argv = sys.argv[1:] if argv is None else argv
+    one_blas_thread(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:

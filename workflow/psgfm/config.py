@@ -9,10 +9,13 @@ from __future__ import annotations
 import copy
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jsonschema
-import pandas as pd
 import yaml
+
+if TYPE_CHECKING:  # pandas is imported where it is used: `psgfm export` never needs it
+    import pandas as pd
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
@@ -103,7 +106,7 @@ def sorted_keys(value):
 
 def load_config(path: str | Path) -> dict:
     with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
+        raw = yaml.load(fh, Loader=SAFE_LOADER) or {}
     return validate_config(raw, source=str(path))
 
 
@@ -119,6 +122,8 @@ def read_sheet_tsv(path: str | Path) -> pd.DataFrame:
     """A TSV sample sheet as strings, values as they are: a ``#`` inside a value is part of
     it (paths may hold ``#``, as ``psgfm sheet`` writes them); only lines whose first
     character is ``#`` are comments."""
+    import pandas as pd
+
     with open(path, encoding="utf-8", newline="") as fh:
         lines = [ln for ln in fh if not ln.startswith("#")]
     return pd.read_csv(
@@ -132,6 +137,8 @@ def read_sheet_tsv(path: str | Path) -> pd.DataFrame:
 def validate_recordings(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     """Validate a sample sheet read as strings (``path`` names it in errors); return it with
     the optional columns filled in and values stripped."""
+    import pandas as pd
+
     df = df.copy()
     df.columns = [c.strip() for c in df.columns]
     unknown = [c for c in df.columns if c not in SHEET_COLUMNS]

@@ -11,26 +11,27 @@ holds at least ``min_last_chunk_seconds`` of data and at least one real patch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import mmap
+import os
+import queue
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from psgfm import MODALITIES
-from psgfm.io import (
-    atomic_path,
-    provenance,
-    raise_if_environment,
-    sha256_file,
-    write_json,
-    write_parquet,
-)
+from psgfm.io import atomic_path, provenance, raise_if_environment, write_json, write_parquet
 from psgfm.signals.harmonise import read_signals
 from psgfm.signals.hypnogram import UNSCORED
+
+if TYPE_CHECKING:  # pandas only where a caller asks for a DataFrame (not `psgfm export`)
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,62 @@ def patch_mask(n_rows: int, valid: int, chunk: int, patch: int) -> np.ndarray:
     return is_real_patch(np.clip(valid - starts, 0, patch), patch)
 
 
+class GrowingFileHasher:
+    """The sha256 of a file while it is being written: a background thread hashes each part
+    as soon as the writer reports it written (:meth:`written`), so the checksum overlaps the
+    writing instead of re-reading the file afterwards (hashlib releases the GIL).
+    :meth:`hexdigest` (after the file is closed) hashes the rest and returns the digest of the
+    whole file, as :func:`psgfm.io.sha256_file` would."""
+
+    def __init__(self, path: str | Path):
+        self._fh = open(path, "rb")  # noqa: SIM115 (closed by the thread)
+        self._sha = hashlib.sha256()
+        self._todo: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def written(self, upto: int) -> None:
+        """The file's first ``upto`` bytes are written and will not change."""
+        self._todo.put(upto)
+
+    def _run(self) -> None:
+        pos = 0
+        try:
+            fd = self._fh.fileno()
+            while True:
+                upto = self._todo.get()  # None: to the end of the finished file
+                end = os.fstat(fd).st_size if upto is None else upto
+                if end > pos:  # mapped, not read: no copy out of the page cache
+                    base = pos - pos % mmap.ALLOCATIONGRANULARITY
+                    with mmap.mmap(fd, end - base, offset=base, access=mmap.ACCESS_READ) as m:
+                        view = memoryview(m)
+                        try:
+                            self._sha.update(view[pos - base :])
+                        finally:
+                            view.release()
+                    pos = end
+                if upto is None:
+                    return
+        except BaseException as err:  # handed to the caller by hexdigest()
+            self._error = err
+        finally:
+            self._fh.close()
+
+    def hexdigest(self) -> str:
+        """The digest of the whole file; call once, after the file is complete and closed."""
+        self._todo.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._sha.hexdigest()
+
+    def abandon(self) -> None:
+        """Stop the thread without a digest (the write failed)."""
+        self._todo.put(None)
+        self._thread.join()
+
+
 def export_recording(
     signals_path: Path, stages_path: Path | None, out_path: Path, cfg: dict
 ) -> dict:
@@ -114,7 +171,7 @@ def export_recording(
     epochs_per_chunk = cfg["chunk_seconds"] // cfg["epoch_seconds"]
     codes = np.full(n_chunks * epochs_per_chunk, UNSCORED, dtype=np.int8)
     if stages_path is not None and stages_path.exists():
-        st = pq.read_table(stages_path, columns=["stage_code"]).column(0).to_numpy()
+        st = pq.ParquetFile(stages_path).read(columns=["stage_code"]).column(0).to_numpy()
         if cfg["epoch_seconds"] != 30:
             raise ValueError("stage labels are scored in 30-s epochs; set export.epoch_seconds: 30")
         k = min(len(st), len(codes))
@@ -157,35 +214,50 @@ def export_recording(
     blocks = {m: np.zeros((rows, len(cols), chunk), dtype=dtype) for m, cols in columns.items()}
 
     with atomic_path(out_path) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for b0 in range(0, n_chunks, ROWS_PER_BATCH):
-                b1 = min(b0 + ROWS_PER_BATCH, n_chunks)
-                s0, s1 = b0 * chunk, min(b1 * chunk, n)
-                valid = s1 - s0
-                idx = np.arange(b0, b1, dtype=np.int32)
-                arrays = [
-                    pa.array(idx),
-                    pa.array(idx * float(cfg["chunk_seconds"])),
-                    pa.FixedSizeListArray.from_arrays(
-                        pa.array(patch_mask(b1 - b0, valid, chunk, patch).ravel()), n_patches
-                    ),
-                    pa.FixedSizeListArray.from_arrays(
-                        pa.array(codes[b0:b1].ravel()), epochs_per_chunk
-                    ),
-                ]
-                k, full = b1 - b0, valid // chunk  # rows in this batch, rows without padding
-                for m, cols in columns.items():
-                    block = blocks[m][:k]
-                    for ci, col in enumerate(cols):
-                        x = col.slice(s0, valid).to_numpy()
-                        block[:full, ci, :] = x[: full * chunk].reshape(full, chunk)
-                        if full < k:  # the trailing partial chunk, zero padded
-                            block[full, ci, : valid - full * chunk] = x[full * chunk :]
-                            block[full, ci, valid - full * chunk :] = 0
-                    # (chunks, C, chunk) -> (chunks, C, patches, patch), C-contiguous
-                    tensor = block.reshape(k, len(cols), n_patches, patch)
-                    arrays.append(_tensor_array(tensor))
-                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+        with pa.OSFile(str(tmp), "wb") as sink:
+            # the checksum follows the writer: each record batch is hashed while the next is
+            # built (the file is complete, and hashed to its end, when the writer closes)
+            hasher = GrowingFileHasher(tmp)
+            try:
+                with pa.ipc.new_file(sink, schema) as writer:
+                    for b0 in range(0, n_chunks, ROWS_PER_BATCH):
+                        b1 = min(b0 + ROWS_PER_BATCH, n_chunks)
+                        s0, s1 = b0 * chunk, min(b1 * chunk, n)
+                        valid = s1 - s0
+                        idx = np.arange(b0, b1, dtype=np.int32)
+                        arrays = [
+                            pa.array(idx),
+                            pa.array(idx * float(cfg["chunk_seconds"])),
+                            pa.FixedSizeListArray.from_arrays(
+                                pa.array(patch_mask(b1 - b0, valid, chunk, patch).ravel()),
+                                n_patches,
+                            ),
+                            pa.FixedSizeListArray.from_arrays(
+                                pa.array(codes[b0:b1].ravel()), epochs_per_chunk
+                            ),
+                        ]
+                        k, full = (
+                            b1 - b0,
+                            valid // chunk,
+                        )  # rows in this batch, rows without padding
+                        for m, cols in columns.items():
+                            block = blocks[m][:k]
+                            for ci, col in enumerate(cols):
+                                x = col.slice(s0, valid).to_numpy()
+                                block[:full, ci, :] = x[: full * chunk].reshape(full, chunk)
+                                if full < k:  # the trailing partial chunk, zero padded
+                                    block[full, ci, : valid - full * chunk] = x[full * chunk :]
+                                    block[full, ci, valid - full * chunk :] = 0
+                            # (chunks, C, chunk) -> (chunks, C, patches, patch), C-contiguous
+                            tensor = block.reshape(k, len(cols), n_patches, patch)
+                            arrays.append(_tensor_array(tensor))
+                        writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+                        sink.flush()
+                        hasher.written(sink.tell())
+            except BaseException:
+                hasher.abandon()
+                raise
+        sha256 = hasher.hexdigest()
     return {
         "recording_id": rid,
         "path": str(out_path),
@@ -195,7 +267,7 @@ def export_recording(
         **{f"n_{m}": len(by_mod.get(m, [])) for m in MODALITIES},
         "has_stages": bool((codes != UNSCORED).any()),
         "bytes": out_path.stat().st_size,
-        "sha256": sha256_file(out_path),
+        "sha256": sha256,
     }
 
 
@@ -206,12 +278,21 @@ def read_tensors(path: str | Path) -> tuple[pa.Table, dict]:
 
 
 def export_batch(harmonised_dir: str | Path, out_dir: str | Path, cfg: dict) -> pd.DataFrame:
-    """Export every harmonised recording of a batch; write ``manifest.parquet`` last."""
+    """Export every harmonised recording of a batch; write ``manifest.parquet`` last; return
+    the manifest as a DataFrame (:func:`export_manifest` returns it as an Arrow table)."""
+    return export_manifest(harmonised_dir, out_dir, cfg).to_pandas()
+
+
+def export_manifest(harmonised_dir: str | Path, out_dir: str | Path, cfg: dict) -> pa.Table:
+    """:func:`export_batch` without pandas (``psgfm export`` does not import it): the same
+    files, the manifest returned as an Arrow table."""
     harmonised_dir, out_dir = Path(harmonised_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    qc = pd.read_parquet(harmonised_dir / "qc.parquet")
+    # ParquetFile, not read_table: read_table imports pyarrow.dataset, and with it pandas
+    qc = pq.ParquetFile(harmonised_dir / "qc.parquet").read(columns=["recording_id", "status"])
+    ok = [r["recording_id"] for r in qc.to_pylist() if r["status"] == "ok"]
     rows, failures = [], []
-    for rid in qc.loc[qc["status"] == "ok", "recording_id"]:
+    for rid in ok:
         stages = harmonised_dir / f"{rid}.stages.parquet"
         try:
             rows.append(
@@ -233,7 +314,7 @@ def export_batch(harmonised_dir: str | Path, out_dir: str | Path, cfg: dict) -> 
     )
     write_json(provenance("export", cfg), out_dir / "provenance.json")
     write_parquet(manifest, out_dir / "manifest.parquet")
-    return manifest.to_pandas()
+    return manifest
 
 
 def _concat(paths: list[Path], schema: pa.Schema | None = None) -> pd.DataFrame:
@@ -252,6 +333,8 @@ def _concat(paths: list[Path], schema: pa.Schema | None = None) -> pd.DataFrame:
 
 def cohort_tables(harmonised_dirs: list[str], tensor_dirs: list[str]) -> dict[str, pd.DataFrame]:
     """Merge per-batch QC, audits and manifests into cohort-level tables."""
+    import pandas as pd
+
     from psgfm.signals.harmonise import AUDIT_SCHEMA
 
     qc = _concat([Path(d) / "qc.parquet" for d in harmonised_dirs])

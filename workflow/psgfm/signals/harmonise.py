@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
@@ -37,6 +37,9 @@ from psgfm.signals.edfheader import EDFError, EDFHeader, SampleReader, read_head
 from psgfm.signals.hypnogram import HypnogramError, read_stages
 from psgfm.signals.montage import Assignment, RuleSet, assign_channels, load_rules, unit_scale_to_uv
 from psgfm.signals.polyphase import resample_poly
+
+if TYPE_CHECKING:  # pandas is imported where it is used: `psgfm export` never needs it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +137,68 @@ this many samples (every 7th sample of an 8-h night at 128 Hz): exact for short 
 within sampling error of the exact quantiles for a night, and 7x cheaper."""
 
 
+QUARTILES = np.array([0.25, 0.5, 0.75])
+
+
+def _order_statistics(s: np.ndarray, ranks: list[int]) -> dict[int, np.generic]:
+    """The values of ``sorted(s)`` at ``ranks``; reorders ``s`` in place (a scratch copy).
+
+    One partition at a middle rank splits the rest into two independent halves, and a rank at
+    either end of its half is that half's min or max: the six ranks of three quartiles cost
+    about two full passes, where ``np.partition`` with all of them (and the two ends, as
+    ``np.percentile`` asks) costs about five."""
+    out: dict[int, np.generic] = {}
+
+    def select(lo: int, hi: int, rs: list[int]) -> None:  # s[lo:hi] holds ranks lo..hi-1
+        if len(rs) == 1 and rs[0] in (lo, hi - 1):
+            part = s[lo:hi]
+            out[rs[0]] = part.min() if rs[0] == lo else part.max()
+            return
+        if not rs:
+            return
+        mid = rs[len(rs) // 2]
+        s[lo:hi].partition(mid - lo)
+        out[mid] = s[mid]
+        select(lo, mid, [r for r in rs if r < mid])
+        select(mid + 1, hi, [r for r in rs if r > mid])
+
+    select(0, len(s), sorted(set(ranks)))
+    return out
+
+
+def quartiles(x: np.ndarray) -> np.ndarray:
+    """``np.percentile(x, [25, 50, 75])`` (linear method) bit for bit, for finite ``x``, about
+    2.5x faster (:func:`_order_statistics`); the interpolation is numpy's, step by step
+    (``tests/test_harmonise.py`` checks the equality on many lengths and distributions)."""
+    s = np.array(x, copy=True)
+    n = len(s)
+    virtual = (n - 1) * QUARTILES
+    below = np.floor(virtual)
+    above = below + 1
+    at_end = virtual >= n - 1  # n == 1: numpy takes the last value on both sides
+    below[at_end] = above[at_end] = n - 1
+    below, above = below.astype(np.intp), above.astype(np.intp)
+    values = _order_statistics(s, [*below.tolist(), *above.tolist()])
+    a = np.array([values[i] for i in below.tolist()], dtype=s.dtype)
+    b = np.array([values[i] for i in above.tolist()], dtype=s.dtype)
+    gamma = virtual - below
+    # numpy's _lerp: a + (b - a) * t, and b - (b - a) * (1 - t) where t >= 0.5
+    diff = b - a
+    result = np.add(a, diff * gamma)
+    np.subtract(
+        b,
+        diff * (1 - gamma),
+        out=result,
+        where=gamma >= 0.5,
+        casting="unsafe",
+        dtype=type(result.dtype),
+    )
+    return result
+
+
 def robust_stats(x: np.ndarray) -> dict[str, float]:
     step = max(1, len(x) // ROBUST_STATS_SAMPLES)
-    q25, med, q75 = np.percentile(x[::step], [25, 50, 75])
+    q25, med, q75 = quartiles(x[::step])
     iqr = float(q75 - q25)
     return {"median": float(med), "iqr": iqr, "robust_std": iqr / 1.349}
 
@@ -380,13 +442,31 @@ def harmonise_recording(
     # GIL. BLAS itself on one thread: the parallelism is the channels' (BLAS threads on top
     # cost 2-20x more CPU on a busy machine, experiments/2026-12-07-harmonise-perf)
     threads = min(int(cfg.get("threads", 1)), len(units))
+
+    def referenced(a: Assignment) -> tuple[np.ndarray, bool, bool, dict | None]:
+        """The signal minus its reference(s), float32, with (finite, constant) from one
+        min/max pass and its robust statistics when finite."""
+        y = target[a.index][0]
+        if len(a.reference_indices) == 1:
+            y = y - target[a.reference_indices[0]][0]
+        elif a.reference_indices:
+            y = y - np.mean([target[j][0] for j in a.reference_indices], axis=0)
+        y = np.asarray(y, dtype=np.float32)
+        y_lo, y_hi = (y.min(), y.max()) if len(y) else (np.nan, np.nan)
+        finite = bool(np.isfinite(y_lo) and np.isfinite(y_hi))  # NaN and inf propagate
+        return y, finite, bool(y_lo == y_hi), robust_stats(y) if finite else None
+
+    wanted = [a for a in assignments if a.role == "signal"]
+    keys = [a.index for a in wanted]
     with threadpool_limits(1, user_api="blas"):
         if threads > 1:
             with ThreadPoolExecutor(threads) as pool:
                 done = pool.map(lambda item: to_target(*item), units.items())
                 target = dict(zip(units, done, strict=True))
+                final = dict(zip(keys, pool.map(referenced, wanted), strict=True))
         else:
             target = {i: to_target(i, unit) for i, unit in units.items()}
+            final = {a.index: referenced(a) for a in wanted}
     for j in {j for a in assignments for j in a.reference_indices}:
         y, scale, clipped, nan_frac, _ = target[j]
         audit[j].update(
@@ -398,28 +478,17 @@ def harmonise_recording(
 
     channels: list[Channel] = []
     kept_refs: set[int] = set()
-    for a in assignments:
-        if a.role != "signal":
-            continue
+    for a in wanted:
         sig = signals[a.index]
-        y, scale, clipped, nan_frac, constant = target[a.index]
+        _, scale, clipped, nan_frac, constant = target[a.index]
+        y, finite, flat, stats = final[a.index]
         ref_names = [signals[j].label for j in a.reference_indices]
-        if len(a.reference_indices) == 1:
-            y = y - target[a.reference_indices[0]][0]
-        elif a.reference_indices:
-            y = y - np.mean([target[j][0] for j in a.reference_indices], axis=0)
         unit_out = "uV" if a.rule.unit is not None else sig.physical_dimension
         row_audit = audit[a.index]
         row_audit.update(
             scale=scale, clipped_fraction=clipped, nan_fraction=nan_frac, unit_out=unit_out
         )
-        y = np.asarray(y, dtype=np.float32)
-        y_lo, y_hi = (y.min(), y.max()) if len(y) else (np.nan, np.nan)
-        finite = bool(np.isfinite(y_lo) and np.isfinite(y_hi))  # NaN and inf propagate
-        stats = robust_stats(y) if finite else None
-        reason = _check_channel(
-            y, a, sig, clipped, nan_frac, cfg, stats, constant, (finite, y_lo == y_hi)
-        )
+        reason = _check_channel(y, a, sig, clipped, nan_frac, cfg, stats, constant, (finite, flat))
         row_audit["robust_std"] = stats["robust_std"] if stats else float("nan")
         if reason:
             row_audit.update(role="dropped", used=False, reason=reason)
@@ -700,6 +769,8 @@ def _header_audit(row: dict, ruleset: RuleSet, cfg: dict) -> list[dict]:
 
 def harmonise_batch(recordings: list[dict], out_dir: str | Path, cfg: dict) -> pd.DataFrame:
     """Harmonise every recording of a batch into ``out_dir``; write ``qc.parquet`` last."""
+    import pandas as pd
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ruleset = load_rules(cfg["channel_rules"])

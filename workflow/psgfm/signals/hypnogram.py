@@ -6,12 +6,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from psgfm.signals.edfheader import EDFError, read_header
 from psgfm.signals.scoredfiles import HypnogramError, read_nsrr_stages
+
+if TYPE_CHECKING:  # pandas is imported where it is used: `psgfm export` never needs it
+    import pandas as pd
 
 STAGES = ("W", "N1", "N2", "N3", "REM")
 STAGE_CODE = {s: i for i, s in enumerate(STAGES)}
@@ -40,6 +43,8 @@ def parse_stage(label: str) -> str | None:
 
 def _number_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     """A CSV column of seconds as floats; a value that is not a number raises, naming it."""
+    import pandas as pd
+
     values = pd.to_numeric(df[column], errors="coerce")
     bad = values.isna() & df[column].notna()
     if bad.any():
@@ -53,6 +58,8 @@ def _number_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
@@ -86,6 +93,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _read_annotations(path: Path, epoch_seconds: float = 30.0) -> pd.DataFrame:
     """onset, duration, description and stage_event (whether the row is meant as a stage
     label, so a label that :func:`parse_stage` does not know counts as an unknown stage)."""
+    import pandas as pd
+
     suffix = path.suffix.lower()
     if suffix == ".xml":
         return read_nsrr_stages(path, epoch_seconds).assign(stage_event=True)
@@ -164,6 +173,8 @@ def read_stages(
     begin before the recording starts, raises :class:`HypnogramError`: such labels would be
     misaligned.
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise HypnogramError(f"{path}: hypnogram file not found; fix the `hypnogram` column.")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where it is used: `psgfm export` never needs it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ def read_nsrr_stages(path: str | Path, epoch_seconds: float = 30.0) -> pd.DataFr
     :func:`psgfm.signals.hypnogram.parse_stage` maps: W/N1/N2/N3/REM, movement, unscored; a
     stage concept with an unknown code is described as ``unknown stage concept '...'``, which
     it does not map, so the hypnogram reader counts its epochs as unknown)."""
+    import pandas as pd
+
     path, events, epoch_length = scored_events(path)
     if epoch_length is not None and epoch_length != epoch_seconds:
         raise AnnotationError(

@@ -23,11 +23,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from psgfm.config import SHEET_COLUMNS, ConfigError, validate_recordings
 from psgfm.signals.edfheader import EDFError, read_header
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the CLI's parser imports this module
+    import pandas as pd
 
 DEFAULT_ID_REGEX = r"^(?P<id>.+?)(?:[-_.](?i:nsrr|hypnogram|psg|events))?$"
 RECORDING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the samples schema's pattern
@@ -118,6 +120,8 @@ def _group(match: re.Match, what: str) -> str | None:
 def read_dates(path: str | Path) -> tuple[str, dict[str, str]]:
     """(key column, {key: YYYY-MM-DD}) of a dates table: CSV or TSV with psg_date and
     recording_id (or subject_id)."""
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: dates table not found; fix --dates.")
@@ -167,6 +171,8 @@ def build_sheet(
     malformed or does not match ``subject_regex``, or that have no usable date are left out
     and reported. EDFs without annotation get a row with an empty hypnogram (reported).
     """
+    import pandas as pd
+
     try:
         id_re = re.compile(id_regex)
         subject_re = re.compile(subject_regex) if subject_regex else None
