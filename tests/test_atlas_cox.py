@@ -339,6 +339,31 @@ def test_cv_penalizer_matches_a_lifelines_reference_and_finds_planted_signal():
         cv_penalizer(X, time, event, None, grid, folds[:-1])
 
 
+def test_cv_penalizer_path_equals_the_cold_start_selection():
+    """The shared-preparation path (warm starts from the previous candidate's coefficients and
+    curvature, the inner fit's own log-likelihood as the second term) selects what every fit
+    from zero selects, with scores within the inner tolerance's error; outcomes with ties,
+    exclusions, a dropped column and a candidate that fails in one fold."""
+    X, time, event, include = _cohort(seed=21, n=900, p=10, k=6)
+    cols = np.ones((6, 10), dtype=bool)
+    cols[2, 0] = False  # outcome 2 leaves the 0/1 column out (outcome 1: constant there)
+    event[5] = False
+    event[5, :3] = True  # three events: some inner training sets have none or one
+    pens = [np.r_[0.0, np.full(9, g)] for g in (0.01, 0.1, 1.0, 10.0, 100.0)]
+    folds = np.random.default_rng(3).permutation(np.arange(900) % 5)
+    ref_best, ref = cv_penalizer(X, time, event, include, pens, folds, cols, exact=True)
+    best, cvpl = cv_penalizer(X, time, event, include, pens, folds, cols)
+    np.testing.assert_array_equal(best, ref_best)
+    fin = np.isfinite(ref)
+    np.testing.assert_array_equal(np.isfinite(cvpl), fin)
+    np.testing.assert_allclose(cvpl[fin], ref[fin], rtol=0, atol=1e-3)
+    # run to the reference's tolerance, the scores agree to rounding
+    _, tight = cv_penalizer(X, time, event, include, pens, folds, cols, cv_tol=1e-9)
+    np.testing.assert_allclose(tight[fin], ref[fin], rtol=0, atol=1e-6)
+    # the candidates are not all alike: the choice is a real one
+    assert len(set(ref_best.tolist())) > 1
+
+
 def test_information_gram_of_many_outcomes_at_once():
     """The many-outcome Gram (distinct covariate products times all outcomes' weights) and the
     per-outcome Gram equal a float64 reference."""
