@@ -651,17 +651,19 @@ def _fit_chunk(
     separation_threshold: float,
     compute_se: bool,
     start: np.ndarray | None = None,
+    ev0: _Eval | None = None,
 ):
     """Quasi-Newton from ``beta0``: the information matrix at the start (exact, or the
     approximation ``start``), then BFGS updates of its inverse. The gradient and likelihood
     are always exact, so the fixed point is the exact penalised maximum. Step halving when
     the likelihood falls; with ``compute_se``, a final exact information matrix, one Newton
-    step from it, and the covariance."""
+    step from it, and the covariance. ``ev0``: the evaluation at ``beta0`` if at hand (the
+    unpenalised likelihood does not depend on the penalizer)."""
     k, p = beta0.shape
     beta = beta0 * used
     status = np.array([""] * k, dtype=object)
     n_iter = np.zeros(k, dtype=np.int64)
-    ev = _evaluate(S, Xs, beta)
+    ev = _evaluate(S, Xs, beta) if ev0 is None else ev0
     if start is None:
         H = _hessian(S, Xs, ev, hessian_dtype)
     else:
@@ -900,14 +902,17 @@ def _solve(
     init_int: np.ndarray | None = None,
     curvature: np.ndarray | None = None,
     want_curvature: bool = False,
+    evals: dict | None = None,
 ):
     """Fit every outcome of ``prep`` with penalizer ``pen`` (P,). ``init_int`` (K, P): start
     coefficients on the internal (standardised) scale; ``curvature`` (K, P, P): the starting
     approximation of the unpenalised information matrix (default ``d_k * Cov_k(X)``).
     Returns ``(CoxResult, beta_int, curv)``: the internal coefficients (K, P; 0 where not
     fitted) and, with ``want_curvature``, each outcome's final quasi-Newton approximation of
-    the unpenalised information (K, P, P; None for outcomes not fitted), a start for a fit
-    of the same data with another penalizer."""
+    the unpenalised information (K, P, P), a start for a fit of the same data with another
+    penalizer. ``evals``: a dict the fits of one path share; each chunk's final evaluation
+    is kept there and is the next fit's first when it starts where this one ended (its
+    ``init_int`` the returned coefficients and no outcome failed)."""
     k, p = prep.time.shape[0], prep.X.shape[1]
     n_k, n_ev, var_k, used, sd, mu = prep.n_k, prep.n_ev, prep.var_k, prep.used, prep.sd, prep.mu
     messages = [list(m) for m in prep.base_messages]
@@ -938,6 +943,11 @@ def _solve(
             )
         else:
             start = curvature[rows]
+        ev0 = None
+        if evals is not None and s in evals and init_int is not None:
+            prev_beta, prev_ev = evals[s]
+            if np.array_equal(prev_beta, b0 * used[rows]):
+                ev0 = prev_ev
         beta, ev, cov, st, it, hinv = _fit_chunk(
             S,
             prep.Xs,
@@ -950,8 +960,11 @@ def _solve(
             separation_threshold=separation_threshold,
             compute_se=compute_se,
             start=start,
+            ev0=ev0,
         )
         beta_int[rows] = np.where(used[rows], beta, 0.0)
+        if evals is not None:
+            evals[s] = (beta_int[rows].copy(), ev)
         if want_curvature:
             curv[rows] = _curvature(hinv, lam[rows], used[rows], start)
         times_b, ch = _breslow(S, ev)
@@ -1001,24 +1014,19 @@ def _solve(
 
 def _curvature(hinv: np.ndarray, lam: np.ndarray, used: np.ndarray, fallback: np.ndarray):
     """(K, P, P) the unpenalised information implied by final quasi-Newton inverses ``hinv``
-    of the penalised information (penalty ``lam``): ``inv(hinv) - diag(lam)`` on the used
-    columns; ``fallback`` where an inverse is not available or not positive definite."""
+    of the penalised information (penalty ``lam``): ``inv(hinv) - diag(lam)`` (the unused
+    columns, identity in ``hinv``, are reset by :func:`_information`); ``fallback`` where
+    ``hinv`` is not finite or not invertible. A start only: the fit that uses it checks
+    its own matrix (and computes the exact one where it is not positive definite)."""
     out = fallback.copy()
-    for i in range(len(hinv)):
-        h = hinv[i]
-        if not np.isfinite(h).all():
-            continue
-        u = np.flatnonzero(used[i])
-        c, info = _potrf(h[np.ix_(u, u)], lower=False, overwrite_a=False, clean=False)
-        if info != 0:
-            continue
-        a, info = _potri(c, lower=False, overwrite_c=True)
-        if info != 0:
-            continue
-        upper = np.triu(a)
-        B = upper + np.triu(a, 1).T
-        B[np.diag_indices(len(u))] -= lam[i, u]
-        out[i][np.ix_(u, u)] = B
+    fin = np.flatnonzero(np.isfinite(hinv).all(axis=(1, 2)))
+    if len(fin) == 0:
+        return out
+    B, ok = _inverse(np.ascontiguousarray(hinv[fin]))  # (BFGS keeps hinv positive definite)
+    fin, B = fin[ok], B[ok]
+    diag = B.reshape(len(fin), -1)[:, :: B.shape[1] + 1]
+    diag -= np.where(used[fin], lam[fin], 0.0)
+    out[fin] = B
     return out
 
 
@@ -1313,10 +1321,17 @@ def _path_fits(X, time, event, include, pens, order, columns, first, fit_kw):
     }
     init = None if first is None else first * prep.sd[None, :]
     curv = None
+    evals: dict = {}
     with threadpool_limits(limits=fit_kw.get("threads")):
         for g in order:
             res, beta_int, curv = _solve(
-                prep, pens[g], init_int=init, curvature=curv, want_curvature=True, **kw
+                prep,
+                pens[g],
+                init_int=init,
+                curvature=curv,
+                want_curvature=True,
+                evals=evals,
+                **kw,
             )
             failed = ~np.isin(res.status, ("ok", "not_converged"))
             init = np.where(failed[:, None], 0.0, beta_int)
