@@ -339,6 +339,19 @@ def test_cv_penalizer_matches_a_lifelines_reference_and_finds_planted_signal():
         cv_penalizer(X, time, event, None, grid, folds[:-1])
 
 
+def test_a_penalizer_per_outcome_equals_separate_fits_and_lifelines():
+    X, time, event, include = _cohort(seed=8, n=600, p=5, k=3)
+    pen = np.array([[0.0, 0.01, 0.01, 0.01, 0.01], [0.0, 1.0, 1.0, 1.0, 1.0], [0.5] * 5])
+    both = fit_cox(X, time, event, include, penalizer=pen, tol=1e-12)
+    life = fit_cox(X, time, event, include, penalizer=pen, backend="lifelines")
+    for j in range(3):
+        one = fit_cox(X, time[j], event[j], include[j], penalizer=pen[j], tol=1e-12)
+        np.testing.assert_allclose(both.coef[j], one.coef[0], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(both.coef[j], life.coef[j], rtol=1e-4, atol=1e-6)
+    with pytest.raises(CoxInputError, match="one row per outcome"):
+        fit_cox(X, time, event, include, penalizer=pen[:2])
+
+
 def test_cv_penalizer_path_equals_the_cold_start_selection():
     """The shared-preparation path (warm starts from the previous candidate's coefficients and
     curvature, the inner fit's own log-likelihood as the second term) selects what every fit

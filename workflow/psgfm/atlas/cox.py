@@ -127,14 +127,18 @@ def _as_rows(a, name: str, n: int, dtype) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
-def _penalty_vector(penalizer, p: int) -> np.ndarray:
+def _penalty_vector(penalizer, p: int, k: int | None = None) -> np.ndarray:
+    """(P,) penalizer per column; with ``k``, a (K, P) array (one row per outcome) is also
+    accepted and returned as it is."""
     pen = np.asarray(penalizer, dtype=np.float64)
     if pen.ndim == 0:
         pen = np.full(p, float(pen))
-    if pen.shape != (p,) or not np.isfinite(pen).all() or (pen < 0).any():
+    shapes = [(p,)] if k is None else [(p,), (k, p)]
+    if pen.shape not in shapes or not np.isfinite(pen).all() or (pen < 0).any():
         raise CoxInputError(
             f"penalizer must be a non-negative number or an array of {p} non-negative numbers "
-            f"(one per column of X); got {penalizer!r}."
+            f"(one per column of X{'' if k is None else f'; or ({k}, {p}): one row per outcome'}"
+            f"); got {penalizer!r}."
         )
     return pen
 
@@ -183,7 +187,7 @@ def validate_inputs(X, time, event, include=None, penalizer=0.0, columns=None):
         raise CoxInputError(
             f"time must be >= 0 for every included person; found {t_in[t_in < 0][:5].tolist()}."
         )
-    pen = _penalty_vector(penalizer, p)
+    pen = _penalty_vector(penalizer, p, k)
     if columns is None:
         columns = np.ones((k, p), dtype=bool)
     else:
@@ -652,13 +656,18 @@ def _fit_chunk(
     compute_se: bool,
     start: np.ndarray | None = None,
     ev0: _Eval | None = None,
+    track: bool = False,
 ):
     """Quasi-Newton from ``beta0``: the information matrix at the start (exact, or the
     approximation ``start``), then BFGS updates of its inverse. The gradient and likelihood
     are always exact, so the fixed point is the exact penalised maximum. Step halving when
     the likelihood falls; with ``compute_se``, a final exact information matrix, one Newton
     step from it, and the covariance. ``ev0``: the evaluation at ``beta0`` if at hand (the
-    unpenalised likelihood does not depend on the penalizer)."""
+    unpenalised likelihood does not depend on the penalizer). ``track``: also keep the BFGS
+    approximation of the penalised information itself (the same rank-two updates, applied
+    to the matrix instead of its inverse) and return it in place of the inverse: the
+    curvature a fit of the same data with another penalizer starts from, without
+    inverting."""
     k, p = beta0.shape
     beta = beta0 * used
     status = np.array([""] * k, dtype=object)
@@ -668,12 +677,15 @@ def _fit_chunk(
         H = _hessian(S, Xs, ev, hessian_dtype)
     else:
         H = start
-    Hinv, ok = _inverse(_information(H, lam, used))
+    J = _information(H, lam, used)
+    Hinv, ok = _inverse(J)
     if start is not None and not ok.all():  # an approximate matrix must not decide this
         bad = np.flatnonzero(~ok)
         H_bad = _hessian(S.take(bad), Xs, _evaluate(S.take(bad), Xs, beta[bad]), hessian_dtype)
-        Hinv[bad], ok[bad] = _inverse(_information(H_bad, lam[bad], used[bad]))
+        J[bad] = _information(H_bad, lam[bad], used[bad])
+        Hinv[bad], ok[bad] = _inverse(J[bad])
     status[~ok] = "singular"
+    Bm = J if track else None
     llp = ev.ll - 0.5 * (lam * beta**2).sum(axis=1)
     grad = (ev.grad - lam * beta) * used  # ascent direction of the penalised likelihood
     active = ok.copy()
@@ -729,6 +741,15 @@ def _fit_chunk(
         hi -= outer.transpose(0, 2, 1)
         if not everyone:
             Hinv[a] = hi
+        if track:  # B <- B - (B s)(B s)' / s'Bs + rho y y'
+            bi = Bm if everyone else Bm[a]
+            bs = np.einsum("kpq,kq->kp", bi, s_vec)
+            sbs = np.einsum("kp,kp->k", s_vec, bs)
+            c = np.where(upd & (sbs > 1e-300), 1.0 / np.where(sbs > 1e-300, sbs, 1.0), 0.0)
+            left = np.stack([-c[:, None] * bs, rho[:, None] * y_vec], axis=2)  # (k, P, 2)
+            bi += left @ np.stack([bs, y_vec], axis=1)  # both rank-one terms, one product
+            if not everyone:
+                Bm[a] = bi
         beta[a] = new_beta
         grad[a] = new_grad
         llp[a] = new_llp
@@ -764,7 +785,7 @@ def _fit_chunk(
         elif status[j] == "" and not converged[j]:
             status[j] = "not_converged"
     status[status == ""] = "ok"
-    return beta, ev, cov, status, n_iter, Hinv
+    return beta, ev, cov, status, n_iter, Bm if track else Hinv
 
 
 @dataclass
@@ -904,7 +925,7 @@ def _solve(
     want_curvature: bool = False,
     evals: dict | None = None,
 ):
-    """Fit every outcome of ``prep`` with penalizer ``pen`` (P,). ``init_int`` (K, P): start
+    """Fit every outcome of ``prep`` with penalizer ``pen`` (P,) or (K, P). ``init_int`` (K, P): start
     coefficients on the internal (standardised) scale; ``curvature`` (K, P, P): the starting
     approximation of the unpenalised information matrix (default ``d_k * Cov_k(X)``).
     Returns ``(CoxResult, beta_int, curv)``: the internal coefficients (K, P; 0 where not
@@ -916,7 +937,7 @@ def _solve(
     k, p = prep.time.shape[0], prep.X.shape[1]
     n_k, n_ev, var_k, used, sd, mu = prep.n_k, prep.n_ev, prep.var_k, prep.used, prep.sd, prep.mu
     messages = [list(m) for m in prep.base_messages]
-    lam = n_k[:, None] * pen[None, :] * var_k  # (K, P) internal ridge weights
+    lam = n_k[:, None] * (pen if pen.ndim == 2 else pen[None, :]) * var_k  # (K, P) internal
     coef = np.full((k, p), np.nan)
     se = np.full((k, p), np.nan)
     ll_out = np.full(k, np.nan)
@@ -948,7 +969,7 @@ def _solve(
             prev_beta, prev_ev = evals[s]
             if np.array_equal(prev_beta, b0 * used[rows]):
                 ev0 = prev_ev
-        beta, ev, cov, st, it, hinv = _fit_chunk(
+        beta, ev, cov, st, it, qn = _fit_chunk(
             S,
             prep.Xs,
             lam[rows],
@@ -961,12 +982,13 @@ def _solve(
             compute_se=compute_se,
             start=start,
             ev0=ev0,
+            track=want_curvature,
         )
         beta_int[rows] = np.where(used[rows], beta, 0.0)
         if evals is not None:
             evals[s] = (beta_int[rows].copy(), ev)
         if want_curvature:
-            curv[rows] = _curvature(hinv, lam[rows], used[rows], start)
+            curv[rows] = _curvature(qn, lam[rows], used[rows], start)
         times_b, ch = _breslow(S, ev)
         for i, j in enumerate(rows):
             status[j] = st[i]
@@ -1012,21 +1034,18 @@ def _solve(
     return res, beta_int, curv
 
 
-def _curvature(hinv: np.ndarray, lam: np.ndarray, used: np.ndarray, fallback: np.ndarray):
-    """(K, P, P) the unpenalised information implied by final quasi-Newton inverses ``hinv``
-    of the penalised information (penalty ``lam``): ``inv(hinv) - diag(lam)`` (the unused
-    columns, identity in ``hinv``, are reset by :func:`_information`); ``fallback`` where
-    ``hinv`` is not finite or not invertible. A start only: the fit that uses it checks
-    its own matrix (and computes the exact one where it is not positive definite)."""
+def _curvature(B: np.ndarray, lam: np.ndarray, used: np.ndarray, fallback: np.ndarray):
+    """(K, P, P) the unpenalised information implied by final quasi-Newton approximations
+    ``B`` of the penalised information (penalty ``lam``): ``B - diag(lam)`` on the used
+    columns (the others are reset by :func:`_information`); ``fallback`` where ``B`` is not
+    finite. A start only: the fit that uses it checks its own matrix (and computes the
+    exact one where it is not positive definite)."""
     out = fallback.copy()
-    fin = np.flatnonzero(np.isfinite(hinv).all(axis=(1, 2)))
-    if len(fin) == 0:
-        return out
-    B, ok = _inverse(np.ascontiguousarray(hinv[fin]))  # (BFGS keeps hinv positive definite)
-    fin, B = fin[ok], B[ok]
-    diag = B.reshape(len(fin), -1)[:, :: B.shape[1] + 1]
+    fin = np.flatnonzero(np.isfinite(B).all(axis=(1, 2)))
+    C = B[fin]
+    diag = C.reshape(len(fin), -1)[:, :: C.shape[1] + 1]
     diag -= np.where(used[fin], lam[fin], 0.0)
-    out[fin] = B
+    out[fin] = C
     return out
 
 
@@ -1072,7 +1091,7 @@ def _fit_lifelines(X, time, event, include, pen, columns) -> CoxResult:
         df = pd.DataFrame(Xj, columns=[f"x{c}" for c in cols])
         df["_T"] = time[j, inc]
         df["_E"] = event[j, inc].astype(int)
-        pj = pen[cols]
+        pj = (pen[j] if pen.ndim == 2 else pen)[cols]
         cph = CoxPHFitter(penalizer=pj if np.ptp(pj) > 0 else float(pj[0]))
         st = "ok"
         with warnings.catch_warnings(record=True) as caught:
@@ -1146,7 +1165,8 @@ def fit_cox(
     X : (N, P) covariates (no intercept).
     time, event : (K, N) or (N,) follow-up time (>= 0) and event indicator per outcome.
     include : (K, N) bool, persons in each outcome's fit (default: all).
-    penalizer : float or (P,) lifelines-style ridge penalizer (see the module docstring).
+    penalizer : float, (P,) or (K, P) lifelines-style ridge penalizer (see the module
+        docstring); (K, P): each outcome its own.
     columns : (P,) or (K, P) bool, columns in each outcome's model (default: all).
     backend : ``fast`` (batched Newton-Raphson) or ``lifelines`` (CoxPHFitter per outcome).
     tol : convergence when the largest Newton step, in per-SD units, is below this.
@@ -1247,8 +1267,9 @@ def cv_penalizer(
     *,
     cv_tol: float | None = None,
     exact: bool = False,
+    coefs: bool = False,
     **fit_kw,
-) -> tuple[np.ndarray, np.ndarray]:
+):
     """Choose per outcome the penalizer with the largest cross-validated partial likelihood.
 
     ``penalizers``: G candidates, each a number or a (P,) array as :func:`fit_cox` takes it.
@@ -1269,7 +1290,9 @@ def cv_penalizer(
     the caller's final fits keep :func:`fit_cox`'s 1e-9): at 1e-6 the scores differ from
     fits run to 1e-9 by about 1e-4 (log-likelihood units, against gaps of ~0.1 or more
     between candidates). The second term of the score is the fit's own log-likelihood. ``exact=True``: the reference,
-    every fit from zero by :func:`fit_cox` to its ``tol`` and both terms scored anew."""
+    every fit from zero by :func:`fit_cox` to its ``tol`` and both terms scored anew.
+    ``coefs=True``: also return the (G, K, P) mean of each candidate's coefficients over
+    the inner folds (0 for failed fits), a start for the final fit on all the persons."""
     X, time, event, include, _, columns = validate_inputs(X, time, event, include, 0.0, columns)
     folds = np.asarray(inner_folds)
     if folds.shape != (X.shape[0],):
@@ -1280,6 +1303,7 @@ def cv_penalizer(
     k = time.shape[0]
     order = sorted(range(len(pens)), key=lambda g: -float(pens[g].sum()))
     cvpl = np.zeros((len(pens), k))
+    mean_coef = np.zeros((len(pens), k, X.shape[1]))
     fit_kw = {"compute_se": False, **fit_kw}
     exact = exact or fit_kw.get("backend", "fast") != "fast"
     score_all = _loglik_scorer(time, event, include)
@@ -1301,10 +1325,11 @@ def cv_penalizer(
             eta = coef @ X.T
             ll_out = score_out(sub[0], coef) if exact else np.nan_to_num(res.loglik)
             cvpl[g] += np.where(ok, score_all(X, coef, eta) - ll_out, -np.inf)
+            mean_coef[g] += np.where(ok[:, None], coef, 0.0) / len(np.unique(folds))
     best = np.array(
         [max(order, key=lambda g, j=j: (cvpl[g, j], -order.index(g))) for j in range(k)]
     )
-    return best, cvpl
+    return (best, cvpl, mean_coef) if coefs else (best, cvpl)
 
 
 def _path_fits(X, time, event, include, pens, order, columns, first, fit_kw):

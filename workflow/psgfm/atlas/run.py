@@ -229,11 +229,15 @@ def fit_folds(
         cols = np.ones((k, X.shape[1]), dtype=bool)
         cols[sex_restricted, n_emb + dnames.index("male")] = False
         best = np.zeros(k, dtype=np.int64)
+        warm = (
+            init if (init is not None and not (with_embedding and cfg["pca_components"])) else None
+        )
+        pen_rows = None
         if len(grid) > 1:
             inner = inner_folds(
                 int(train.sum()), cfg["penalizer_folds"], [cfg["seed"], 0x1AB0DA, int(f)]
             )
-            best, _ = cv_penalizer(
+            best, _, inner_coef = cv_penalizer(
                 X[train],
                 time[:, train],
                 event[:, train],
@@ -241,20 +245,22 @@ def fit_folds(
                 pens,
                 inner,
                 columns=cols,
+                coefs=True,
                 **fit_kw,
             )
-        warm = (
-            init if (init is not None and not (with_embedding and cfg["pca_components"])) else None
-        )
+            # every phecode with its chosen penalizer in one fit, started from the mean of
+            # its inner-fold solutions at that penalizer
+            pen_rows = np.stack([pens[g] for g in best])
+            warm = inner_coef[best, np.arange(k)]
         coef_all = np.zeros((k, X.shape[1]))
-        for g in np.unique(best):
-            rows = np.flatnonzero(best == g)
+        groups = [np.arange(k)] if pen_rows is not None else [np.flatnonzero(best == 0)]
+        for rows in groups:
             res = fit_cox(
                 X[train],
                 time[rows][:, train],
                 event[rows][:, train],
                 include[rows][:, train],
-                penalizer=pens[g],
+                penalizer=pens[0] if pen_rows is None else pen_rows[rows],
                 columns=cols[rows],
                 init=None if warm is None else warm[rows],
                 **fit_kw,
@@ -270,7 +276,7 @@ def fit_folds(
                 statuses[j].append(res.status[r])
                 if res.message[r]:
                     messages[j].append(f"fold {f}: {res.message[r]}")
-                chosen[j].append(f"{grid[g]:g}")
+                chosen[j].append(f"{grid[best[j]]:g}")
         init = coef_all
     return FoldFits(
         lp=lp,
