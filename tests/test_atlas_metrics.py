@@ -95,6 +95,12 @@ def test_kaplan_meier_matches_sksurv():
     u_ref, s_ref = kaplan_meier_estimator(event, time)
     np.testing.assert_allclose(u, u_ref)
     np.testing.assert_allclose(s, s_ref, atol=1e-12)
+    # from a shared TimeIndex (the atlas's one sort per phecode): the same values
+    ti = M.TimeIndex(np.asarray(time, float), np.asarray(event, bool))
+    t_q = np.r_[u_ref[0] - 1, u_ref[::7], u_ref[-1] + 1]
+    km = M.km_at(time, event, t_q, index=ti)
+    idx = np.searchsorted(u_ref, t_q, side="right") - 1
+    np.testing.assert_allclose(km, np.where(idx >= 0, s_ref[np.maximum(idx, 0)], 1.0), atol=1e-12)
 
 
 def test_multiple_testing_against_scipy_and_by_hand():

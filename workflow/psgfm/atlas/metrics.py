@@ -428,18 +428,19 @@ def integrated_brier_score(
     return float(np.trapezoid(b, times) / (times[-1] - times[0]))
 
 
-def kaplan_meier(time, event) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct times and the Kaplan-Meier survival just after each."""
+def kaplan_meier(time, event, index: TimeIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct times and the Kaplan-Meier survival just after each (``index``: the
+    TimeIndex of (time, event), to share its sort)."""
     time, event, _ = _check(time, event)
-    ti = TimeIndex(time, event)
+    ti = index if index is not None else TimeIndex(time, event)
     tot = np.bincount(ti.group, minlength=len(ti.starts)).astype(np.float64)
     d = np.bincount(ti.group, weights=ti.event, minlength=len(ti.starts))
     at_risk = np.cumsum(tot[::-1])[::-1]
     return ti.utimes, np.cumprod(1.0 - d / at_risk)
 
 
-def km_at(time, event, t) -> np.ndarray:
-    u, s = kaplan_meier(time, event)
+def km_at(time, event, t, index: TimeIndex | None = None) -> np.ndarray:
+    u, s = kaplan_meier(time, event, index=index)
     t = np.atleast_1d(np.asarray(t, dtype=np.float64))
     idx = np.searchsorted(u, t, side="right") - 1
     return np.where(idx >= 0, s[np.maximum(idx, 0)], 1.0)

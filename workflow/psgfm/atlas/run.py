@@ -435,12 +435,12 @@ def evaluate_phecode(
         row["ibs"] = M.integrated_brier_score(t, e, sm[:, gi], grid, index=ti)
         if have_b:
             row["base_ibs"] = M.integrated_brier_score(t, e, sb[:, gi], grid, index=ti)
-        km = M.km_at(t, e, grid)
+        km = M.km_at(t, e, grid, index=ti)
         row["ibs_km"] = M.integrated_brier_score(t, e, np.tile(km, (len(t), 1)), grid, index=ti)
     for i, (h, d) in enumerate(zip(cfg["horizons_years"], horizons_days)):
         if not d < t.max():
             continue
-        obs = 1.0 - M.km_at(t, e, d)[0]
+        obs = 1.0 - M.km_at(t, e, d, index=ti)[0]
         for name, s in (("model", sm), ("baseline", sb)):
             if s is None:
                 continue
