@@ -218,7 +218,9 @@ def _pair_sums(ti: TimeIndex, WsT: np.ndarray, rk: np.ndarray, cuts=(), block: i
         block = int(np.clip(n_ev * nb / (2 * max(n, 1)), 32, 512))
     # blocks of events, each starting at a new event time
     grp_first = np.r_[0, np.flatnonzero(np.diff(ev_grp)) + 1]
-    starts = np.unique(grp_first[np.searchsorted(grp_first, np.arange(0, n_ev, block))])
+    at = np.searchsorted(grp_first, np.arange(0, n_ev, block))
+    # (a block start inside the last event time's group has no later group to start at)
+    starts = np.unique(grp_first[at[at < len(grp_first)]])
     bounds = np.r_[starts, n_ev]
     lo = ti.starts[ev_grp[bounds[:-1]]]  # first position of each block's time span
     hi = ti.ends[ev_grp[bounds[1:] - 1]]  # one past its last position
