@@ -27,7 +27,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from psgfm.atlas import metrics as M
-from psgfm.atlas.cox import cv_penalizer, fit_cox
+from psgfm.atlas.cox import cox_newton, cv_penalizer, fit_cox
 from psgfm.atlas.design import (
     DAYS_PER_YEAR,
     TRAIN_ONLY,
@@ -305,20 +305,19 @@ def _hr_per_sd(z: np.ndarray, t, e, level) -> list[dict]:
     over-fitting a rare phecode, is a failure of the model, not a finding).
 
     ``z`` (n, C): the score alone, and, with C = 2, also adjusted for the second column; both
-    models are fitted in one call (one sort), with a float64 information matrix. Returns one
-    dict per model."""
+    models by exact Newton steps from one sort (:func:`psgfm.atlas.cox.cox_newton`).
+    Returns one dict per model."""
     z = z if z.ndim == 2 else z[:, None]
-    cols = np.tril(np.ones((z.shape[1], z.shape[1]), dtype=bool))  # [score], [score, base]
-    k = len(cols)
-    res = fit_cox(z, np.tile(t, (k, 1)), np.tile(e, (k, 1)), columns=cols, hessian_dtype="float64")
+    order = np.argsort(t, kind="mergesort")  # one sort for both models
     out = []
-    for j in range(k):
-        if res.status[j] not in ("ok",):
+    for c in range(z.shape[1]):
+        coef, se, ok = cox_newton(z[:, : c + 1], t, e, order)
+        if not ok:
             out.append({"coef": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan})
             continue
-        lo, hi, _ = M.wald(res.coef[j, 0], res.se[j, 0], level)
-        p = float(M.stats.norm.sf(res.coef[j, 0] / res.se[j, 0]))
-        out.append({"coef": res.coef[j, 0], "lo": lo, "hi": hi, "p": p})
+        lo, hi, _ = M.wald(coef[0], se[0], level)
+        p = float(M.stats.norm.sf(coef[0] / se[0]))
+        out.append({"coef": coef[0], "lo": lo, "hi": hi, "p": p})
     return out
 
 
