@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,3 +42,26 @@ def test_bench_atlas_splits_fits_and_metrics(tmp_path):
     res = json.loads(out.read_text())
     assert res["runs"][0]["evaluated"] >= 1
     assert res["median"]["fit_cpu_ms"] > 0 and res["median"]["metrics_cpu_ms"] > 0
+
+
+@pytest.mark.slow
+def test_bench_atlas_full_runs_reference_and_this_tree(tmp_path):
+    """--atlas: the batch jobs of a reference tree and of this tree on the same inputs, with
+    their wall ratio and each job's fit/metrics split (the reference here: this tree)."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_atlas", ROOT / "benchmarks" / "bench_atlas.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "full.json"
+    argv = ["--quick", "--atlas", "4", "--reference", str(ROOT), "--folder", str(tmp_path / "in")]
+    assert module.main([*argv, "--json", str(out)]) == 0
+    import json
+
+    res = json.loads(out.read_text())
+    for part in ("reference", "new"):
+        assert res[part]["evaluated"] >= 1 and len(res[part]["jobs"]) == 2
+        for job in res[part]["jobs"]:
+            assert job["fit_seconds"] > 0 and job["metrics_seconds"] >= 0
+            assert job["psgfm"] == str(ROOT / "workflow" / "psgfm")
+    assert res["ratio_wall"] > 0

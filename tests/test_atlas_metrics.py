@@ -95,6 +95,12 @@ def test_kaplan_meier_matches_sksurv():
     u_ref, s_ref = kaplan_meier_estimator(event, time)
     np.testing.assert_allclose(u, u_ref)
     np.testing.assert_allclose(s, s_ref, atol=1e-12)
+    # from a shared TimeIndex (the atlas's one sort per phecode): the same values
+    ti = M.TimeIndex(np.asarray(time, float), np.asarray(event, bool))
+    t_q = np.r_[u_ref[0] - 1, u_ref[::7], u_ref[-1] + 1]
+    km = M.km_at(time, event, t_q, index=ti)
+    idx = np.searchsorted(u_ref, t_q, side="right") - 1
+    np.testing.assert_allclose(km, np.where(idx >= 0, s_ref[np.maximum(idx, 0)], 1.0), atol=1e-12)
 
 
 def test_multiple_testing_against_scipy_and_by_hand():
@@ -182,6 +188,28 @@ def test_one_pass_replicates_equal_sksurv_on_resampled_data(block, risk_ties):
             np.testing.assert_allclose(
                 out["auc"][ri, b], cumulative_dynamic_auc(y, y, r[idx], horizons)[0], atol=1e-12
             )
+
+
+@pytest.mark.parametrize("block", [2, 3, 4])
+def test_many_tied_events_at_the_last_event_time(block):
+    """A block start falling inside the last event time's tied events (it crashed with an
+    index error on a generated 20,000-person atlas): values equal scikit-survival."""
+    rng = np.random.default_rng(7)
+    time = np.r_[np.arange(1.0, 8.0), np.full(4, 9.0), rng.uniform(1, 12, 40)]
+    event = np.r_[np.ones(11, dtype=bool), np.zeros(40, dtype=bool)]
+    risk = rng.standard_normal(len(time))
+    W = M.bootstrap_weights(len(time), 3, seed=1)
+    out = M.discrimination(time, event, [risk], W=W, times=[5.0], block=block)
+    for b in range(4):
+        idx = np.repeat(np.arange(len(time)), W[b].astype(int))
+        t, e, r = time[idx], event[idx], risk[idx]
+        assert out["harrell"][0, b] == pytest.approx(
+            concordance_index_censored(e, t, r)[0], abs=1e-12
+        )
+        y = Surv.from_arrays(e, t)
+        np.testing.assert_allclose(
+            out["auc"][0, b], cumulative_dynamic_auc(y, y, r, [5.0])[0], atol=1e-12
+        )
 
 
 def test_weights_as_run_batch_passes_them_give_the_same_replicates():

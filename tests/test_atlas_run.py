@@ -58,6 +58,48 @@ def test_cohort_uses_the_first_night_and_reports_dropped_persons(synth, tmp_path
     assert np.all(cohort.age > 39) and np.all(cohort.age < 81)
 
 
+def test_cohort_drop_reasons_covariates_and_ages_by_hand(synth, tmp_path):
+    """Each drop reason, the covariate values and the age at the first night, against values
+    computed by hand from the input tables."""
+    night = read_night_embeddings(synth["embeddings"])
+    sheet = pd.read_csv(synth["sheet"], sep="\t", dtype=str, keep_default_na=False)
+    persons = pq.read_table(synth["persons"]).to_pandas()
+    labels = label_persons(synth["labels"])
+    no_sheet, no_person, no_cov = sorted(labels)[3], sorted(labels)[5], sorted(labels)[7]
+    sheet_path, persons_path = tmp_path / "sheet.tsv", tmp_path / "persons.parquet"
+    sheet[sheet["subject_id"] != no_sheet].to_csv(sheet_path, sep="\t", index=False)
+    pq.write_table(
+        pa.Table.from_pandas(persons[persons["person_id"] != no_person], preserve_index=False),
+        persons_path,
+    )
+    cov = pd.DataFrame({"person_id": sorted(labels), "bmi": np.arange(len(labels)) + 20.0})
+    cov.loc[cov["person_id"] == no_cov, "bmi"] = np.nan
+    cov_path = tmp_path / "cov.tsv"
+    cov.to_csv(cov_path, sep="\t", index=False)
+    cfg = {"table": str(cov_path), "columns": ["bmi"]}
+    cohort = build_cohort(night, labels, persons_path, sheet_path, cfg)
+    reasons = cohort.dropped.set_index("person_id")["reason"].to_dict()
+    assert reasons == {
+        no_sheet: "not_in_sheet",
+        no_person: "not_in_persons",
+        no_cov: "missing_covariate",
+    }
+    assert list(cohort.person_id) == sorted(set(labels) - set(reasons))
+    bmi = cov.set_index("person_id")["bmi"]
+    np.testing.assert_array_equal(cohort.extra[:, 0], bmi.loc[cohort.person_id].to_numpy())
+    first = sheet.sort_values(["psg_date", "recording_id"]).drop_duplicates("subject_id")
+    psg = pd.to_datetime(first.set_index("subject_id").loc[cohort.person_id, "psg_date"])
+    birth = pd.to_datetime(persons.set_index("person_id").loc[cohort.person_id, "birth_date"])
+    days = np.array([(a.date() - b.date()).days for a, b in zip(psg, birth)])
+    np.testing.assert_allclose(cohort.age, days / 365.25, rtol=0, atol=1e-12)
+    sex = persons.set_index("person_id").loc[cohort.person_id, "sex"].to_numpy()
+    np.testing.assert_array_equal(cohort.male, (sex == "M").astype(float))
+    # one person twice in the covariate table: a clear error
+    pd.concat([cov.dropna(), cov.dropna().iloc[:1]]).to_csv(cov_path, sep="\t", index=False)
+    with pytest.raises(AtlasInputError, match="more than once"):
+        build_cohort(night, labels, persons_path, sheet_path, cfg)
+
+
 def test_missing_modalities_mean_and_concat_features(synth):
     night = read_night_embeddings(synth["embeddings"])
     cohort = build_cohort(night, label_persons(synth["labels"]), synth["persons"], synth["sheet"])

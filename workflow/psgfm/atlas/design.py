@@ -199,6 +199,12 @@ def build_cohort(
             )
         cov_table["person_id"] = cov_table["person_id"].astype(str).str.strip()
         cov_table = cov_table.set_index("person_id")[cov_cols]
+        dup = cov_table.index[cov_table.index.duplicated()]
+        if len(dup):
+            raise AtlasInputError(
+                f"{cov_cfg['table']}: person(s) {dup[:3].tolist()} appear more than once; "
+                "give one row per person."
+            )
         for c in cov_cols:
             vals = pd.to_numeric(cov_table[c], errors="coerce")
             nonnum = vals.isna() & cov_table[c].notna()
@@ -208,48 +214,64 @@ def build_cohort(
                     f"{cov_table.index[nonnum][:3].tolist()}; code it as a number."
                 )
             cov_table[c] = vals
-    by_subject = {s: g for s, g in first.groupby("subject_id", sort=False)}
-    for pid in sorted({str(p) for p in label_persons}):
-        g = by_subject.get(pid)
-        if g is None:
-            dropped.append((pid, "not_in_sheet", "no recording in the sample sheet"))
-            continue
-        if pid not in persons.index:
-            dropped.append((pid, "not_in_persons", "not in the persons table"))
-            continue
-        rec = next(
-            (r for r in g["recording_id"] if r in emb_row and any_mod[emb_row[r]]),
-            None,
+    # one pass over all persons (a per-person loop of pandas lookups took ~20 s per batch job
+    # at 20,000 persons): each label person's first night, and why a person is dropped
+    pids = np.array(sorted({str(p) for p in label_persons}), dtype=object)
+    first = first.assign(
+        _ok=[r in emb_row and bool(any_mod[emb_row[r]]) for r in first["recording_id"]]
+    )
+    # the first recording of the first night (sheet order) that has an embedding
+    chosen = first[first["_ok"]].drop_duplicates("subject_id", keep="first")
+    chosen = chosen.set_index("subject_id")
+    pix = pd.Index(pids)
+    reason = np.full(len(pids), "", dtype=object)
+    reason[~pix.isin(first["subject_id"])] = "not_in_sheet"
+    reason[(reason == "") & ~pix.isin(persons.index)] = "not_in_persons"
+    reason[(reason == "") & ~pix.isin(chosen.index)] = "no_embedding"
+    extra = np.zeros((len(pids), len(cov_cols)))
+    if cov_table is not None:
+        todo = np.flatnonzero(reason == "")
+        known = pd.Index(pids[todo]).isin(cov_table.index)
+        vals = np.full((len(todo), len(cov_cols)), np.nan)
+        vals[known] = cov_table.loc[pids[todo][known]].to_numpy(dtype=np.float64)
+        reason[todo[np.isnan(vals).any(axis=1)]] = "missing_covariate"
+        extra[todo] = vals
+    detail = {
+        "not_in_sheet": "no recording in the sample sheet",
+        "not_in_persons": "not in the persons table",
+        "missing_covariate": f"a value of {cov_cols} is missing",
+    }
+    no_emb = {}
+    for pid, g in first[first["subject_id"].isin(pids[reason == "no_embedding"])].groupby(
+        "subject_id", sort=False
+    ):
+        no_emb[pid] = (
+            f"no night embedding for the first PSG night ({g['psg_date'].iloc[0]}: "
+            f"{', '.join(g['recording_id'])})"
         )
-        if rec is None:
-            dropped.append(
-                (
-                    pid,
-                    "no_embedding",
-                    f"no night embedding for the first PSG night ({g['psg_date'].iloc[0]}: "
-                    f"{', '.join(g['recording_id'])})",
-                )
-            )
-            continue
-        extra = []
-        if cov_table is not None:
-            if pid not in cov_table.index or cov_table.loc[pid].isna().any():
-                dropped.append((pid, "missing_covariate", f"a value of {cov_cols} is missing"))
-                continue
-            extra = cov_table.loc[pid].to_numpy(dtype=np.float64).tolist()
-        psg = g.loc[g["recording_id"] == rec, "psg_date"].iloc[0]
-        birth = persons.loc[pid, "birth_date"]
-        birth = pd.Timestamp(birth).date()
-        rows.append(
-            (
-                pid,
-                rec,
-                (psg - birth).days / 365.25,
-                1.0 if persons.loc[pid, "sex"] == "M" else 0.0,
-                g.loc[g["recording_id"] == rec, "site"].iloc[0],
-                extra,
-            )
+    dropped = [
+        (pid, r, no_emb[pid] if r == "no_embedding" else detail[r])
+        for pid, r in zip(pids, reason, strict=True)
+        if r
+    ]
+    keep = np.flatnonzero(reason == "")
+    kp = pids[keep]
+    ch = chosen.loc[kp]
+    birth = pd.to_datetime(persons.loc[kp, "birth_date"]).dt.normalize().to_numpy()
+    psg = pd.to_datetime(ch["psg_date"]).to_numpy()
+    age = ((psg - birth) // np.timedelta64(1, "D")).astype(np.float64) / 365.25
+    male = (persons.loc[kp, "sex"].to_numpy() == "M").astype(np.float64)
+    rows = list(
+        zip(
+            kp,
+            ch["recording_id"].to_numpy(),
+            age,
+            male,
+            ch["site"].to_numpy(),
+            extra[keep].tolist(),
+            strict=True,
         )
+    )
     if not rows:
         raise AtlasInputError(
             "no person of the phenome labels has a night embedding of the first PSG night; "

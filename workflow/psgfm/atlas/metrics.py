@@ -218,7 +218,9 @@ def _pair_sums(ti: TimeIndex, WsT: np.ndarray, rk: np.ndarray, cuts=(), block: i
         block = int(np.clip(n_ev * nb / (2 * max(n, 1)), 32, 512))
     # blocks of events, each starting at a new event time
     grp_first = np.r_[0, np.flatnonzero(np.diff(ev_grp)) + 1]
-    starts = np.unique(grp_first[np.searchsorted(grp_first, np.arange(0, n_ev, block))])
+    at = np.searchsorted(grp_first, np.arange(0, n_ev, block))
+    # (a block start inside the last event time's group has no later group to start at)
+    starts = np.unique(grp_first[at[at < len(grp_first)]])
     bounds = np.r_[starts, n_ev]
     lo = ti.starts[ev_grp[bounds[:-1]]]  # first position of each block's time span
     hi = ti.ends[ev_grp[bounds[1:] - 1]]  # one past its last position
@@ -428,18 +430,19 @@ def integrated_brier_score(
     return float(np.trapezoid(b, times) / (times[-1] - times[0]))
 
 
-def kaplan_meier(time, event) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct times and the Kaplan-Meier survival just after each."""
+def kaplan_meier(time, event, index: TimeIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct times and the Kaplan-Meier survival just after each (``index``: the
+    TimeIndex of (time, event), to share its sort)."""
     time, event, _ = _check(time, event)
-    ti = TimeIndex(time, event)
+    ti = index if index is not None else TimeIndex(time, event)
     tot = np.bincount(ti.group, minlength=len(ti.starts)).astype(np.float64)
     d = np.bincount(ti.group, weights=ti.event, minlength=len(ti.starts))
     at_risk = np.cumsum(tot[::-1])[::-1]
     return ti.utimes, np.cumprod(1.0 - d / at_risk)
 
 
-def km_at(time, event, t) -> np.ndarray:
-    u, s = kaplan_meier(time, event)
+def km_at(time, event, t, index: TimeIndex | None = None) -> np.ndarray:
+    u, s = kaplan_meier(time, event, index=index)
     t = np.atleast_1d(np.asarray(t, dtype=np.float64))
     idx = np.searchsorted(u, t, side="right") - 1
     return np.where(idx >= 0, s[np.maximum(idx, 0)], 1.0)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from psgfm.atlas import metrics as M
-from psgfm.atlas.cox import cv_penalizer, fit_cox
+from psgfm.atlas.cox import cox_newton, cv_penalizer, fit_cox
 from psgfm.atlas.design import (
     DAYS_PER_YEAR,
     TRAIN_ONLY,
@@ -119,17 +119,23 @@ def load_labels(labels_path, phecodes: list[str], person_id: np.ndarray):
 
     Status codes: 1 case, 0 control, -1 excluded (or absent from the labels).
     """
+    k, n = len(phecodes), len(person_id)
+    # row indices by joins (a Python lookup per label row took seconds for 10 million rows)
+    pmap = pl.DataFrame(
+        {"person_id": [str(p) for p in person_id], "_pi": np.arange(n, dtype=np.int64)}
+    )
+    kmap = pl.DataFrame({"phecode": list(phecodes), "_ki": np.arange(k, dtype=np.int64)})
     df = (
         pl.scan_parquet(labels_path)
         .filter(pl.col("phecode").is_in(phecodes))
         .select("person_id", "phecode", "status", "event", "time_days")
+        .with_columns(pl.col("person_id").cast(pl.String), pl.col("phecode").cast(pl.String))
+        .join(kmap.lazy(), on="phecode", how="inner")
+        .join(pmap.lazy(), on="person_id", how="left")
         .collect()
     )
-    k, n = len(phecodes), len(person_id)
-    pidx = {p: i for i, p in enumerate(person_id)}
-    kidx = {p: i for i, p in enumerate(phecodes)}
-    pi = np.array([pidx.get(p, -1) for p in df["person_id"].to_list()], dtype=np.int64)
-    ki = np.array([kidx[p] for p in df["phecode"].to_list()], dtype=np.int64)
+    pi = df["_pi"].fill_null(-1).to_numpy().astype(np.int64)
+    ki = df["_ki"].to_numpy().astype(np.int64)
     keep = pi >= 0
     status = np.full((k, n), -1, dtype=np.int8)
     code = np.where(
@@ -229,11 +235,15 @@ def fit_folds(
         cols = np.ones((k, X.shape[1]), dtype=bool)
         cols[sex_restricted, n_emb + dnames.index("male")] = False
         best = np.zeros(k, dtype=np.int64)
+        warm = (
+            init if (init is not None and not (with_embedding and cfg["pca_components"])) else None
+        )
+        pen_rows = None
         if len(grid) > 1:
             inner = inner_folds(
                 int(train.sum()), cfg["penalizer_folds"], [cfg["seed"], 0x1AB0DA, int(f)]
             )
-            best, _ = cv_penalizer(
+            best, _, inner_coef = cv_penalizer(
                 X[train],
                 time[:, train],
                 event[:, train],
@@ -241,20 +251,22 @@ def fit_folds(
                 pens,
                 inner,
                 columns=cols,
+                coefs=True,
                 **fit_kw,
             )
-        warm = (
-            init if (init is not None and not (with_embedding and cfg["pca_components"])) else None
-        )
+            # every phecode with its chosen penalizer in one fit, started from the mean of
+            # its inner-fold solutions at that penalizer
+            pen_rows = np.stack([pens[g] for g in best])
+            warm = inner_coef[best, np.arange(k)]
         coef_all = np.zeros((k, X.shape[1]))
-        for g in np.unique(best):
-            rows = np.flatnonzero(best == g)
+        groups = [np.arange(k)] if pen_rows is not None else [np.flatnonzero(best == 0)]
+        for rows in groups:
             res = fit_cox(
                 X[train],
                 time[rows][:, train],
                 event[rows][:, train],
                 include[rows][:, train],
-                penalizer=pens[g],
+                penalizer=pens[0] if pen_rows is None else pen_rows[rows],
                 columns=cols[rows],
                 init=None if warm is None else warm[rows],
                 **fit_kw,
@@ -270,7 +282,7 @@ def fit_folds(
                 statuses[j].append(res.status[r])
                 if res.message[r]:
                     messages[j].append(f"fold {f}: {res.message[r]}")
-                chosen[j].append(f"{grid[g]:g}")
+                chosen[j].append(f"{grid[best[j]]:g}")
         init = coef_all
     return FoldFits(
         lp=lp,
@@ -293,20 +305,19 @@ def _hr_per_sd(z: np.ndarray, t, e, level) -> list[dict]:
     over-fitting a rare phecode, is a failure of the model, not a finding).
 
     ``z`` (n, C): the score alone, and, with C = 2, also adjusted for the second column; both
-    models are fitted in one call (one sort), with a float64 information matrix. Returns one
-    dict per model."""
+    models by exact Newton steps from one sort (:func:`psgfm.atlas.cox.cox_newton`).
+    Returns one dict per model."""
     z = z if z.ndim == 2 else z[:, None]
-    cols = np.tril(np.ones((z.shape[1], z.shape[1]), dtype=bool))  # [score], [score, base]
-    k = len(cols)
-    res = fit_cox(z, np.tile(t, (k, 1)), np.tile(e, (k, 1)), columns=cols, hessian_dtype="float64")
+    order = np.argsort(t, kind="mergesort")  # one sort for both models
     out = []
-    for j in range(k):
-        if res.status[j] not in ("ok",):
+    for c in range(z.shape[1]):
+        coef, se, ok = cox_newton(z[:, : c + 1], t, e, order)
+        if not ok:
             out.append({"coef": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan})
             continue
-        lo, hi, _ = M.wald(res.coef[j, 0], res.se[j, 0], level)
-        p = float(M.stats.norm.sf(res.coef[j, 0] / res.se[j, 0]))
-        out.append({"coef": res.coef[j, 0], "lo": lo, "hi": hi, "p": p})
+        lo, hi, _ = M.wald(coef[0], se[0], level)
+        p = float(M.stats.norm.sf(coef[0] / se[0]))
+        out.append({"coef": coef[0], "lo": lo, "hi": hi, "p": p})
     return out
 
 
@@ -429,12 +440,12 @@ def evaluate_phecode(
         row["ibs"] = M.integrated_brier_score(t, e, sm[:, gi], grid, index=ti)
         if have_b:
             row["base_ibs"] = M.integrated_brier_score(t, e, sb[:, gi], grid, index=ti)
-        km = M.km_at(t, e, grid)
+        km = M.km_at(t, e, grid, index=ti)
         row["ibs_km"] = M.integrated_brier_score(t, e, np.tile(km, (len(t), 1)), grid, index=ti)
     for i, (h, d) in enumerate(zip(cfg["horizons_years"], horizons_days)):
         if not d < t.max():
             continue
-        obs = 1.0 - M.km_at(t, e, d)[0]
+        obs = 1.0 - M.km_at(t, e, d, index=ti)[0]
         for name, s in (("model", sm), ("baseline", sb)):
             if s is None:
                 continue
