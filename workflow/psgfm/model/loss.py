@@ -168,21 +168,21 @@ def channel_targets(x: Tensor, channel_mask: Tensor) -> Tensor:
     return torch.stack(out, -1)
 
 
-def within_targets(x: Tensor, channel_mask: Tensor, targets: str = "bands") -> Tensor:
-    """The within-modality term's targets: the log band powers (``bands``), followed by the
-    channel summaries of :func:`channel_targets` with ``bands+channels``."""
-    t = spectral_targets(x, channel_mask)
-    if targets == "bands":
-        return t
-    if targets == "bands+channels":
-        return torch.cat([t, channel_targets(x, channel_mask)], -1)
-    raise ValueError(f"within-modality targets must be one of {TARGET_SETS}, got {targets!r}")
-
-
 def n_targets(targets: str) -> int:
+    """How many targets ``targets`` gives per token; the one check of its name."""
     if targets not in TARGET_SETS:
         raise ValueError(f"within-modality targets must be one of {TARGET_SETS}, got {targets!r}")
     return len(SPECTRAL_BANDS_HZ) + (len(CHANNEL_STATS) if targets == "bands+channels" else 0)
+
+
+def within_targets(x: Tensor, channel_mask: Tensor, targets: str = "bands") -> Tensor:
+    """The within-modality term's targets: the log band powers (``bands``), followed by the
+    channel summaries of :func:`channel_targets` with ``bands+channels``."""
+    n_targets(targets)
+    t = spectral_targets(x, channel_mask)
+    if targets == "bands":
+        return t
+    return torch.cat([t, channel_targets(x, channel_mask)], -1)
 
 
 class SpectralHeads(torch.nn.Module):
