@@ -257,6 +257,21 @@ def test_batches_are_deterministic_and_gather_corrects_across_phecodes(synth, ba
     assert list(tsv["phecode"]) == list(table["phecode"])
 
 
+def test_an_empty_batch_writes_empty_files(synth, tmp_path):
+    """More batches than fitted phecodes: a batch with no phecode still writes its four files
+    (a typed empty join once failed here, in the demo DAG's tiny cohort)."""
+    from psgfm.atlas.run import load_labels
+
+    cohort_ids = np.array(["P00000", "P00001"])
+    time, event, include, status = load_labels(synth["labels"], [], cohort_ids)
+    assert time.shape == event.shape == include.shape == status.shape == (0, 2)
+    out = {k: tmp_path / f"e.{k}.parquet" for k in ("table", "subgroups", "calibration", "risk")}
+    res = run_batch([], **_io(synth), config=CFG, out=out)
+    assert len(res["table"]) == 0
+    for path in out.values():
+        assert path.exists() and pq.read_metadata(path).num_rows == 0
+
+
 @pytest.mark.slow
 def test_atlas_rules_run_under_snakemake(synth, tmp_path):
     """The three atlas rules, driven by Snakemake on synthetic phenome/model outputs."""

@@ -121,10 +121,15 @@ def load_labels(labels_path, phecodes: list[str], person_id: np.ndarray):
     """
     k, n = len(phecodes), len(person_id)
     # row indices by joins (a Python lookup per label row took seconds for 10 million rows)
+    # explicit schemas: an empty batch or cohort would otherwise give null-typed join keys
     pmap = pl.DataFrame(
-        {"person_id": [str(p) for p in person_id], "_pi": np.arange(n, dtype=np.int64)}
+        {"person_id": [str(p) for p in person_id], "_pi": np.arange(n, dtype=np.int64)},
+        schema={"person_id": pl.String, "_pi": pl.Int64},
     )
-    kmap = pl.DataFrame({"phecode": list(phecodes), "_ki": np.arange(k, dtype=np.int64)})
+    kmap = pl.DataFrame(
+        {"phecode": [str(c) for c in phecodes], "_ki": np.arange(k, dtype=np.int64)},
+        schema={"phecode": pl.String, "_ki": pl.Int64},
+    )
     df = (
         pl.scan_parquet(labels_path)
         .filter(pl.col("phecode").is_in(phecodes))
